@@ -1,0 +1,10 @@
+"""Persona simulation (DESIGN §7): user stories, LLM judges, pairwise & scoring modes, analyses.
+
+Heavy parts (transformers) load lazily: importing this package is cheap.
+"""
+
+from .parse import parse_choice, parse_scores
+from .stories import DEFAULT_STORIES_PATH, Story, default_stories, load_stories, parse_stories
+
+__all__ = ["DEFAULT_STORIES_PATH", "Story", "default_stories", "load_stories", "parse_choice", "parse_scores",
+           "parse_stories"]
