@@ -99,6 +99,15 @@ def main(argv: list[str] | None = None) -> int:
                            threads=cfg.threads, concurrency=cfg.batch_size)
         run.log(f"judge {getattr(judge, 'name', cfg.judge)} ready in {time.time() - t0:.1f}s; "
                 f"{len(stories)} stories x {len(questions)} questions, mode {cfg.mode}")
+        qpath = run.path / "quality.json"
+        if cfg.quality_probe and not cfg.dry_run and not qpath.exists():
+            from core.runs import write_json_atomic
+
+            from .quality import run_probe
+
+            probe = run_probe(judge, cfg.quality_probe)
+            write_json_atomic(qpath, probe)
+            run.log(f"judge-quality probe: {probe['spearman']} ({probe['method']})")
         max_new = cfg.max_new_tokens or (8 if cfg.mode == "pairwise" else (24 if cfg.dry_run else 64))
         counts = run_simulation(judge, stories, questions, mode=cfg.mode, run_dir=run.path,
                                 scoring_method=cfg.scoring_method, max_new_tokens=max_new,

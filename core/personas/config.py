@@ -26,6 +26,8 @@ class PersonaConfig(BaseModel):
     batch_size: int = Field(4, ge=1, le=256, description="Prompts per forward pass (local) or concurrent requests (OpenAI).")
     reuse_prefix: bool = Field(True, description="Local judge: compute each persona's prompt prefix once and reuse its KV cache.")
     threads: int | None = Field(None, ge=1, le=256, description="torch CPU threads for the local judge.")
+    quality_probe: int = Field(4, ge=0, le=200, description="Questions (x4 responses) for the judge-quality probe "
+                                                            "written to quality.json before the run; 0 skips it.")
     dry_run: bool = Field(False, description="Tiny run: 2 stories x 2 questions, short generations.")
 
 

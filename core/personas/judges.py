@@ -207,6 +207,13 @@ class LocalJudge:
             outs += [self.tokenizer.decode(g, skip_special_tokens=True) for g in gen]
         return outs
 
+    def generate_raw(self, prompt: str, max_new_tokens: int = 64) -> str:
+        """Greedy continuation of raw text (no chat template)."""
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False) or [self.pad_id]
+        with self._lock:
+            _, gen, _ = self._run([], [ids], new_tokens=max_new_tokens)
+        return self.tokenizer.decode(gen[0], skip_special_tokens=True)
+
     def rating_probs(self, prefix: str, suffixes: list[str], cues: list[str]) -> RatingResult:
         """P(grade | context + cue) for each cue, from the logits (teacher-forced, all tokens of a grade)."""
         tok = self.tokenizer
