@@ -143,6 +143,11 @@ def run_simulation(judge, stories: list[Story], questions: list[Question], *, mo
     skipped = n_done
     if progress:
         progress(n_done, total)
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb+") as fh:  # a kill mid-write leaves a torn last line: end it so the next record stands alone
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
     with open(path, "a", encoding="utf-8") as fh:
         for u, story in enumerate(stories):
             todo = [q for q in questions if item_key(u, q.qid) not in done]

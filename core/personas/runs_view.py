@@ -1,0 +1,82 @@
+"""Finding, reading and launching persona runs (used by the page; no streamlit here)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from core.runs import RunDir, new_run_id, read_json, read_jsonl
+
+from .config import validate_config
+from .simulate import RESULTS_FILE
+
+ENV_ROOT = "PREFLENS_CHECKPOINTS"
+
+
+def checkpoints_root() -> Path:
+    return Path(os.environ.get(ENV_ROOT, "checkpoints"))
+
+
+def list_persona_runs(root: str | Path) -> list[dict]:
+    """Newest first: {run_id, path, mode, judge, state, done, total}."""
+    out = []
+    root = Path(root)
+    if not root.is_dir():
+        return out
+    for d in sorted(root.iterdir(), reverse=True):
+        cfg = read_json(d / "config.json") if d.is_dir() else None
+        if not isinstance(cfg, dict) or cfg.get("kind") != "personas":
+            continue
+        st = RunDir(d).status()
+        prog = st.get("progress") or {}
+        out.append({"run_id": d.name, "path": str(d), "mode": cfg.get("mode"), "judge": cfg.get("judge"),
+                    "state": st.get("state", "queued"), "done": prog.get("done", 0), "total": prog.get("total", 0)})
+    return out
+
+
+def load_run(path: str | Path) -> dict:
+    run = RunDir(path)
+    records, torn = read_jsonl(run.path / RESULTS_FILE)
+    return {"config": run.config() or {}, "status": run.status(), "records": records, "torn_lines": torn,
+            "quality": read_json(run.path / "quality.json"), "log": run.log_tail(15)}
+
+
+def launch(config: dict, root: str | Path) -> str:
+    """Validate, then start a run as a background job; returns the run id.
+
+    Uses core.jobs when present; otherwise starts ``python -m core.personas`` detached itself.
+    """
+    cfg = validate_config({**config, "kind": "personas"}).model_dump()
+    try:
+        from core.jobs import JobManager  # the project's job system
+    except ImportError:
+        JobManager = None
+    if JobManager is not None:
+        job = JobManager(root).submit(cfg)
+        return getattr(job, "run_id", None) or str(job)
+    run_id = new_run_id("personas")
+    run = RunDir(Path(root) / run_id).create()
+    run.write_config(cfg)
+    run.update_status(state="queued", kind="personas")
+    with open(run.log_path, "a") as log:
+        subprocess.Popen([sys.executable, "-m", "core.personas", "--config", str(run.config_path), "--run-dir",
+                          str(run.path)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    return run_id
+
+
+def cancel(path: str | Path) -> bool:
+    """SIGTERM the run's process if it is still running (the runner marks itself cancelled)."""
+    import signal
+
+    st = RunDir(path).status()
+    pid = st.get("pid")
+    if st.get("state") != "running" or not pid:
+        return False
+    try:
+        os.kill(int(pid), signal.SIGTERM)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False

@@ -1,0 +1,84 @@
+"""AppTest: the Personas page reads persona runs from the checkpoints folder and draws the analyses."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+from streamlit.testing.v1 import AppTest
+
+from core.runs import RunDir
+
+PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "personas.py")
+USERS = [("Ann", "nurse", "health"), ("Bob", "nurse", "health"), ("Cy", "rapper", "music")]
+# per user, choice on q1..q3 (preferred is "first" everywhere): Ann & Bob agree, Cy opposes on q2, q3
+CHOICES = {0: ["first", "first", "second"], 1: ["first", "first", "second"], 2: ["first", "second", "first"]}
+
+
+def _array(value):
+    if isinstance(value, dict) and "bdata" in value:
+        arr = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        shape = value.get("shape")
+        if shape:
+            arr = arr.reshape([int(x) for x in str(shape).split(",")] if isinstance(shape, str) else shape)
+        return arr
+    return np.asarray(value)
+
+
+def _make_run(root: Path, run_id: str, mode: str):
+    run = RunDir(root / run_id).create()
+    run.write_config({"kind": "personas", "mode": mode, "judge": "default", "n_questions": 3})
+    run.mark_running(kind="personas")
+    run.set_progress(9, 9)
+    run.mark_final("succeeded")
+    with open(run.path / "results.jsonl", "w") as fh:
+        for u, (name, occ, group) in enumerate(USERS):
+            for j, ch in enumerate(CHOICES[u]):
+                answers = ["A", "A"] if mode == "pairwise" else None
+                fh.write(json.dumps({"key": f"{u}::q{j}", "user": u, "name": name, "occupation": occ, "group": group,
+                                     "qid": f"q{j}", "q_index": j, "mode": mode, "preferred": "first",
+                                     "choice": ch, "answers": answers}) + "\n")
+        fh.write('{"torn')
+    (run.path / "quality.json").write_text(json.dumps({
+        "judge": "bundled:x", "method": "logits", "n_responses": 16,
+        "spearman": {"truthfulness": 0.05, "instruction_following": -0.1, "helpfulness": None}}))
+
+
+def _chart(at, key):
+    charts = [c for c in at.get("plotly_chart") if getattr(c, "key", None) == key]
+    assert charts, f"no chart {key}"
+    return json.loads(charts[0].proto.spec)
+
+
+def test_empty_root_says_so_and_offers_the_default_stories(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFLENS_CHECKPOINTS", str(tmp_path))
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception
+    assert any("No persona runs yet" in i.value for i in at.info)
+    assert any("36 valid stories" in c.value for c in at.caption)
+
+
+def test_results_show_similarity_graph_and_honest_quality_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFLENS_CHECKPOINTS", str(tmp_path))
+    _make_run(tmp_path, "personas-1", "scoring")
+    _make_run(tmp_path, "personas-2", "pairwise")
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.query_params["run"] = "personas-1"
+    at.run()
+    assert not at.exception
+    assert any("barely tracks" in w.value for w in at.warning)
+    sim = _array(_chart(at, "similarity")["data"][0]["z"])
+    # vectors: Ann = Bob = [1, 1, -1], Cy = [1, -1, 1]; cos(Ann, Cy) = -1/3; order: health (Ann, Bob), music (Cy)
+    assert sim.shape == (3, 3)
+    assert np.allclose(sim, [[1, 1, -1 / 3], [1, 1, -1 / 3], [-1 / 3, -1 / 3, 1]])
+    # default k = 2 (3 users): everyone is in everyone's top 2 -> one component of all three
+    assert any("Ann (nurse), Bob (nurse), Cy (rapper)" in m.value for m in at.markdown)
+    assert at.metric[1].value == "67%"  # 2 + 2 + 2 of 9 choose the dataset's preferred ("first")
+    # k = 1: Ann<->Bob mutual; Cy's top is Ann (tie -> lower index) but Ann's top is Bob
+    at.slider(key="topk").set_value(1).run()
+    assert any("Ann (nurse), Bob (nurse)" in m.value and "Cy" not in m.value for m in at.markdown)
+    at.selectbox(key="run_select").set_value("personas-2").run()
+    assert at.query_params["run"] == ["personas-2"] or at.query_params["run"] == "personas-2"
+    assert any("Position bias" in m.value and "100%" in m.value for m in at.markdown)
