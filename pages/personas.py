@@ -191,5 +191,27 @@ with tab_results:
                 st.dataframe(pd.DataFrame([{k: r.get(k) for k in ("name", "occupation", "choice", "preferred", "answers",
                                                                    "gen_scores", "logit_scores", "raw")}
                                            for r in records if r["qid"] == qid]), key="qtable")
+        if len(runs) >= 2:
+            st.subheader("Pairwise vs scoring")
+            picked = st.multiselect("Runs to compare", ids, default=ids[:2], key="compare")
+            rows = []
+            for rid in picked:
+                recs = load_run(runs[ids.index(rid)]["path"])["records"]
+                d = analysis.results_frame(recs)
+                if d.empty:
+                    continue
+                counts = d["choice"].value_counts(normalize=True)
+                pb = analysis.position_bias(recs)
+                rows.append({"run": rid, "mode": runs[ids.index(rid)]["mode"], "items": len(d),
+                             **{c: round(float(counts.get(c, 0.0)), 3) for c in analysis.CATEGORIES},
+                             "named first position": pb["share_first_position"],
+                             "chose dataset's preferred": analysis.preferred_share(d)["share"]})
+            if rows:
+                cmp = pd.DataFrame(rows).set_index("run")
+                st.dataframe(cmp, key="compare_table")
+                fig = go.Figure([go.Bar(x=cmp.index, y=cmp[c], name=c) for c in analysis.CATEGORIES])
+                fig.update_layout(barmode="stack", title="Choice categories per run (position bias shows as "
+                                  "'inconsistent')", height=320)
+                st.plotly_chart(fig, key="compare_chart")
         if data["torn_lines"]:
             st.caption(f"{data['torn_lines']} torn line(s) skipped in results.jsonl.")

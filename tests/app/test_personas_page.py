@@ -82,3 +82,15 @@ def test_results_show_similarity_graph_and_honest_quality_warning(tmp_path, monk
     at.selectbox(key="run_select").set_value("personas-2").run()
     assert at.query_params["run"] == ["personas-2"] or at.query_params["run"] == "personas-2"
     assert any("Position bias" in m.value and "100%" in m.value for m in at.markdown)
+
+
+def test_compare_runs_shows_position_bias_as_inconsistency(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFLENS_CHECKPOINTS", str(tmp_path))
+    _make_run(tmp_path, "personas-1", "scoring")
+    _make_run(tmp_path, "personas-2", "pairwise")
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception
+    table = [d.value for d in at.dataframe if "named first position" in getattr(d.value, "columns", [])][0]
+    assert set(table.index) == {"personas-1", "personas-2"}
+    assert table.loc["personas-2", "named first position"] == 1.0  # every answer was "A"
+    assert table.loc["personas-1", "first"] == round(6 / 9, 3)
