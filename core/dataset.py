@@ -1,0 +1,124 @@
+"""From a PreferenceTable and users to training / test pairs with demonstrations (DESIGN §4).
+
+Texts are addressed by ``q * C + c`` (question q, completion c), the row of the embedding matrix.
+For each split (N pairs):
+
+    user       int (N,)     which user labelled the pair
+    question   int (N,)
+    chosen     int (N,)     text id of the user's preferred response
+    rejected   int (N,)
+    ctx_chosen   int (N, K) text ids of the K demonstrations' preferred sides (same user, other questions)
+    ctx_rejected int (N, K)
+
+Questions are split between train and test, so no prompt is on both sides. Each user's
+demonstration pool (``pool_size`` of their train pairs) is fixed by the seed; every query's K
+demonstrations come from that pool, never from the query's own question.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .data.table import PreferenceTable
+from .users import contested_pairs, demo_pool, sample_contexts, user_pairs
+
+
+@dataclass
+class Split:
+    user: np.ndarray
+    question: np.ndarray
+    chosen: np.ndarray
+    rejected: np.ndarray
+    ctx_chosen: np.ndarray
+    ctx_rejected: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def take(self, idx) -> Split:
+        return Split(*(getattr(self, f)[idx] for f in ("user", "question", "chosen", "rejected",
+                                                        "ctx_chosen", "ctx_rejected")))
+
+
+@dataclass
+class PrefData:
+    train: Split
+    test: Split
+    texts: list[str]  # text id -> text
+    n_users: int
+
+    def summary(self) -> dict:
+        return {
+            "n_users": self.n_users,
+            "train_pairs": len(self.train),
+            "test_pairs": len(self.test),
+            "train_pairs_per_user": np.bincount(self.train.user, minlength=self.n_users).tolist(),
+            "test_pairs_per_user": np.bincount(self.test.user, minlength=self.n_users).tolist(),
+        }
+
+
+def build(table: PreferenceTable, W: np.ndarray, *, seed: int = 0, test_share: float = 0.2,
+          contested_only: bool = True, pool_size: int = 100, n_demos: int = 8,
+          max_train_per_user: int | None = None, max_test_per_user: int | None = None) -> PrefData:
+    """Labelled pairs per user, a question-level split, and fixed demonstrations."""
+    rng = np.random.default_rng(seed)
+    W = np.atleast_2d(W)
+    Q, C = len(table), table.n_completions
+    perm = rng.permutation(Q)
+    n_test = max(1, int(round(test_share * Q)))
+    is_test = np.zeros(Q, dtype=bool)
+    is_test[perm[:n_test]] = True
+
+    if contested_only and len(W) > 1:
+        pairs, first = contested_pairs(table, W)  # (n, 3), (U, n)
+        per_user = []
+        for u in range(len(W)):
+            win = np.where(first[u], pairs[:, 1], pairs[:, 2])
+            lose = np.where(first[u], pairs[:, 2], pairs[:, 1])
+            per_user.append(np.stack([pairs[:, 0], win, lose], axis=1))
+    else:
+        per_user = user_pairs(table, W)
+
+    splits = {"train": [], "test": []}
+    for u, p in enumerate(per_user):
+        tr, te = p[~is_test[p[:, 0]]], p[is_test[p[:, 0]]]
+        tr, te = rng.permutation(tr), rng.permutation(te)
+        if max_train_per_user:
+            tr = tr[:max_train_per_user]
+        if max_test_per_user:
+            te = te[:max_test_per_user]
+        if len(tr) < n_demos + 1:
+            raise ValueError(f"user {u} has only {len(tr)} training pairs; need more than n_demos={n_demos}")
+        pool = tr[demo_pool(len(tr), pool_size, rng)]  # (P, 3)
+        for name, part in (("train", tr), ("test", te)):
+            if len(part) == 0:
+                continue
+            ctx = sample_contexts(part[:, 0], pool[:, 0], n_demos, rng)  # (n, K) rows of pool
+            splits[name].append(Split(
+                user=np.full(len(part), u, dtype=np.int64),
+                question=part[:, 0].astype(np.int64),
+                chosen=(part[:, 0] * C + part[:, 1]).astype(np.int64),
+                rejected=(part[:, 0] * C + part[:, 2]).astype(np.int64),
+                ctx_chosen=(pool[ctx, 0] * C + pool[ctx, 1]).astype(np.int64),
+                ctx_rejected=(pool[ctx, 0] * C + pool[ctx, 2]).astype(np.int64),
+            ))
+
+    def cat(parts: list[Split]) -> Split:
+        if not parts:
+            z = np.zeros(0, dtype=np.int64)
+            return Split(z, z, z, z, np.zeros((0, n_demos), np.int64), np.zeros((0, n_demos), np.int64))
+        return Split(*(np.concatenate([getattr(s, f) for s in parts]) for f in
+                       ("user", "question", "chosen", "rejected", "ctx_chosen", "ctx_rejected")))
+
+    texts = [table.texts(q, c) for q in range(Q) for c in range(C)]
+    return PrefData(train=cat(splits["train"]), test=cat(splits["test"]), texts=texts, n_users=len(W))
+
+
+def used_text_ids(data: PrefData) -> np.ndarray:
+    """Sorted unique text ids any split reads (only these need embedding)."""
+    parts = []
+    for s in (data.train, data.test):
+        parts += [s.chosen, s.rejected, s.ctx_chosen.ravel(), s.ctx_rejected.ravel()]
+    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)

@@ -1,0 +1,125 @@
+"""Reward models: the traditional BTL model and the VAE conditional reward model (seed §3.4, Table 1).
+
+Shapes (B = batch of queries, K = demonstrations per query, D = encoder width, L = latent width):
+
+    query_emb     (B, D)      embedding of (prompt + response) for the response being scored
+    ctx_chosen    (B, K, D)   frozen embeddings of each demonstration's preferred side
+    ctx_rejected  (B, K, D)   ... and of its rejected side
+    mu, logvar    (B, L)      posterior over the user's latent taste
+    reward        (B,)
+
+BTL:  r(x, y) = MLP(e(x, y));   p(y_w > y_l) = sigmoid(r_w - r_l)
+VPL:  z ~ q(z | demos) (mean at evaluation);  r(x, y, z) = MLP([e(x, y), z])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def mlp(d_in: int, d_hidden: int, d_out: int, dropout: float = 0.0) -> nn.Sequential:
+    """Two linear layers with a GELU between them."""
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_hidden, d_out))
+
+
+@dataclass
+class VPLDims:
+    """Table 1 of the study at a 1024-wide encoder is 512 everywhere; ``scaled`` keeps that ratio."""
+
+    pair_hidden: int
+    pair_out: int
+    latent: int
+    decoder_hidden: int
+
+    @classmethod
+    def scaled(cls, encoder_dim: int, **overrides: int) -> VPLDims:
+        half = max(8, encoder_dim // 2)
+        dims = {"pair_hidden": half, "pair_out": half, "latent": half, "decoder_hidden": half}
+        dims.update({k: v for k, v in overrides.items() if v})
+        return cls(**dims)
+
+
+class BTLRewardModel(nn.Module):
+    """User-agnostic reward head: one score per (prompt, response) embedding."""
+
+    conditional = False
+
+    def __init__(self, encoder_dim: int, hidden: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        self.head = mlp(encoder_dim, hidden or max(8, encoder_dim // 2), 1, dropout)
+
+    def reward(self, query_emb: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(query_emb).squeeze(-1)  # (B,)
+
+
+class VPLRewardModel(nn.Module):
+    """VAE conditional reward model (after Poddar et al. 2024), with the study's sub-modules."""
+
+    conditional = True
+
+    def __init__(self, encoder_dim: int, dims: VPLDims | None = None, n_heads: int = 4, dropout: float = 0.0):
+        super().__init__()
+        d = dims or VPLDims.scaled(encoder_dim)
+        self.dims = d
+        # pair encoder: [e_chosen, e_rejected] -> one vector per demonstration
+        self.pair_encoder = mlp(2 * encoder_dim, d.pair_hidden, d.pair_out, dropout)
+        # sequence encoder: self-attention across the K demonstrations, then mean-pool
+        heads = n_heads if d.pair_out % n_heads == 0 else 1
+        self.attn = nn.MultiheadAttention(d.pair_out, heads, dropout=dropout, batch_first=True)
+        self.norm = nn.LayerNorm(d.pair_out)
+        self.to_mu = nn.Linear(d.pair_out, d.latent)
+        self.to_logvar = nn.Linear(d.pair_out, d.latent)
+        # decoder: [e(x, y), z] -> reward
+        self.decoder = mlp(encoder_dim + d.latent, d.decoder_hidden, 1, dropout)
+
+    def encode_user(self, ctx_chosen: torch.Tensor, ctx_rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, K, D) x 2 -> mu, logvar (B, L)."""
+        h = self.pair_encoder(torch.cat([ctx_chosen, ctx_rejected], dim=-1))  # (B, K, P)
+        a, _ = self.attn(h, h, h, need_weights=False)  # (B, K, P)
+        pooled = self.norm(h + a).mean(dim=1)  # (B, P)
+        return self.to_mu(pooled), self.to_logvar(pooled).clamp(-10.0, 10.0)
+
+    @staticmethod
+    def sample(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Reparameterized z = mu + sigma * eps (training). Evaluation uses mu itself."""
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + torch.exp(0.5 * logvar) * eps
+
+    def reward(self, query_emb: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(torch.cat([query_emb, z], dim=-1)).squeeze(-1)  # (B,)
+
+
+def btl_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
+    """Per-pair negative log-likelihood of the Bradley-Terry-Luce model, (B,)."""
+    return -F.logsigmoid(r_chosen - r_rejected)
+
+
+def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, I)) per row, (B,)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+
+
+def contrastive_loss(mu: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
+    """Seed eq. 12 on latent means: pull same-user means together, push different users apart.
+
+    mu (B, L), user (B,) -> scalar: mean over ordered pairs i != j of -cos (same user) or +cos.
+    """
+    if mu.shape[0] < 2:
+        return mu.sum() * 0.0
+    unit = F.normalize(mu, dim=-1)
+    cos = unit @ unit.T  # (B, B)
+    same = (user[:, None] == user[None, :]).float()
+    sign = 1.0 - 2.0 * same  # -1 same user, +1 different
+    off = 1.0 - torch.eye(len(mu), device=mu.device)
+    return (sign * cos * off).sum() / off.sum()
+
+
+def active_units(mu: torch.Tensor, threshold: float = 0.01) -> float:
+    """Share of latent dimensions whose mean varies across inputs (Var > threshold); 0 = collapse."""
+    if mu.shape[0] < 2:
+        return 0.0
+    return float((mu.var(dim=0) > threshold).float().mean())

@@ -1,0 +1,466 @@
+"""Train a reward model into a run directory (DESIGN §2, §6).
+
+    python -m core.train --preset vpl-adaptive --run-dir checkpoints/demo [--seed 0] [--steps 200] [--dry-run]
+    python -m core.train --config cfg.json --run-dir checkpoints/demo
+
+The run directory is the only output: config.json, status.json, metrics.jsonl (one record per
+evaluation), latents/step-N.npz, model.safetensors + train_state.pt (resume), log.txt. Rerunning
+on a folder with a checkpoint resumes from it and reaches the same numbers as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import ConfigError, TrainConfig, build_config, load_config_file
+from .dataset import PrefData, build, used_text_ids
+from .encoders import EmbeddingCache, TextEncoder, default_cache_root
+from .models import (
+    BTLRewardModel,
+    VPLDims,
+    VPLRewardModel,
+    active_units,
+    btl_loss,
+    contrastive_loss,
+    kl_to_standard_normal,
+)
+from .runs import RunDir
+from .samplers import AdaptiveSampler, UniformSampler
+
+
+class Cancelled(Exception):
+    """Raised inside the loop after SIGTERM/SIGINT, once the state is checkpointed."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_table(cfg: TrainConfig):
+    from .data import generate_table, load_ultrafeedback
+
+    if cfg.data == "offline":
+        return generate_table(n_prompts=cfg.corpus_prompts, seed=cfg.corpus_seed, signal=cfg.signal,
+                              rating_noise=cfg.rating_noise)
+    return load_ultrafeedback(cfg.data)
+
+
+def load_users(cfg: TrainConfig) -> np.ndarray:
+    from .users import preset
+
+    return preset(cfg.users, seed=cfg.user_seed) if isinstance(cfg.users, str) else np.asarray(cfg.users, float)
+
+
+class Trainer:
+    """A small generic loop (minGPT-style) with callbacks: ``on_eval(trainer, record)``, ``on_step(trainer)``."""
+
+    def __init__(self, cfg: TrainConfig, run: RunDir, *, log: Callable[[str], None] = print):
+        self.cfg, self.run, self.log = cfg, run, log
+        self.device = resolve_device(cfg.device)
+        self.callbacks: dict[str, list[Callable]] = {"on_eval": [], "on_step": []}
+        self._stop_requested = False
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+
+        t0 = time.perf_counter()
+        self.table = load_table(cfg)
+        self.W = load_users(cfg)
+        self.data: PrefData = build(self.table, self.W, seed=cfg.seed, test_share=cfg.test_share,
+                                    contested_only=cfg.contested_only, pool_size=cfg.pool_size, n_demos=cfg.n_demos,
+                                    max_train_per_user=cfg.max_train_per_user, max_test_per_user=cfg.max_test_per_user)
+        self.log(f"data: {json.dumps(self.data.summary())} ({time.perf_counter() - t0:.1f}s)")
+
+        self.encoder = TextEncoder.load(cfg.encoder, device=self.device, max_length=cfg.max_length)
+        self.embeddings = self._embed_frozen()  # (n_texts, D) on device
+        if self.device.type == "cpu":
+            # small heads on cached embeddings: one thread is ~70x faster than two fighting a busy core
+            threads = cfg.cpu_threads or (1 if cfg.query_encoder == "frozen" else torch.get_num_threads())
+            torch.set_num_threads(threads)
+        D = self.encoder.dim
+        if cfg.method == "btl":
+            self.model = BTLRewardModel(D, hidden=cfg.decoder_hidden or None)
+        else:
+            dims = VPLDims.scaled(D, pair_hidden=cfg.pair_hidden, pair_out=cfg.pair_out, latent=cfg.latent,
+                                  decoder_hidden=cfg.decoder_hidden)
+            self.model = VPLRewardModel(D, dims)
+        self.model.to(self.device)
+        self.query_encoder = self._setup_query_encoder()
+        params = [p for p in self.model.parameters()]
+        if self.query_encoder is not None:
+            params += [p for p in self.query_encoder.model.parameters() if p.requires_grad]
+        self.params = params
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        from transformers import get_cosine_schedule_with_warmup
+
+        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, int(math.ceil(cfg.warmup_ratio * cfg.steps)),
+                                                         cfg.steps)
+        users = self.data.train.user
+        if cfg.sampler == "adaptive":
+            self.sampler = AdaptiveSampler(users, cfg.steps, order=cfg.adaptive_order, weights=cfg.adaptive_weights,
+                                           steps_per_phase=cfg.steps_per_phase, seed=cfg.seed)
+        else:
+            self.sampler = UniformSampler(users, seed=cfg.seed)
+        self.z_gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.step = 0
+        self.wall_offset = 0.0  # wall seconds spent before a resume
+        self.samples_seen = 0
+        self.loss_sum, self.loss_n = 0.0, 0
+        self.probe = self._probe_indices()
+
+    # ------------------------------------------------------------------ setup helpers
+    def _embed_frozen(self) -> torch.Tensor:
+        ids = used_text_ids(self.data)
+        cache = EmbeddingCache(self.cfg.cache_dir or default_cache_root(), self.encoder)
+        todo = len(cache.missing([self.data.texts[i] for i in ids]))
+        self.log(f"embeddings: {len(ids)} texts used, {todo} not cached yet (encoding them once)")
+        self.run.update_status(phase="embedding")
+        last = [0.0]
+
+        def progress(done, total):
+            if time.perf_counter() - last[0] > 2.0 or done == total:
+                last[0] = time.perf_counter()
+                self.run.update_status(embedding={"done": done, "total": total})
+                self.log(f"  encoded {done}/{total}")
+
+        emb = cache.get([self.data.texts[i] for i in ids], progress=progress)
+        self.cache_encoded = cache.encoded
+        full = np.zeros((len(self.data.texts), emb.shape[1]), dtype=np.float32)
+        full[ids] = emb
+        return torch.from_numpy(full).to(self.device)
+
+    def _setup_query_encoder(self) -> TextEncoder | None:
+        mode = self.cfg.query_encoder
+        if mode == "frozen":
+            for p in self.encoder.model.parameters():
+                p.requires_grad_(False)
+            return None
+        enc = self.encoder
+        if mode == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            names = {n.split(".")[-1] for n, m in enc.model.named_modules() if isinstance(m, torch.nn.Linear)}
+            targets = [t for t in ("query", "key", "value", "q_proj", "k_proj", "v_proj", "c_attn", "dense") if t in names]
+            peft_cfg = LoraConfig(r=self.cfg.lora_r, lora_alpha=self.cfg.lora_alpha, target_modules=targets or None,
+                                  lora_dropout=0.0)
+            enc.model = get_peft_model(enc.model, peft_cfg)
+        else:
+            for p in enc.model.parameters():
+                p.requires_grad_(True)
+        enc.model.train()
+        return enc
+
+    def _probe_indices(self) -> np.ndarray:
+        """Fixed test queries whose latent means are saved at each evaluation (for t-SNE)."""
+        rng = np.random.default_rng(self.cfg.seed + 7)
+        out = []
+        for u in range(self.data.n_users):
+            idx = np.flatnonzero(self.data.test.user == u)
+            out.append(rng.permutation(idx)[: self.cfg.probe_per_user])
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+    # ------------------------------------------------------------------ forward
+    def _query(self, ids: np.ndarray) -> torch.Tensor:
+        if self.query_encoder is None:
+            return self.embeddings[torch.as_tensor(ids, device=self.device)]
+        batch = self.query_encoder.tokenize([self.data.texts[i] for i in ids])
+        return self.query_encoder.forward(batch)
+
+    def forward(self, split, idx: np.ndarray, *, train: bool):
+        """Per-pair loss (B,), r_chosen - r_rejected (B,), mu (B, L) or None, user (B,)."""
+        s = split.take(idx)
+        n = len(idx)
+        q = self._query(np.concatenate([s.chosen, s.rejected]))  # (2B, D)
+        user = torch.as_tensor(s.user, device=self.device)
+        if self.cfg.method == "btl":
+            r = self.model.reward(q)
+            margin = r[:n] - r[n:]
+            return btl_loss(r[:n], r[n:]), margin, None, user
+        E = self.embeddings
+        ctx_c = E[torch.as_tensor(s.ctx_chosen, device=self.device)]  # (B, K, D)
+        ctx_r = E[torch.as_tensor(s.ctx_rejected, device=self.device)]
+        mu, logvar = self.model.encode_user(ctx_c, ctx_r)  # (B, L)
+        z = self.model.sample(mu, logvar, self.z_gen) if train else mu
+        r = self.model.reward(q, torch.cat([z, z]))
+        margin = r[:n] - r[n:]
+        loss = btl_loss(r[:n], r[n:])
+        if self.cfg.beta > 0:
+            loss = loss + self.cfg.beta * kl_to_standard_normal(mu, logvar)
+        return loss, margin, mu, user
+
+    # ------------------------------------------------------------------ one optimizer step
+    def train_step(self) -> float:
+        cfg = self.cfg
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        per_user: dict[int, list[torch.Tensor]] = {}
+        total = 0.0
+        for _ in range(cfg.grad_accum):
+            idx = self.sampler.sample(self.step, cfg.batch_size)
+            loss, _, mu, user = self.forward(self.data.train, idx, train=True)
+            extra = cfg.contrastive_coef * contrastive_loss(mu, user) if (mu is not None and cfg.contrastive_coef) else 0.0
+            total += float(loss.detach().mean()) / cfg.grad_accum
+            if cfg.grad_strategy == "sum":
+                ((loss.mean() + extra) / cfg.grad_accum).backward()
+            else:
+                for u in user.unique().tolist():
+                    per_user.setdefault(u, []).append(loss[user == u])
+                if torch.is_tensor(extra):
+                    per_user.setdefault(-1, []).append(extra.reshape(1))
+            self.samples_seen += len(idx)
+        if cfg.grad_strategy != "sum":
+            self._combine_user_gradients(per_user)
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        self.loss_sum += total
+        self.loss_n += 1
+        return total
+
+    def _combine_user_gradients(self, per_user: dict[int, list[torch.Tensor]]) -> None:
+        """One gradient per user's mean loss, combined by MGDA or PCGrad (torchjd)."""
+        from torchjd.aggregation import MGDA, PCGrad
+        from torchjd.autojac import backward, jac_to_grad
+
+        extra = per_user.pop(-1, None)
+        losses = [torch.cat(v).mean() for _, v in sorted(per_user.items())]
+        if extra is not None:  # the contrastive term is shared: add it to every user's objective
+            shared = torch.cat(extra).mean()
+            losses = [loss + shared for loss in losses]
+        if len(losses) == 1:
+            losses[0].backward()
+            return
+        params = [p for p in self.params if p.requires_grad]
+        backward(torch.stack(losses), inputs=params)
+        jac_to_grad(params, MGDA() if self.cfg.grad_strategy == "mgda" else PCGrad())
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        self.model.eval()
+        if self.query_encoder is not None:
+            self.query_encoder.model.eval()
+        test = self.data.test
+        losses, correct, mus = [], [], []
+        for s in range(0, len(test), 256):
+            idx = np.arange(s, min(s + 256, len(test)))
+            loss, margin, _, _ = self.forward(test, idx, train=False)
+            losses.append(loss.cpu())
+            correct.append((margin > 0).float().cpu())
+        loss = torch.cat(losses).numpy() if losses else np.zeros(0)
+        corr = torch.cat(correct).numpy() if correct else np.zeros(0)
+        user_acc, user_loss = {}, {}
+        for u in range(self.data.n_users):
+            m = test.user == u
+            if m.any():
+                user_acc[str(u)] = float(corr[m].mean())
+                user_loss[str(u)] = float(loss[m].mean())
+        record = {
+            "step": self.step,
+            "epoch": self.samples_seen / max(1, len(self.data.train)),
+            "loss": self.loss_sum / self.loss_n if self.loss_n else None,
+            "eval_loss": float(loss.mean()) if len(loss) else None,
+            "accuracy": float(np.mean(list(user_acc.values()))) if user_acc else None,
+            "pair_accuracy": float(corr.mean()) if len(corr) else None,
+            "user_accuracy": user_acc,
+            "user_loss": user_loss,
+            "lr": self.scheduler.get_last_lr()[0],
+            "phase": self.sampler.phase(max(0, self.step - 1)),
+            "samples": self.samples_seen,
+        }
+        if self.cfg.method == "vpl" and len(self.probe):
+            s = test.take(self.probe)
+            E = self.embeddings
+            mu, _ = self.model.encode_user(E[torch.as_tensor(s.ctx_chosen, device=self.device)],
+                                           E[torch.as_tensor(s.ctx_rejected, device=self.device)])
+            record["active_units"] = active_units(mu)
+            np.savez(self.run.latents_dir / f"step-{self.step:06d}.npz", mu=mu.float().cpu().numpy(),
+                     user=s.user, question=s.question)
+        self.loss_sum, self.loss_n = 0.0, 0
+        self.model.train()
+        if self.query_encoder is not None:
+            self.query_encoder.model.train()
+        return record
+
+    # ------------------------------------------------------------------ checkpoints
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        state = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        if self.query_encoder is not None:
+            for n, p in self.query_encoder.model.named_parameters():
+                if p.requires_grad:
+                    state[f"encoder.{n}"] = p.detach()
+        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+    def save_checkpoint(self) -> None:
+        from safetensors.torch import save_file
+
+        tmp = self.run.path / ".model.safetensors.tmp"
+        save_file(self._trainable_state(), str(tmp))
+        tmp.replace(self.run.path / "model.safetensors")
+        state = {
+            "step": self.step,
+            "samples_seen": self.samples_seen,
+            "wall_s": self.wall_offset + (time.perf_counter() - self._t_start),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "z_gen": self.z_gen.get_state(),
+            "sampler": json.dumps(self.sampler.state()),
+        }
+        tmp = self.run.path / ".train_state.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(self.run.path / "train_state.pt")
+
+    def try_resume(self) -> bool:
+        from safetensors.torch import load_file
+
+        st_path = self.run.path / "train_state.pt"
+        if not st_path.exists() or not (self.run.path / "model.safetensors").exists():
+            return False
+        state = torch.load(st_path, weights_only=True, map_location="cpu")
+        weights = load_file(str(self.run.path / "model.safetensors"))
+        self.model.load_state_dict({k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")})
+        if self.query_encoder is not None:
+            named = dict(self.query_encoder.model.named_parameters())
+            with torch.no_grad():
+                for k, v in weights.items():
+                    if k.startswith("encoder."):
+                        named[k[len("encoder."):]].copy_(v)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.z_gen.set_state(state["z_gen"])
+        self.sampler.load_state(json.loads(state["sampler"]))
+        self.step = int(state["step"])
+        self.samples_seen = int(state["samples_seen"])
+        self.wall_offset = float(state["wall_s"])
+        # drop metrics recorded after the checkpoint (the run died between the two writes)
+        records, _ = self.run.metrics()
+        kept = [r for r in records if r.get("step", 0) <= self.step]
+        if len(kept) != len(records):
+            self.run.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.log(f"resumed from step {self.step}")
+        return True
+
+    # ------------------------------------------------------------------ the loop
+    def request_stop(self, *_):
+        self._stop_requested = True
+
+    def fit(self, stop_after: int | None = None) -> list[dict]:
+        """Train to cfg.steps (or stop after ``stop_after`` steps, for interruption tests)."""
+        cfg = self.cfg
+        self._t_start = time.perf_counter()
+        resumed = self.try_resume()
+        self.run.update_status(phase="training", steps=cfg.steps, resumed=resumed)
+        history = []
+        if self.step == 0:
+            rec = self._record(self.evaluate())
+            history.append(rec)
+        while self.step < cfg.steps:
+            loss = self.train_step()
+            for cb in self.callbacks["on_step"]:
+                cb(self)
+            if self.step % 5 == 0 or self.step == cfg.steps:
+                self.run.set_progress(self.step, cfg.steps, train_loss=loss)
+            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                history.append(self._record(self.evaluate()))
+            if self._stop_requested:
+                self.save_checkpoint()
+                raise Cancelled(f"stopped at step {self.step}")
+            if stop_after is not None and self.step >= stop_after:
+                self.save_checkpoint()
+                break
+        return history
+
+    def _record(self, record: dict) -> dict:
+        record["wall_s"] = self.wall_offset + (time.perf_counter() - self._t_start)
+        self.run.append_metrics(record)
+        if self.step > 0:
+            self.save_checkpoint()
+        accs = " ".join(f"u{u}={a:.3f}" for u, a in record["user_accuracy"].items())
+        self.log(f"step {record['step']:>5} loss {record['loss'] if record['loss'] is not None else float('nan'):.4f} "
+                 f"eval_acc {record['accuracy']:.3f} [{accs}]")
+        for cb in self.callbacks["on_eval"]:
+            cb(self, record)
+        return record
+
+
+def train(cfg: TrainConfig, run_dir: str | Path, *, stop_after: int | None = None,
+          log: Callable[[str], None] = print) -> list[dict]:
+    """Train into run_dir (created if needed); returns this session's evaluation records."""
+    run = RunDir(run_dir).create()
+    if run.config() not in (None, cfg.model_dump(mode="json")) and (run.path / "train_state.pt").exists():
+        raise ConfigError("config: the run directory holds a checkpoint of a different config; use a new folder")
+    run.write_config(cfg.model_dump(mode="json"))
+    run.mark_running(kind="train", method=cfg.preset or cfg.method)
+    trainer = None
+    prev = {}
+    try:
+        if hasattr(signal, "SIGTERM"):
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    prev[sig] = signal.signal(sig, lambda *a: trainer.request_stop() if trainer else sys.exit(143))
+                except ValueError:  # not the main thread (e.g. inside a notebook worker)
+                    pass
+        trainer = Trainer(cfg, run, log=log)
+        history = trainer.fit(stop_after=stop_after)
+        if trainer.step >= cfg.steps:
+            run.mark_final("succeeded", progress={"done": trainer.step, "total": cfg.steps, "fraction": 1.0})
+        else:
+            run.mark_final("cancelled", error=f"stopped after step {trainer.step} (resumable)",
+                           progress={"done": trainer.step, "total": cfg.steps, "fraction": trainer.step / cfg.steps})
+        return history
+    except Cancelled as err:
+        run.mark_final("cancelled", error=str(err))
+        log(f"cancelled: {err}")
+        return []
+    except BaseException as err:
+        run.mark_final("failed", error=f"{type(err).__name__}: {err}\n{traceback.format_exc()[-2000:]}")
+        raise
+    finally:
+        for sig, handler in prev.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m core.train", description="Train a reward model into a run directory.")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset", help="method preset: traditional, vpl, vpl-adaptive, vpl-mgda, vpl-pcgrad, vpl-contrastive")
+    src.add_argument("--config", help="JSON config file (may name a preset and override fields)")
+    ap.add_argument("--run-dir", required=True, help="output folder (resumes if it holds a checkpoint)")
+    ap.add_argument("--seed", type=int, help="random seed (overrides the config)")
+    ap.add_argument("--steps", type=int, help="optimizer steps (overrides the config)")
+    ap.add_argument("--dry-run", action="store_true", help="tiny data and 2 steps, to check the pipeline end to end")
+    args = ap.parse_args(argv)
+    over = {"seed": args.seed, "steps": args.steps}
+    try:
+        if args.config:
+            cfg = load_config_file(args.config, **over)
+        else:
+            cfg = build_config({"preset": args.preset}, **over)
+        if args.dry_run:
+            cfg = build_config({**cfg.model_dump(), "corpus_prompts": 60, "steps": 2, "eval_every": 1,
+                                "max_train_per_user": 40, "max_test_per_user": 20, "pool_size": 20})
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    train(cfg, args.run_dir, log=lambda m: print(m, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
