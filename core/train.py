@@ -255,7 +255,7 @@ class Trainer:
         if self.query_encoder is not None:
             self.query_encoder.model.eval()
         test = self.data.test
-        losses, correct, mus = [], [], []
+        losses, correct = [], []
         for s in range(0, len(test), 256):
             idx = np.arange(s, min(s + 256, len(test)))
             loss, margin, _, _ = self.forward(test, idx, train=False)
