@@ -1,0 +1,175 @@
+"""Compare methods over seeds and summarize runs like the study's Tables 2-4.
+
+    python -m core.experiments compare --presets traditional vpl vpl-adaptive --seeds 0 1 2 --out DIR
+        [--steps N] [--set key=value ...] [--dry-run]
+
+writes DIR/runs/<preset>-s<seed>/ (ordinary run directories) and DIR/table.csv + DIR/table.json,
+one row per method: mean +- std of the final mean per-user accuracy, the share of runs that
+converged (every user's accuracy at or above the threshold from some evaluation on), and the
+steps, epochs and wall seconds to get there (means over converged runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from .runs import RunDir
+
+
+def convergence(records: list[dict], threshold: float) -> dict | None:
+    """First evaluation after which every user's accuracy stays >= threshold; None if never."""
+    ok = [bool(r.get("user_accuracy")) and min(r["user_accuracy"].values()) >= threshold for r in records]
+    for i in range(len(records)):
+        if all(ok[i:]):
+            r = records[i]
+            return {"step": r.get("step"), "epoch": r.get("epoch"), "wall_s": r.get("wall_s")}
+    return None
+
+
+def run_row(path: str | Path) -> dict | None:
+    """One finished run as a flat row, or None if the folder is not a readable training run."""
+    run = RunDir(path)
+    cfg = run.config()
+    records, skipped = run.metrics()
+    if not isinstance(cfg, dict) or not records:
+        return None
+    status = run.status()
+    last = records[-1]
+    threshold = float(cfg.get("converge_threshold", 0.8))
+    conv = convergence(records, threshold)
+    row = {
+        "run_id": run.run_id,
+        "method": cfg.get("preset") or cfg.get("method"),
+        "seed": cfg.get("seed"),
+        "state": status.get("state", "unknown"),
+        "steps": last.get("step"),
+        "accuracy": last.get("accuracy"),
+        "converged": conv is not None,
+        "steps_to_converge": conv["step"] if conv else None,
+        "epochs_to_converge": conv["epoch"] if conv else None,
+        "wall_to_converge_s": conv["wall_s"] if conv else None,
+        "wall_s": last.get("wall_s"),
+        "skipped_lines": skipped,
+    }
+    for u, a in (last.get("user_accuracy") or {}).items():
+        row[f"user_{u}_accuracy"] = a
+    return row
+
+
+def summarize(rows: Iterable[dict]) -> list[dict]:
+    """Rows of runs -> one row per method (mean +- std, converged share, time to converge)."""
+    by_method: dict[str, list[dict]] = {}
+    for r in rows:
+        if r is not None:
+            by_method.setdefault(str(r["method"]), []).append(r)
+    out = []
+    for method, rs in by_method.items():
+        acc = np.array([r["accuracy"] for r in rs if r["accuracy"] is not None], dtype=float)
+        conv = [r for r in rs if r["converged"]]
+
+        def mean(key, rs=conv):
+            vals = [r[key] for r in rs if r[key] is not None]
+            return float(np.mean(vals)) if vals else None
+
+        out.append({
+            "method": method,
+            "runs": len(rs),
+            "accuracy_mean": float(acc.mean()) if len(acc) else None,
+            "accuracy_std": float(acc.std()) if len(acc) else None,
+            "converged_share": len(conv) / len(rs),
+            "steps_to_converge": mean("steps_to_converge"),
+            "epochs_to_converge": mean("epochs_to_converge"),
+            "wall_to_converge_s": mean("wall_to_converge_s"),
+            "wall_s": mean("wall_s", rs),
+        })
+    return out
+
+
+def write_table(rows: list[dict], out: Path) -> None:
+    import pandas as pd
+
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(out / "table.csv", index=False)
+    (out / "table.json").write_text(json.dumps(rows, indent=2))
+
+
+def compare(presets: list[str], seeds: list[int], out: str | Path, overrides: dict | None = None,
+            log: Callable[[str], None] = print) -> list[dict]:
+    """Train every (preset, seed) into out/runs/ (resuming finished or partial runs) and write the table."""
+    from .config import build_config
+    from .train import train
+
+    out = Path(out)
+    run_rows = []
+    for p in presets:
+        if p.startswith("fewshot-"):
+            raise SystemExit(f"{p}: the few-shot baseline is not available in this build yet")
+        for s in seeds:
+            cfg = build_config({"preset": p, **(overrides or {}), "seed": s})
+            run_dir = out / "runs" / f"{p}-s{s}"
+            t0 = time.perf_counter()
+            if RunDir(run_dir).status().get("state") != "succeeded":
+                train(cfg, run_dir, log=lambda m: None)
+            row = run_row(run_dir)
+            run_rows.append(row)
+            log(f"{p} seed {s}: accuracy {row['accuracy']:.3f}, converged {row['converged']} "
+                f"({time.perf_counter() - t0:.1f}s)")
+    table = summarize(run_rows)
+    write_table(table, out)
+    import pandas as pd
+
+    pd.DataFrame(run_rows).to_csv(out / "runs.csv", index=False)
+    return table
+
+
+def _parse_set(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m core.experiments", description="Compare methods over seeds.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("compare", help="train presets x seeds and write table.csv / table.json")
+    c.add_argument("--presets", nargs="+", required=True)
+    c.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    c.add_argument("--out", required=True)
+    c.add_argument("--steps", type=int, help="override every preset's steps")
+    c.add_argument("--set", nargs="*", default=[], help="extra config overrides, key=value (JSON values)")
+    c.add_argument("--dry-run", action="store_true", help="tiny data and 2 steps per run")
+    args = ap.parse_args(argv)
+    over = _parse_set(args.set)
+    if args.steps:
+        over["steps"] = args.steps
+    if args.dry_run:
+        over.update({"corpus_prompts": 60, "steps": 2, "eval_every": 1, "max_train_per_user": 40,
+                     "max_test_per_user": 20, "pool_size": 20})
+    from .config import ConfigError
+
+    try:
+        table = compare(args.presets, args.seeds, args.out, over, log=lambda m: print(m, flush=True))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for r in table:
+        print(json.dumps(r))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
