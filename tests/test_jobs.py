@@ -1,0 +1,156 @@
+"""JobManager with real child processes: queue, cancel, SIGKILL, restart, submitit, bad configs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from core.config import ConfigError
+from core.jobs import JobError, JobManager, pid_alive
+from core.runs import RunDir
+
+TINY = {"corpus_prompts": 60, "eval_every": 1, "max_train_per_user": 40, "max_test_per_user": 20,
+        "pool_size": 20}
+
+
+@pytest.fixture
+def cache_root(cache_root, small_corpus_embeddings):
+    """The session cache, filled once with the 400-question corpus (the 60-question one is a subset),
+    so child processes never encode."""
+    return cache_root
+
+
+def tiny(cache_root, **kw):
+    return {"preset": "vpl", **TINY, "steps": 2, "cache_dir": cache_root, **kw}
+
+
+def long_run(cache_root, **kw):
+    """Tiny data, effectively endless: only a signal ends it."""
+    return tiny(cache_root, steps=100_000, eval_every=50, **kw)
+
+
+def wait_for(pred, timeout, what):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def training(jm, run_id):
+    st = jm.status(run_id)
+    return st["state"] == "running" and (st.get("progress") or {}).get("done", 0) > 0 and st
+
+
+@pytest.mark.slow
+def test_one_slot_queue_cancel_frees_slot_and_restart_sees_all(tmp_path, cache_root):
+    jm = JobManager(tmp_path, max_concurrent=1, grace_s=5)
+    a = jm.submit(long_run(cache_root))
+    b = jm.submit(tiny(cache_root, seed=3))
+    assert jm.status(a)["state"] == "running"
+    assert jm.status(a)["pid"] and pid_alive(jm.status(a)["pid"])
+    assert jm.status(b)["state"] == "queued"
+    assert jm.status(b)["pid"] is None
+
+    st = wait_for(lambda: training(jm, a), 90, "run A to train")
+    pid = st["pid"]
+    assert jm.status(b)["state"] == "queued"  # still waiting while A holds the only slot
+
+    t0 = time.time()
+    out = jm.cancel(a)
+    assert out["state"] == "cancelled"
+    assert time.time() - t0 < 8
+    assert not pid_alive(pid)
+    assert (tmp_path / a / "train_state.pt").exists()  # graceful: it checkpointed on SIGTERM
+    # the freed slot goes to B, which then completes
+    assert jm.status(b)["state"] in ("running", "succeeded")
+    wait_for(lambda: jm.status(b)["state"] in ("succeeded", "failed"), 90, "run B to finish")
+    st_b = jm.status(b)
+    assert st_b["state"] == "succeeded", st_b.get("error")
+    records, _ = RunDir(tmp_path / b).metrics()
+    assert [r["step"] for r in records] == [0, 1, 2]
+
+    # an app restart: a fresh manager over the same folder, plus a foreign folder and a torn status
+    (tmp_path / "not-a-run").mkdir()
+    (tmp_path / "Weird Name").mkdir()
+    (tmp_path / "garbled-run").mkdir()
+    (tmp_path / "garbled-run" / "status.json").write_text('{"state": "runn')
+    jm2 = JobManager(tmp_path, max_concurrent=1)
+    runs = jm2.list()
+    assert [r["run_id"] for r in runs] == [b, a]  # newest first
+    assert {r["run_id"]: r["state"] for r in runs} == {a: "cancelled", b: "succeeded"}
+    assert runs.skipped == 3
+    assert "step" in jm2.log(b)
+    with pytest.raises(JobError):
+        jm2.status("../etc")
+
+
+@pytest.mark.slow
+def test_sigkilled_run_ends_failed_with_its_log_tail(tmp_path, cache_root):
+    jm = JobManager(tmp_path)
+    rid = jm.submit(long_run(cache_root))
+    st = wait_for(lambda: training(jm, rid), 90, "the run to train")
+    os.killpg(st["pid"], signal.SIGKILL)
+    wait_for(lambda: not pid_alive(st["pid"]), 10, "the process to die")
+    st = jm.status(rid)
+    assert st["state"] == "failed"
+    assert "exited without a final state" in st["error"]
+    assert "step     0" in st["error"]  # the log tail: the trainer's first eval line
+    # persisted: a fresh manager reads the same verdict from disk
+    assert RunDir(tmp_path / rid).status()["state"] == "failed"
+    assert JobManager(tmp_path).list()[0]["state"] == "failed"
+
+
+def test_reused_pid_is_not_the_run(tmp_path):
+    """A status whose pid now belongs to another process (different start time) is a dead run."""
+    jm = JobManager(tmp_path)
+    run = RunDir(tmp_path / "train-20260101-000000-abcdef").create()
+    run.write_config({"preset": "vpl"})
+    run.log("step     0 loss nan")
+    run.update_status(state="running", kind="train", pid=os.getpid(), pid_start="1", launcher="local")
+    st = jm.status(run.run_id)
+    assert st["state"] == "failed" and "step     0" in st["error"]
+
+
+def test_bad_config_raises_naming_the_field_and_creates_nothing(tmp_path):
+    jm = JobManager(tmp_path)
+    with pytest.raises(ConfigError, match="steps"):
+        jm.submit({"preset": "vpl", "steps": -5})
+    with pytest.raises(ConfigError, match="preset"):
+        jm.submit({"preset": "nope"})
+    with pytest.raises(ValueError, match="kind"):
+        jm.submit({"kind": "bogus"})
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_cancel_queued_run(tmp_path, cache_root):
+    jm = JobManager(tmp_path, max_concurrent=1)
+    # occupy the slot with a fake live run (this test process) so nothing launches
+    busy = RunDir(tmp_path / "train-20260101-000000-000001").create()
+    busy.write_config({})
+    from core.jobs import proc_start_marker
+
+    busy.update_status(state="running", pid=os.getpid(), pid_start=proc_start_marker(os.getpid()),
+                       launcher="local", submitted_ts=1.0)
+    rid = jm.submit(tiny(cache_root))
+    assert jm.status(rid)["state"] == "queued"
+    assert jm.cancel(rid)["state"] == "cancelled"
+    assert not RunDir(tmp_path / rid).log_path.exists()  # never started
+
+
+@pytest.mark.slow
+def test_submitit_local_executor_completes_a_run(tmp_path, cache_root):
+    jm = JobManager(tmp_path / "runs", launcher="slurm",
+                    slurm_params={"executor": "local", "folder": str(tmp_path / "submitit"), "timeout_min": 5})
+    rid = jm.submit(tiny(cache_root))
+    assert jm.status(rid)["launcher"] == "slurm"
+    wait_for(lambda: jm.status(rid)["state"] in ("succeeded", "failed", "cancelled"), 120, "the submitit job")
+    st = jm.status(rid)
+    assert st["state"] == "succeeded", st.get("error")
+    records, _ = RunDir(tmp_path / "runs" / rid).metrics()
+    assert records[-1]["step"] == 2 and set(records[-1]["user_accuracy"]) == {"0", "1"}
