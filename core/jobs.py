@@ -201,7 +201,8 @@ class JobManager:
                 continue
             out.append(self._view(run, st))
         out.skipped = len(out.skipped_names)
-        out.sort(key=lambda r: (r.get("submitted_ts") or 0.0, r["run_id"]), reverse=True)
+        out.sort(key=lambda r: (r.get("submitted_ts") or _mtime(Path(r["path"]) / "config.json"), r["run_id"]),
+                 reverse=True)
         return out
 
     def log(self, run_id: str, n_lines: int = 200) -> str:
@@ -396,6 +397,13 @@ class JobManager:
         if child is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=1)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def default_root() -> Path:

@@ -1,0 +1,109 @@
+"""Results: finished runs grouped by method (the study's Tables 2-4 and Figure 11), sweeps, CSV."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.config import PRESETS, ConfigError
+from core.experiments import run_row, summarize
+from core.jobs import JobManager, default_root
+from ui.state import current_users
+
+st.title("Results")
+jm = JobManager(default_root())
+runs = jm.list()
+include = st.multiselect("Include runs that are", ["succeeded", "cancelled", "failed"], default=["succeeded"],
+                         key="results_states")
+
+rows, unreadable, torn = [], [], 0
+for r in runs:
+    if r.get("kind", "train") != "train" or r["state"] not in include:
+        continue
+    try:
+        row = run_row(r["path"])
+    except Exception:  # noqa: BLE001 - a folder we cannot read is reported, never fatal
+        row = None
+    if row is None or row.get("method") in (None, "None"):
+        unreadable.append(r["run_id"])
+        continue
+    torn += row.get("skipped_lines", 0) or 0
+    rows.append(row)
+
+notes = []
+if runs.skipped:
+    notes.append(f"{runs.skipped} folder(s) that are not runs")
+if unreadable:
+    notes.append(f"{len(unreadable)} run(s) without readable metrics ({', '.join(unreadable[:4])})")
+if torn:
+    notes.append(f"{torn} unreadable metrics line(s)")
+if notes:
+    st.caption("Skipped: " + "; ".join(notes) + ".")
+
+if not rows:
+    st.info("No finished training runs yet. Launch a seed sweep below or use the Train page.")
+else:
+    summary = pd.DataFrame(summarize(rows))
+    runs_df = pd.DataFrame(rows)
+    show = summary.copy()
+    show["accuracy"] = [f"{m:.3f} ± {s:.3f}" if m is not None and pd.notna(m) else "n/a"
+                        for m, s in zip(summary["accuracy_mean"], summary["accuracy_std"], strict=True)]
+    st.subheader("By method")
+    st.dataframe(show[["method", "runs", "accuracy", "converged_share", "steps_to_converge",
+                       "epochs_to_converge", "wall_to_converge_s", "wall_s"]], hide_index=True,
+                 use_container_width=True, key="results_summary",
+                 column_config={"converged_share": st.column_config.ProgressColumn(
+                     "converged share", min_value=0.0, max_value=1.0, format="%.2f")})
+    bar = go.Figure(go.Bar(x=summary["method"], y=summary["accuracy_mean"],
+                           error_y={"type": "data", "array": summary["accuracy_std"].fillna(0).tolist()},
+                           text=[f"n={n}" for n in summary["runs"]], name="mean accuracy"))
+    bar.update_layout(title="Final mean per-user accuracy (± std over seeds)", yaxis_range=[0, 1.02],
+                      height=340, margin={"t": 40})
+    bar.add_hline(y=0.5, line_dash="dot", line_color="grey")
+    st.plotly_chart(bar, key="results_accuracy", use_container_width=True)
+
+    ucols = sorted([c for c in runs_df.columns if c.startswith("user_") and c.endswith("_accuracy")],
+                   key=lambda c: int(c.split("_")[1]) if c.split("_")[1].isdigit() else 0)
+    if ucols:
+        st.subheader("Per-user accuracy (mean over runs)")
+        per_user = runs_df.groupby("method")[ucols].mean()
+        fig = go.Figure()
+        if len(ucols) <= 12:
+            for method, vals in per_user.iterrows():
+                fig.add_trace(go.Bar(x=[c.split("_")[1] for c in ucols], y=vals.tolist(), name=str(method)))
+            fig.update_layout(barmode="group", xaxis_title="user", yaxis_title="accuracy")
+        else:
+            for method, vals in per_user.iterrows():
+                fig.add_trace(go.Box(y=vals.tolist(), name=str(method), boxpoints="all"))
+            fig.update_layout(yaxis_title="per-user accuracy")
+        fig.update_layout(height=340, yaxis_range=[0, 1.02], margin={"t": 20})
+        st.plotly_chart(fig, key="results_user_accuracy", use_container_width=True)
+        st.dataframe(per_user.rename(columns=lambda c: f"user {c.split('_')[1]}").reset_index(),
+                     hide_index=True, key="results_user_table")
+
+    with st.expander(f"All {len(rows)} runs"):
+        st.dataframe(runs_df, hide_index=True, key="results_runs")
+    c1, c2 = st.columns(2)
+    c1.download_button("Download summary (CSV)", summary.to_csv(index=False), "preflens-summary.csv",
+                       "text/csv", key="dl_summary")
+    c2.download_button("Download runs (CSV)", runs_df.to_csv(index=False), "preflens-runs.csv", "text/csv",
+                       key="dl_runs")
+
+st.subheader("Launch a seed sweep")
+name, useed, W = current_users()
+with st.form("sweep"):
+    methods = st.multiselect("Methods", list(PRESETS), default=["traditional", "vpl", "vpl-adaptive"])
+    seeds = st.number_input("Seeds (0..N-1)", 1, 10, 3)
+    quick = st.checkbox("Quick size (400 questions, 60 steps)", value=True)
+    st.caption(f"Users: {name} ({len(W)} users), from the Users page.")
+    go_ = st.form_submit_button("Queue the sweep")
+if go_:
+    users = {"users": name, "user_seed": int(useed)} if name != "custom" else {"users": W.tolist()}
+    extra = {**users, **({"corpus_prompts": 400, "steps": 60, "eval_every": 5} if quick else {})}
+    try:
+        ids = [jm.submit({"preset": m, "seed": s, **extra}) for m in methods for s in range(int(seeds))]
+    except (ConfigError, ValueError) as err:
+        st.error(f"Not queued: {err}")
+    else:
+        st.success(f"Queued {len(ids)} run(s); they run one at a time. Watch them on the Train page.")

@@ -1,0 +1,207 @@
+"""Train: launch runs as background jobs, watch per-user curves live, cancel, compare."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.config import PRESETS, ConfigError
+from core.jobs import JobManager, default_root
+from core.runs import RunDir
+from ui.state import current_users
+
+QUICK = {"corpus_prompts": 400, "steps": 60, "eval_every": 5}
+ACTIVE = ("queued", "running")
+REFRESH_S = 2.0
+
+
+@st.cache_resource
+def _manager(root: str) -> JobManager:
+    return JobManager(root, max_concurrent=1)
+
+
+def manager() -> JobManager:
+    return _manager(str(default_root()))
+
+
+def users_field() -> tuple[dict, str]:
+    name, seed, W = current_users()
+    if name in ("two-opposed", "random", "cluster"):
+        return {"users": name, "user_seed": int(seed)}, f"preset **{name}** (seed {seed}, {len(W)} users)"
+    return {"users": np.asarray(W).tolist()}, f"**{len(W)} custom users** from the Users page"
+
+
+def parse_seeds(text: str) -> list[int]:
+    seeds = []
+    for part in text.replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            lo, hi = (int(x) for x in part.split("-", 1))
+            seeds.extend(range(lo, hi + 1))
+        else:
+            seeds.append(int(part))
+    if not seeds or min(seeds) < 0 or len(seeds) > 20:
+        raise ValueError("give 1-20 non-negative seeds, e.g. 0,1,2 or 0-4")
+    return sorted(set(seeds))
+
+
+def submit_all(jm: JobManager, methods: list[str], seeds: list[int], extra: dict) -> list[str]:
+    ids = []
+    for m in methods:
+        for s in seeds:
+            ids.append(jm.submit({"preset": m, "seed": s, **extra}))
+    return ids
+
+
+def smooth(y: list, alpha: float) -> list:
+    if alpha <= 0:
+        return y
+    out, prev = [], None
+    for v in y:
+        if v is None:
+            out.append(None)
+            continue
+        prev = v if prev is None else alpha * prev + (1 - alpha) * v
+        out.append(prev)
+    return out
+
+
+def curves(run_ids: list[str], runs_by_id: dict, alpha: float) -> tuple[go.Figure, go.Figure, list[str]]:
+    acc, loss, notes = go.Figure(), go.Figure(), []
+    dashes = ["solid", "dash", "dot", "dashdot", "longdash"]
+    for i, rid in enumerate(run_ids):
+        info = runs_by_id.get(rid, {})
+        records, skipped = RunDir(info.get("path", "")).metrics() if info else ([], 0)
+        if skipped:
+            notes.append(f"{rid}: skipped {skipped} unreadable metrics line(s)")
+        label = info.get("label") or info.get("method") or rid
+        records = [r for r in records if isinstance(r.get("step"), int | float)]
+        steps = [r["step"] for r in records]
+        users = sorted({u for r in records for u in (r.get("user_accuracy") or {})}, key=lambda u: int(u) if str(u).isdigit() else 0)
+        many = len(users) > 8
+        for u in users:
+            ys = [(r.get("user_accuracy") or {}).get(u) for r in records]
+            ls = [(r.get("user_loss") or {}).get(u) for r in records]
+            name = f"{label} · user {u}"
+            acc.add_trace(go.Scatter(x=steps, y=smooth(ys, alpha), mode="lines+markers" if len(steps) < 40 else "lines",
+                                     name=name, line={"dash": dashes[i % len(dashes)], "width": 1 if many else 2},
+                                     showlegend=not many, legendgroup=rid, meta={"run_id": rid, "user": u}))
+            loss.add_trace(go.Scatter(x=steps, y=smooth(ls, alpha), mode="lines", name=name,
+                                      line={"dash": dashes[i % len(dashes)]}, showlegend=not many,
+                                      meta={"run_id": rid, "user": u}))
+        if many:
+            mean = [r.get("accuracy") for r in records]
+            acc.add_trace(go.Scatter(x=steps, y=smooth(mean, alpha), mode="lines", name=f"{label} · mean of users",
+                                     line={"width": 4, "dash": dashes[i % len(dashes)]}, meta={"run_id": rid, "user": "mean"}))
+    acc.update_layout(title="Eval accuracy per user", xaxis_title="step", yaxis_title="accuracy",
+                      yaxis_range=[0, 1.02], height=380, margin={"t": 40})
+    acc.add_hline(y=0.5, line_dash="dot", line_color="grey", annotation_text="chance")
+    loss.update_layout(title="Eval loss per user", xaxis_title="step", yaxis_title="BTL loss", height=320,
+                       margin={"t": 40})
+    return acc, loss, notes
+
+
+st.title("Train")
+jm = manager()
+try:
+    runs = jm.list()
+except OSError as err:
+    st.error(f"Cannot read the runs folder {jm.root}: {err}")
+    st.stop()
+runs_by_id = {r["run_id"]: r for r in runs}
+user_cfg, user_text = users_field()
+
+# ---------------------------------------------------------------- the lesson, one click
+if not runs:
+    st.info("**The lesson in one click.** Two users who want opposite things (helpfulness vs honesty). "
+            "A traditional reward model can only average them and stays near chance for both; the "
+            "personalized (VPL) model with adaptive sampling reads each user from a few examples and "
+            "serves both. About a minute on a laptop CPU.")
+    if st.button("Run the two-opposed lesson", type="primary", key="lesson"):
+        ids = submit_all(jm, ["traditional", "vpl-adaptive"], [0], {"users": "two-opposed", **QUICK})
+        st.query_params["runs"] = ",".join(ids)
+        st.rerun()
+
+# ---------------------------------------------------------------- launch
+with st.expander("Launch runs", expanded=not runs):
+    st.markdown(f"Users: {user_text} (change them on the Users page).")
+    c1, c2, c3 = st.columns(3)
+    methods = c1.multiselect("Method(s)", list(PRESETS), default=["traditional", "vpl-adaptive"], key="methods")
+    seeds_text = c2.text_input("Seed(s)", "0", key="seeds", help="e.g. 0 or 0,1,2 or 0-4")
+    size = c3.radio("Size", ["Quick (400 questions)", "Study preset (1500 questions)"], key="size")
+    steps = st.number_input("Steps", 1, 20000, 60 if size.startswith("Quick") else 400, key="steps")
+    if st.button("Launch", key="launch", disabled=not methods):
+        try:
+            extra = {**user_cfg, "steps": int(steps)}
+            if size.startswith("Quick"):
+                extra.update(corpus_prompts=QUICK["corpus_prompts"], eval_every=max(1, int(steps) // 12))
+            ids = submit_all(jm, methods, parse_seeds(seeds_text), extra)
+        except (ConfigError, ValueError) as err:
+            st.error(f"Not launched: {err}")
+        else:
+            st.query_params["runs"] = ",".join(ids)
+            st.rerun()
+
+if not runs:
+    st.stop()
+
+# ---------------------------------------------------------------- runs table
+table = pd.DataFrame([{
+    "run": r["run_id"], "label": r.get("label") or r.get("method"), "state": r.get("state"),
+    "progress": float((r.get("progress") or {}).get("fraction") or (1.0 if r.get("state") == "succeeded" else 0.0)),
+    "step": (r.get("progress") or {}).get("done"), "started": r.get("started") or r.get("launched"),
+    "error": (r.get("error") or "").splitlines()[0] if r.get("error") else "",
+} for r in runs])
+st.dataframe(table, hide_index=True, use_container_width=True, key="runs_table",
+             column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0)})
+if runs.skipped:
+    st.caption(f"Skipped {runs.skipped} folder(s) in {jm.root} that are not runs: {', '.join(runs.skipped_names[:5])}")
+
+url_runs = [r for r in (st.query_params.get("runs") or "").split(",") if r in runs_by_id]
+default = url_runs or [r["run_id"] for r in runs[:2]]
+shown = st.multiselect("Runs to show (overlay to compare)", list(runs_by_id), default=default, key="shown",
+                       format_func=lambda rid: f"{runs_by_id[rid].get('label') or rid} · {runs_by_id[rid]['state']} · {rid}")
+alpha = st.slider("Smoothing (EMA)", 0.0, 0.95, 0.0, 0.05, key="smooth")
+
+active_ids = [r["run_id"] for r in runs if r["state"] in ACTIVE]
+if active_ids:
+    c1, c2 = st.columns([3, 1])
+    victim = c1.selectbox("Active run", active_ids, key="cancel_pick",
+                          format_func=lambda rid: f"{runs_by_id[rid].get('label')} · {runs_by_id[rid]['state']} · {rid}")
+    if c2.button("Cancel run", key="cancel"):
+        with st.spinner("Stopping (the run checkpoints first)…"):
+            jm.cancel(victim)
+        st.rerun()
+
+watching = any(runs_by_id[r]["state"] in ACTIVE for r in shown)
+
+
+@st.fragment(run_every=REFRESH_S if watching else None)
+def live_curves():
+    fresh = {r["run_id"]: r for r in jm.list()}
+    states = ", ".join(f"{fresh.get(r, {}).get('label')}: **{fresh.get(r, {}).get('state')}** "
+                       f"({(fresh.get(r, {}).get('progress') or {}).get('done', 0)}/"
+                       f"{(fresh.get(r, {}).get('progress') or {}).get('total', '?')})" for r in shown)
+    if states:
+        st.markdown(states)
+    acc, loss, notes = curves(shown, fresh, alpha)
+    st.plotly_chart(acc, key="train_accuracy", use_container_width=True)
+    st.plotly_chart(loss, key="train_loss", use_container_width=True)
+    for n in notes:
+        st.caption(n)
+    if watching and not any(fresh.get(r, {}).get("state") in ACTIVE for r in shown):
+        st.rerun()  # everything shown has ended: rerun the page so the fragment stops refreshing
+
+
+if shown:
+    live_curves()
+    pick = st.selectbox("Log of", shown, key="log_pick")
+    with st.expander("Log tail"):
+        st.code(jm.log(pick, 60) or "(empty)", language=None)
+        err = runs_by_id[pick].get("error")
+        if err:
+            st.error(err)
