@@ -105,6 +105,19 @@ def curves(run_ids: list[str], runs_by_id: dict, alpha: float) -> tuple[go.Figur
     return acc, loss, notes
 
 
+def runs_table(runs) -> None:
+    table = pd.DataFrame([{
+        "run": r["run_id"], "label": r.get("label") or r.get("method"), "state": r.get("state"),
+        "progress": float((r.get("progress") or {}).get("fraction") or (1.0 if r.get("state") == "succeeded" else 0.0)),
+        "step": (r.get("progress") or {}).get("done"), "started": r.get("started") or r.get("launched"),
+        "error": (r.get("error") or "").splitlines()[0] if r.get("error") else "",
+    } for r in runs])
+    st.dataframe(table, hide_index=True, use_container_width=True, key="runs_table",
+                 column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0)})
+    if runs.skipped:
+        st.caption(f"Skipped {runs.skipped} folder(s) that are not runs: {', '.join(runs.skipped_names[:5])}")
+
+
 st.title("Train")
 jm = manager()
 try:
@@ -149,18 +162,6 @@ with st.expander("Launch runs", expanded=not runs):
 if not runs:
     st.stop()
 
-# ---------------------------------------------------------------- runs table
-table = pd.DataFrame([{
-    "run": r["run_id"], "label": r.get("label") or r.get("method"), "state": r.get("state"),
-    "progress": float((r.get("progress") or {}).get("fraction") or (1.0 if r.get("state") == "succeeded" else 0.0)),
-    "step": (r.get("progress") or {}).get("done"), "started": r.get("started") or r.get("launched"),
-    "error": (r.get("error") or "").splitlines()[0] if r.get("error") else "",
-} for r in runs])
-st.dataframe(table, hide_index=True, use_container_width=True, key="runs_table",
-             column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0)})
-if runs.skipped:
-    st.caption(f"Skipped {runs.skipped} folder(s) in {jm.root} that are not runs: {', '.join(runs.skipped_names[:5])}")
-
 url_runs = [r for r in (st.query_params.get("runs") or "").split(",") if r in runs_by_id]
 default = url_runs or [r["run_id"] for r in runs[:2]]
 shown = st.multiselect("Runs to show (overlay to compare)", list(runs_by_id), default=default, key="shown",
@@ -177,12 +178,18 @@ if active_ids:
             jm.cancel(victim)
         st.rerun()
 
-watching = any(runs_by_id[r]["state"] in ACTIVE for r in shown)
+watching = any(r["state"] in ACTIVE for r in runs)
 
 
 @st.fragment(run_every=REFRESH_S if watching else None)
-def live_curves():
-    fresh = {r["run_id"]: r for r in jm.list()}
+def live():
+    fresh_list = jm.list()
+    fresh = {r["run_id"]: r for r in fresh_list}
+    runs_table(fresh_list)
+    if {r: fresh.get(r, {}).get("state") for r in runs_by_id} != {r: v["state"] for r, v in runs_by_id.items()}:
+        st.rerun()  # a run changed state: refresh the whole page (cancel list, refresh policy)
+    if not shown:
+        return
     states = ", ".join(f"{fresh.get(r, {}).get('label')}: **{fresh.get(r, {}).get('state')}** "
                        f"({(fresh.get(r, {}).get('progress') or {}).get('done', 0)}/"
                        f"{(fresh.get(r, {}).get('progress') or {}).get('total', '?')})" for r in shown)
@@ -193,12 +200,10 @@ def live_curves():
     st.plotly_chart(loss, key="train_loss", use_container_width=True)
     for n in notes:
         st.caption(n)
-    if watching and not any(fresh.get(r, {}).get("state") in ACTIVE for r in shown):
-        st.rerun()  # everything shown has ended: rerun the page so the fragment stops refreshing
 
 
+live()
 if shown:
-    live_curves()
     pick = st.selectbox("Log of", shown, key="log_pick")
     with st.expander("Log tail"):
         st.code(jm.log(pick, 60) or "(empty)", language=None)

@@ -1,0 +1,113 @@
+"""Browser: the lesson from the Train page, live curves advancing, then the Latent page.
+
+Drives Debian's /usr/bin/chromium through the playwright package (never `playwright install`)
+against `streamlit run app.py` on a free local port, with runs in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from core.jobs import JobManager
+
+CHROMIUM = "/usr/bin/chromium"
+REPO = Path(__file__).resolve().parents[2]
+SHOTS = Path(__file__).parent / "screenshots"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+POINTS_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot'))
+    .map(g => (g.data || []).reduce((n, t) => n + ((t.x && t.x.length) || 0), 0))"""
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path, cache_root, small_corpus_embeddings):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed at /usr/bin/chromium")
+    pytest.importorskip("playwright.sync_api")
+    port = _free_port()
+    runs = tmp_path / "runs"
+    env = {**os.environ, "PREFLENS_RUNS_DIR": str(runs), "PREFLENS_CACHE": str(cache_root),
+           "PYTHONUNBUFFERED": "1"}
+    log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                             "--server.port", str(port), "--server.address", "127.0.0.1",
+                             "--browser.gatherUsageStats", "false"],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        end = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url + "/_stcore/health", timeout=2).read()
+                break
+            except OSError:
+                if time.time() > end or proc.poll() is not None:
+                    raise AssertionError((tmp_path / "streamlit.log").read_text()[-3000:]) from None
+                time.sleep(0.5)
+        yield url, runs
+    finally:
+        if runs.exists():
+            jm = JobManager(runs)
+            for r in jm.list():
+                jm.cancel(r["run_id"])
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_lesson_curves_advance_then_latent_chart(server):
+    from playwright.sync_api import sync_playwright
+
+    url, runs = server
+    SHOTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(url + "/train", wait_until="domcontentloaded")
+            page.get_by_role("button", name="Run the two-opposed lesson").click(timeout=90_000)
+
+            # the live fragment redraws the accuracy chart as evaluations land: watch it grow twice
+            seen, end = [], time.time() + 150
+            while time.time() < end and len(seen) < 3:
+                counts = page.evaluate(POINTS_JS)
+                total = max(counts) if counts else 0
+                if total and (not seen or total > seen[-1]):
+                    seen.append(total)
+                    if len(seen) == 2:
+                        page.screenshot(path=str(SHOTS / "train-live.png"), full_page=True)
+                page.wait_for_timeout(500)
+            assert len(seen) >= 3, f"curve points seen: {seen}"
+            page.screenshot(path=str(SHOTS / "train.png"), full_page=True)
+
+            # the second lesson run (VPL) writes latents; then the Latent page draws them
+            end = time.time() + 150
+            while time.time() < end and not list(runs.glob("vpl-adaptive-*/latents/step-*.npz")):
+                time.sleep(1)
+            assert list(runs.glob("vpl-adaptive-*/latents/step-*.npz")), "the VPL run wrote no latents"
+            page.goto(url + "/latent", wait_until="domcontentloaded")
+            page.wait_for_function("() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
+                                   ".some(g => (g.data || []).length >= 2)", timeout=90_000)
+            assert page.get_by_text("Reading t-SNE with care").count() >= 1
+            page.screenshot(path=str(SHOTS / "latent.png"), full_page=True)
+        finally:
+            browser.close()
