@@ -17,19 +17,19 @@ TINY = {"corpus_prompts": 60, "eval_every": 1, "max_train_per_user": 40, "max_te
 
 
 @pytest.fixture
-def cache_root(cache_root, small_corpus_embeddings):
+def warm_cache(cache_root, small_corpus_embeddings):
     """The session cache, filled once with the 400-question corpus (the 60-question one is a subset),
     so child processes never encode."""
     return cache_root
 
 
-def tiny(cache_root, **kw):
-    return {"preset": "vpl", **TINY, "steps": 2, "cache_dir": cache_root, **kw}
+def tiny(cache_dir, **kw):
+    return {"preset": "vpl", **TINY, "steps": 2, "cache_dir": cache_dir, **kw}
 
 
-def long_run(cache_root, **kw):
+def long_run(cache_dir, **kw):
     """Tiny data, effectively endless: only a signal ends it."""
-    return tiny(cache_root, steps=100_000, eval_every=50, **kw)
+    return tiny(cache_dir, steps=100_000, eval_every=50, **kw)
 
 
 def wait_for(pred, timeout, what):
@@ -48,10 +48,10 @@ def training(jm, run_id):
 
 
 @pytest.mark.slow
-def test_one_slot_queue_cancel_frees_slot_and_restart_sees_all(tmp_path, cache_root):
+def test_one_slot_queue_cancel_frees_slot_and_restart_sees_all(tmp_path, warm_cache):
     jm = JobManager(tmp_path, max_concurrent=1, grace_s=5)
-    a = jm.submit(long_run(cache_root))
-    b = jm.submit(tiny(cache_root, seed=3))
+    a = jm.submit(long_run(warm_cache))
+    b = jm.submit(tiny(warm_cache, seed=3))
     assert jm.status(a)["state"] == "running"
     assert jm.status(a)["pid"] and pid_alive(jm.status(a)["pid"])
     assert jm.status(b)["state"] == "queued"
@@ -91,9 +91,9 @@ def test_one_slot_queue_cancel_frees_slot_and_restart_sees_all(tmp_path, cache_r
 
 
 @pytest.mark.slow
-def test_sigkilled_run_ends_failed_with_its_log_tail(tmp_path, cache_root):
+def test_sigkilled_run_ends_failed_with_its_log_tail(tmp_path, warm_cache):
     jm = JobManager(tmp_path)
-    rid = jm.submit(long_run(cache_root))
+    rid = jm.submit(long_run(warm_cache))
     st = wait_for(lambda: training(jm, rid), 90, "the run to train")
     os.killpg(st["pid"], signal.SIGKILL)
     wait_for(lambda: not pid_alive(st["pid"]), 10, "the process to die")
@@ -128,7 +128,7 @@ def test_bad_config_raises_naming_the_field_and_creates_nothing(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
 
 
-def test_cancel_queued_run(tmp_path, cache_root):
+def test_cancel_queued_run(tmp_path, warm_cache):
     jm = JobManager(tmp_path, max_concurrent=1)
     # occupy the slot with a fake live run (this test process) so nothing launches
     busy = RunDir(tmp_path / "train-20260101-000000-000001").create()
@@ -137,17 +137,17 @@ def test_cancel_queued_run(tmp_path, cache_root):
 
     busy.update_status(state="running", pid=os.getpid(), pid_start=proc_start_marker(os.getpid()),
                        launcher="local", submitted_ts=1.0)
-    rid = jm.submit(tiny(cache_root))
+    rid = jm.submit(tiny(warm_cache))
     assert jm.status(rid)["state"] == "queued"
     assert jm.cancel(rid)["state"] == "cancelled"
     assert not RunDir(tmp_path / rid).log_path.exists()  # never started
 
 
 @pytest.mark.slow
-def test_submitit_local_executor_completes_a_run(tmp_path, cache_root):
+def test_submitit_local_executor_completes_a_run(tmp_path, warm_cache):
     jm = JobManager(tmp_path / "runs", launcher="slurm",
                     slurm_params={"executor": "local", "folder": str(tmp_path / "submitit"), "timeout_min": 5})
-    rid = jm.submit(tiny(cache_root))
+    rid = jm.submit(tiny(warm_cache))
     assert jm.status(rid)["launcher"] == "slurm"
     wait_for(lambda: jm.status(rid)["state"] in ("succeeded", "failed", "cancelled"), 120, "the submitit job")
     st = jm.status(rid)
