@@ -43,7 +43,7 @@ def test_both_modes_on_two_stories_and_three_questions(judge, questions, tmp_pat
     for r in recs:
         assert r["choice"] in ("first", "second", "inconsistent", "invalid")
         assert len(r["raw"]) == 2 and r["answers"][0] in ("A", "B", None)
-    run_simulation(judge, stories, questions, mode="scoring", run_dir=sc, max_new_tokens=24, scoring_method="both")
+    run_simulation(judge, stories, questions, mode="scoring", run_dir=sc, max_new_tokens=16, scoring_method="both")
     recs = _records(sc)
     assert len(recs) == 6
     for r in recs:
@@ -57,11 +57,11 @@ def test_both_modes_on_two_stories_and_three_questions(judge, questions, tmp_pat
 def test_prefix_reuse_and_batching_do_not_change_answers(judge, questions):
     story = default_stories()[5]
     prefix = prompts.scoring_prefix(story)
-    sufs = [prompts.scoring_suffix(q.prompt, q.first) for q in questions]
+    sufs = [prompts.scoring_suffix(q.prompt, q.first) for q in questions[:2]]
     cues = [prompts.logit_cue(d) for d in prompts.DIMENSIONS]
     old = judge.reuse_prefix, judge.batch_size
     try:
-        judge.reuse_prefix, judge.batch_size = True, 3
+        judge.reuse_prefix, judge.batch_size = True, 2
         a = judge.rating_probs(prefix, sufs, cues)
         ga = judge.generate(prefix, sufs, 6)
         judge.reuse_prefix, judge.batch_size = False, 1

@@ -94,7 +94,9 @@ def test_cli_run_cancelled_by_sigterm_resumes_without_rescoring(server, tmp_path
     lines = results.read_text().splitlines()
     assert lines[:len(first)] == first and len(lines) == 6
     assert len({json.loads(x)["key"] for x in lines}) == 6
-    for f in run.iterdir():
+    for f in run.rglob("*"):
+        if f.is_dir():
+            continue
         assert KEY not in f.read_text(errors="ignore"), f.name
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["kind"] == "personas" and cfg["judge"] == "openai:bundled" and cfg["mode"] == "pairwise"

@@ -13,6 +13,7 @@ per batch) and batches suffixes with padding kept out of attention.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import threading
@@ -56,8 +57,11 @@ class LocalJudge:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if threads:
-            torch.set_num_threads(int(threads))
+        # Threads used during this judge's calls only (restored afterwards; torch's setting is process-wide).
+        # On small shared CPUs one thread wins: measured on 2 busy cores, 2 threads ran 5x slower than 1
+        # (OpenMP barriers stall when another process holds a core). Override with ``threads``.
+        cpus = os.cpu_count() or 1
+        self.threads = int(threads) if threads else (1 if cpus <= 4 else min(cpus, 16))
         kwargs = {}
         if model in ("default", "", None):
             folder, gguf = bundled_judge_path()
@@ -112,7 +116,7 @@ class LocalJudge:
                 self._prefix_cache.clear()
             with torch.inference_mode():
                 out = self.model(torch.tensor([ids], device=self.device), use_cache=True)
-            self._prefix_cache[key] = tuple((layer.keys, layer.values) for layer in out.past_key_values.layers)
+            self._prefix_cache[key] = tuple((layer.keys, layer.values) for layer in out.cache.layers)
         return self._prefix_cache[key]
 
     def _cache_from(self, kv, batch: int):
@@ -148,7 +152,7 @@ class LocalJudge:
         with torch.inference_mode():
             out = model(ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), cache=cache,
                         use_cache=True, logits_to_keep=1)
-            cache = out.past_key_values
+            cache = out.cache
             last = out.logits[:, -1].float()
             generated: list[list[int]] = [[] for _ in range(b)]
             if new_tokens:
@@ -169,7 +173,7 @@ class LocalJudge:
                     mask = torch.cat([mask, torch.ones((b, 1), dtype=torch.long)], dim=1)
                     o = model(nxt[:, None].to(dev), attention_mask=mask.to(dev), position_ids=nxt_pos.to(dev),
                               cache=cache, use_cache=True)
-                    cache, logits, nxt_pos = o.past_key_values, o.logits[:, -1].float(), nxt_pos + 1
+                    cache, logits, nxt_pos = o.cache, o.logits[:, -1].float(), nxt_pos + 1
             branch_logits = None
             if branches is not None:
                 branch_logits = self._branches(cache, mask, pos[:, -1], branches)
@@ -196,13 +200,24 @@ class LocalJudge:
             result.append(torch.log_softmax(out.logits.float(), -1).cpu())
         return result
 
+    @contextlib.contextmanager
+    def _threads(self):
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
     # -- the judge interface
     def generate(self, prefix: str, suffixes: list[str], max_new_tokens: int = 64) -> list[str]:
         outs: list[str] = []
         for start in range(0, len(suffixes), self.batch_size):
             chunk = suffixes[start:start + self.batch_size]
             splits = [self.split_template(prefix, s) for s in chunk]
-            with self._lock:
+            with self._lock, self._threads():
                 _, gen, _ = self._run(splits[0][0], [s[1] for s in splits], new_tokens=max_new_tokens)
             outs += [self.tokenizer.decode(g, skip_special_tokens=True) for g in gen]
         return outs
@@ -210,7 +225,7 @@ class LocalJudge:
     def generate_raw(self, prompt: str, max_new_tokens: int = 64) -> str:
         """Greedy continuation of raw text (no chat template)."""
         ids = self.tokenizer.encode(prompt, add_special_tokens=False) or [self.pad_id]
-        with self._lock:
+        with self._lock, self._threads():
             _, gen, _ = self._run([], [ids], new_tokens=max_new_tokens)
         return self.tokenizer.decode(gen[0], skip_special_tokens=True)
 
@@ -245,7 +260,7 @@ class LocalJudge:
         for start in range(0, n, self.batch_size):
             chunk = suffixes[start:start + self.batch_size]
             splits = [self.split_template(prefix, s) for s in chunk]
-            with self._lock:
+            with self._lock, self._threads():
                 _, _, blog = self._run(splits[0][0], [s[1] for s in splits],
                                        branches=[branch_list] * len(chunk))
             for i, lp in enumerate(blog):
