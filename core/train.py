@@ -152,7 +152,8 @@ class Trainer:
             from peft import LoraConfig, get_peft_model
 
             names = {n.split(".")[-1] for n, m in enc.model.named_modules() if isinstance(m, torch.nn.Linear)}
-            targets = [t for t in ("query", "key", "value", "q_proj", "k_proj", "v_proj", "c_attn", "dense") if t in names]
+            # attention projections only (the usual LoRA placement); BERT-style poolers stay untouched
+            targets = [t for t in ("query", "key", "value", "q_proj", "k_proj", "v_proj", "c_attn") if t in names]
             peft_cfg = LoraConfig(r=self.cfg.lora_r, lora_alpha=self.cfg.lora_alpha, target_modules=targets or None,
                                   lora_dropout=0.0)
             enc.model = get_peft_model(enc.model, peft_cfg)

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+import torch
+from torchjd.aggregation import MGDA, PCGrad
+
+from core.samplers import AdaptiveSampler, UniformSampler
+
+
+def test_mgda_finds_the_min_norm_point_of_the_gradients_hull():
+    g = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])
+    # min over w of |w g1 + (1-w) g2|^2 = (2w-1)^2 + (1-w)^2  ->  w = 0.6  ->  (0.2, 0.4)
+    assert torch.allclose(MGDA()(g), torch.tensor([0.2, 0.4]), atol=1e-4)
+    # agreeing gradients: the min-norm point of a segment between two equal vectors is that vector
+    same = torch.tensor([[1.0, 2.0], [1.0, 2.0]])
+    assert torch.allclose(MGDA()(same), torch.tensor([1.0, 2.0]), atol=1e-4)
+
+
+def test_pcgrad_projection_removes_the_conflicting_component():
+    g1, g2 = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])
+    # g1' = g1 - (g1.g2/|g2|^2) g2 = (0.5, 0.5), orthogonal to g2; g2' = g2 - (g1.g2/|g1|^2) g1 = (0, 1)
+    g1p, g2p = torch.tensor([0.5, 0.5]), torch.tensor([0.0, 1.0])
+    assert abs(float(g1p @ g2)) < 1e-6 and abs(float(g2p @ g1)) < 1e-6
+    assert torch.allclose(PCGrad()(torch.stack([g1, g2])), g1p + g2p, atol=1e-5)
+    # no conflict: nothing is projected, the gradients just add up
+    assert torch.allclose(PCGrad()(torch.tensor([[1.0, 0.0], [0.0, 1.0]])), torch.tensor([1.0, 1.0]))
+
+
+def _users(counts):
+    return np.concatenate([np.full(n, u) for u, n in enumerate(counts)])
+
+
+def test_adaptive_sampler_draws_groups_in_ratio_1_2_4_and_follows_the_order():
+    users = _users([300, 200, 100])
+    s = AdaptiveSampler(users, total_steps=300, order=[2, 0, 1], seed=0)
+    assert s.steps_per_phase == 100
+    assert [s.phase(t) for t in (0, 99, 100, 250, 299)] == [0, 0, 1, 2, 2]
+    assert s.groups(0) == ([0, 1], [2], [])  # A: to be trained, B: training, C: finished
+    assert s.groups(1) == ([1], [0], [2])
+    for phase, step in ((0, 10), (1, 150), (2, 250)):
+        draws = users[np.concatenate([s.sample(step, 64) for _ in range(300)])]
+        A, B, C = s.groups(phase)
+        share = np.array([np.isin(draws, g).mean() if g else 0.0 for g in (A, B, C)])
+        w = np.array([1.0, 2.0, 4.0]) * np.array([bool(g) for g in (A, B, C)])
+        assert np.allclose(share, w / w.sum(), atol=0.02), (phase, share)
+    # the middle phase has all three groups: exactly 1:2:4
+    assert np.allclose(s.group_probs(1), [1 / 7, 2 / 7, 4 / 7])
+
+
+def test_two_users_first_user_gets_two_thirds_in_both_phases_as_the_study_states():
+    s = AdaptiveSampler(_users([50, 50]), total_steps=10, seed=1)
+    assert s.user_probs(0) == pytest.approx({0: 2 / 3, 1: 1 / 3})  # A:B = 1:2
+    assert s.user_probs(1) == pytest.approx({1: 1 / 3, 0: 2 / 3})  # B:C = 2:4
+    custom = AdaptiveSampler(_users([50, 50]), total_steps=10, weights=(1, 1, 1), seed=1)
+    assert custom.user_probs(1) == pytest.approx({1: 0.5, 0: 0.5})
+
+
+def test_sampler_inputs_are_validated_and_state_round_trips():
+    with pytest.raises(ValueError, match="every user exactly once"):
+        AdaptiveSampler(_users([5, 5]), total_steps=10, order=[0, 0])
+    with pytest.raises(ValueError, match="three non-negative"):
+        AdaptiveSampler(_users([5, 5]), total_steps=10, weights=(1, -2, 4))
+    u = UniformSampler(_users([5, 5]), seed=3)
+    st = u.state()
+    a = u.sample(0, 8)
+    u.load_state(st)
+    assert (u.sample(0, 8) == a).all()

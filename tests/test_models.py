@@ -1,0 +1,52 @@
+import torch
+
+from core.models import (
+    BTLRewardModel,
+    VPLDims,
+    VPLRewardModel,
+    active_units,
+    btl_loss,
+    contrastive_loss,
+    kl_to_standard_normal,
+)
+
+
+def test_dims_follow_table_1_ratio():
+    d = VPLDims.scaled(1024)
+    assert (d.pair_hidden, d.pair_out, d.latent, d.decoder_hidden) == (512, 512, 512, 512)
+    assert VPLDims.scaled(384, latent=16).latent == 16
+
+
+def test_vpl_shapes_and_a_step_changes_every_trainable_parameter():
+    torch.manual_seed(0)
+    m = VPLRewardModel(32, VPLDims.scaled(32))
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    ctx_c, ctx_r, q_w, q_l = torch.randn(5, 8, 32), torch.randn(5, 8, 32), torch.randn(5, 32), torch.randn(5, 32)
+    mu, logvar = m.encode_user(ctx_c, ctx_r)
+    assert mu.shape == (5, 16) and logvar.shape == (5, 16)
+    z = m.sample(mu, logvar)
+    loss = btl_loss(m.reward(q_w, z), m.reward(q_l, z)).mean() + 0.1 * kl_to_standard_normal(mu, logvar).mean()
+    torch.optim.SGD(m.parameters(), lr=0.1).zero_grad()
+    loss.backward()
+    torch.optim.SGD(m.parameters(), lr=0.1).step()
+    unchanged = [n for n, p in m.named_parameters() if torch.equal(p, before[n])]
+    # the decoder's output bias cancels in r_w - r_l, so BTL gives it no gradient; all else moves
+    assert unchanged == ["decoder.3.bias"], unchanged
+    # at evaluation the mean is used: same demonstrations, same reward, every time
+    assert torch.equal(m.reward(q_w, mu), m.reward(q_w, mu))
+
+
+def test_losses_by_hand():
+    assert torch.allclose(btl_loss(torch.tensor([0.0]), torch.tensor([0.0])), torch.log(torch.tensor([2.0])))
+    assert float(kl_to_standard_normal(torch.zeros(1, 3), torch.zeros(1, 3))) == 0.0
+    mu = torch.tensor([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])
+    # pairs (0,1) same user cos 1 -> -1 each way; (0,2), (1,2) different users cos -1 -> -1 each way
+    assert torch.isclose(contrastive_loss(mu, torch.tensor([0, 0, 1])), torch.tensor(-1.0))
+    assert torch.isclose(contrastive_loss(mu, torch.tensor([0, 1, 1])), torch.tensor(1.0 / 3.0))
+    assert active_units(torch.tensor([[0.0, 1.0], [0.0, -1.0]])) == 0.5
+
+
+def test_btl_head_is_user_agnostic():
+    m = BTLRewardModel(16)
+    x = torch.randn(3, 16)
+    assert torch.equal(m.reward(x), m.reward(x, torch.randn(3, 4)))

@@ -1,0 +1,127 @@
+"""Training end to end on the offline corpus with the bundled frozen encoder (CPU)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core.config import ConfigError, build_config, load_config_file
+from core.experiments import convergence
+from core.experiments import main as experiments_main
+from core.runs import RunDir
+from core.train import Trainer, train
+from core.train import main as train_main
+
+SMALL = {"corpus_prompts": 400, "eval_every": 25}
+
+
+@pytest.fixture(scope="module")
+def lesson_runs(tmp_path_factory, small_corpus_embeddings, cache_root):
+    """traditional and vpl-adaptive on two opposed users, 250 steps each."""
+    root = tmp_path_factory.mktemp("lesson")
+    out = {}
+    for p in ("traditional", "vpl-adaptive"):
+        cfg = build_config({"preset": p, **SMALL, "steps": 250, "cache_dir": cache_root})
+        out[p] = (root / p, train(cfg, root / p, log=lambda m: None))
+    return out
+
+
+@pytest.mark.slow
+def test_traditional_model_is_stuck_at_chance_and_vpl_adaptive_serves_both_users(lesson_runs):
+    _, trad = lesson_runs["traditional"]
+    _, vpl = lesson_runs["vpl-adaptive"]
+    final_trad, final_vpl = trad[-1], vpl[-1]
+    assert 0.40 <= final_trad["accuracy"] <= 0.60, final_trad
+    assert min(final_vpl["user_accuracy"].values()) >= 0.80, final_vpl
+    assert final_vpl["step"] == 250 and len(final_vpl["user_accuracy"]) == 2
+    assert convergence(vpl, 0.8) is not None and convergence(trad, 0.8) is None
+
+
+@pytest.mark.slow
+def test_run_directory_contract(lesson_runs):
+    path, history = lesson_runs["vpl-adaptive"]
+    run = RunDir(path)
+    assert run.status()["state"] == "succeeded"
+    assert run.config()["preset"] == "vpl-adaptive" and run.config()["sampler"] == "adaptive"
+    records, skipped = run.metrics()
+    assert skipped == 0 and [r["step"] for r in records] == list(range(0, 251, 25))
+    for key in ("step", "epoch", "loss", "accuracy", "user_accuracy", "wall_s", "active_units"):
+        assert key in records[-1]
+    latents = sorted(run.latents_dir.glob("step-*.npz"))
+    assert len(latents) == len(records)
+    z = np.load(latents[-1])
+    assert z["mu"].shape[0] == len(z["user"]) and set(z["user"].tolist()) == {0, 1}
+    assert (path / "model.safetensors").exists() and (path / "train_state.pt").exists()
+    # the adaptive phases are recorded: user 0 first, then user 1
+    assert {r["phase"] for r in records} == {0, 1}
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, small_corpus_embeddings, cache_root):
+    cfg = build_config({"preset": "vpl", **SMALL, "steps": 30, "eval_every": 10, "cache_dir": cache_root})
+    train(cfg, tmp_path / "full", log=lambda m: None)
+    part = train(cfg, tmp_path / "part", stop_after=15, log=lambda m: None)
+    assert part[-1]["step"] == 10 and RunDir(tmp_path / "part").status()["state"] == "cancelled"
+    rest = train(cfg, tmp_path / "part", log=lambda m: None)
+    assert rest[-1]["step"] == 30
+    a, _ = RunDir(tmp_path / "full").metrics()
+    b, _ = RunDir(tmp_path / "part").metrics()
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        assert ra["user_accuracy"] == rb["user_accuracy"]
+        assert ra["eval_loss"] == pytest.approx(rb["eval_loss"], rel=1e-5)
+
+
+def test_cache_means_a_second_run_encodes_nothing(tmp_path, small_corpus_embeddings, cache_root):
+    cfg = build_config({"preset": "traditional", **SMALL, "steps": 1, "cache_dir": cache_root})
+    trainer = Trainer(cfg, RunDir(tmp_path / "r").create(), log=lambda m: None)
+    assert trainer.cache_encoded == 0  # every text was embedded once by the session fixture
+
+
+def test_bad_configs_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"^lr: "):
+        build_config({"preset": "vpl", "lr": -1})
+    with pytest.raises(ConfigError, match="grad_strategy"):
+        build_config({"grad_strategy": "average"})
+    with pytest.raises(ConfigError, match="stepz"):
+        build_config({"stepz": 10})
+    with pytest.raises(ConfigError, match=r"users.*'honesty' is negative"):
+        build_config({"users": [[1, -1, 0, 0]]})
+    with pytest.raises(ConfigError, match="preset: unknown preset"):
+        build_config({"preset": "vpl-magic"})
+    bad = tmp_path / "c.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="not JSON"):
+        load_config_file(bad)
+    assert train_main(["--config", str(bad), "--run-dir", str(tmp_path / "x")]) == 2
+
+
+def test_frozen_encoder_stays_put_while_lora_and_head_parameters_move(tmp_path, small_corpus_embeddings, cache_root):
+    cfg = build_config({"preset": "vpl", "query_encoder": "lora", "corpus_prompts": 400, "steps": 1,
+                        "batch_size": 2, "grad_accum": 1, "max_length": 64, "eval_every": 1000, "warmup_ratio": 0.0,
+                        "max_test_per_user": 4, "probe_per_user": 2, "cache_dir": cache_root})
+    trainer = Trainer(cfg, RunDir(tmp_path / "lora").create(), log=lambda m: None)
+    enc = trainer.query_encoder.model
+    lora = {n: p.detach().clone() for n, p in enc.named_parameters() if "lora_B" in n}
+    base = {n: p.detach().clone() for n, p in enc.named_parameters() if not p.requires_grad}
+    head = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    assert lora and base
+    trainer._t_start = 0.0
+    trainer.train_step()
+    moved = [n for n, p in enc.named_parameters() if n in lora and not torch.equal(p, lora[n])]
+    assert len(moved) == len(lora)
+    assert all(torch.equal(p, base[n]) for n, p in enc.named_parameters() if n in base)
+    assert any(not torch.equal(p, head[n]) for n, p in trainer.model.named_parameters())
+
+
+def test_cli_dry_run_and_comparison_table(tmp_path, small_corpus_embeddings, cache_root, monkeypatch):
+    monkeypatch.setenv("PREFLENS_CACHE", cache_root)
+    assert train_main(["--preset", "vpl-pcgrad", "--run-dir", str(tmp_path / "dry"), "--dry-run", "--seed", "3"]) == 0
+    run = RunDir(tmp_path / "dry")
+    assert run.status()["state"] == "succeeded" and run.config()["seed"] == 3
+    assert experiments_main(["compare", "--presets", "traditional", "vpl-mgda", "--seeds", "0", "1",
+                             "--out", str(tmp_path / "cmp"), "--dry-run"]) == 0
+    table = json.loads((tmp_path / "cmp" / "table.json").read_text())
+    assert [r["method"] for r in table] == ["traditional", "vpl-mgda"]
+    assert all(r["runs"] == 2 and 0.0 <= r["accuracy_mean"] <= 1.0 for r in table)
+    assert (tmp_path / "cmp" / "table.csv").read_text().startswith("method,runs,accuracy_mean")
