@@ -400,6 +400,11 @@ class Trainer:
         return record
 
 
+def _cancel_now():
+    """SIGTERM before the trainer exists (still loading data or encoding): stop as a cancel."""
+    raise Cancelled("cancelled during setup")
+
+
 def train(cfg: TrainConfig, run_dir: str | Path, *, stop_after: int | None = None,
           log: Callable[[str], None] = print) -> list[dict]:
     """Train into run_dir (created if needed); returns this session's evaluation records."""
@@ -414,7 +419,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, stop_after: int | None = Non
         if hasattr(signal, "SIGTERM"):
             for sig in (signal.SIGTERM, signal.SIGINT):
                 try:
-                    prev[sig] = signal.signal(sig, lambda *a: trainer.request_stop() if trainer else sys.exit(143))
+                    prev[sig] = signal.signal(sig, lambda *a: trainer.request_stop() if trainer else _cancel_now())
                 except ValueError:  # not the main thread (e.g. inside a notebook worker)
                     pass
         trainer = Trainer(cfg, run, log=log)
