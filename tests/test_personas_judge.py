@@ -72,6 +72,24 @@ def test_prefix_reuse_and_batching_do_not_change_answers(judge, questions):
     np.testing.assert_allclose(a.probs, b.probs, atol=2e-3)
     np.testing.assert_allclose(a.probs.sum(-1), 1.0, atol=1e-6)
     assert ga == gb
+    # the packed tree-mask branches equal plain teacher forcing of each whole grade string, no cache
+    import torch
+
+    head, body = judge.split_template(prefix, sufs[1])
+    cue = cues[2]
+    naive = []
+    for r in (-2, -1, 0, 1, 2):
+        ctx = head + body
+        full = judge.tokenizer.encode(f"{cue} {r}", add_special_tokens=False)
+        stem = judge.tokenizer.encode(cue, add_special_tokens=False)
+        k = next(i for i in range(len(full)) if i >= len(stem) or full[i] != stem[i])
+        ids = torch.tensor([ctx + full])
+        with torch.inference_mode(), judge._threads():
+            lp = torch.log_softmax(judge.model(ids).logits[0].float(), -1)
+        naive.append(float(sum(lp[len(ctx) + j - 1, full[j]] for j in range(k, len(full))).exp()))
+    naive = np.array(naive)
+    np.testing.assert_allclose(a.mass[1, 2], naive.sum(), rtol=2e-3)
+    np.testing.assert_allclose(a.probs[1, 2], naive / naive.sum(), atol=2e-3)
 
 
 class CountingJudge:

@@ -180,24 +180,39 @@ class LocalJudge:
         return last, generated, branch_logits
 
     def _branches(self, cache, mask, last_pos, branches):
-        """Logits over every position of several short continuations per row (shared context)."""
+        """Log-probs over every position of several short continuations per row, in one forward.
+
+        All branches of a row go into one packed sequence after its context, with a 4D "tree" mask:
+        a branch token sees the context and the earlier tokens of its own branch only, and positions
+        restart after the context for every branch. Returns per row a (n_branches, width, vocab) tensor.
+        """
         import torch
 
-        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        row_branches = branches[0]
+        if any(br != row_branches for br in branches):
+            raise ValueError("all rows must share the same branches")
+        b, ctx = mask.shape
+        lengths = [len(br) for br in row_branches]
+        total, width = sum(lengths), max(lengths)
+        ids = torch.tensor([t for br in row_branches for t in br], dtype=torch.long)[None].expand(b, -1)
+        owner = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+        offset = torch.cat([torch.arange(n) for n in lengths])
+        tree = (owner[:, None] == owner[None, :]) & (offset[None, :] <= offset[:, None])
+        full = torch.zeros((b, 1, total, ctx + total), dtype=torch.bool)
+        full[:, 0, :, :ctx] = mask.bool()[:, None, :]
+        full[:, 0, :, ctx:] = tree
+        pos = last_pos[:, None] + 1 + offset[None, :]
+        out = self.model(ids.to(self.device), attention_mask=full.to(self.device), position_ids=pos.to(self.device),
+                         cache=cache, use_cache=True)
+        logp = torch.log_softmax(out.logits.float(), -1).cpu()
         result = []
-        for i, row_branches in enumerate(branches):
-            n, width = len(row_branches), max(len(br) for br in row_branches)
-            ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-            bmask = torch.zeros((n, width), dtype=torch.long)
-            for j, br in enumerate(row_branches):
-                ids[j, :len(br)] = torch.tensor(br)
-                bmask[j, :len(br)] = 1
-            ctx = mask[i:i + 1].expand(n, -1)
-            row_cache = self._cache_from([(k[i:i + 1], v[i:i + 1]) for k, v in kv], n)
-            pos = last_pos[i] + 1 + torch.arange(width)[None].expand(n, -1)
-            out = self.model(ids.to(self.device), attention_mask=torch.cat([ctx, bmask], 1).to(self.device),
-                             position_ids=pos.to(self.device), cache=row_cache, use_cache=False)
-            result.append(torch.log_softmax(out.logits.float(), -1).cpu())
+        for i in range(b):
+            packed = torch.zeros((len(lengths), width, logp.shape[-1]))
+            start = 0
+            for j, n in enumerate(lengths):
+                packed[j, :n] = logp[i, start:start + n]
+                start += n
+            result.append(packed)
         return result
 
     @contextlib.contextmanager
