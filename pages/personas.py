@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import networkx as nx
 import numpy as np
 import pandas as pd
@@ -75,7 +77,8 @@ with tab_run:
                "judge": judge, "stories": "default"}
         if up is not None or not edited.equals(df_stories):
             ROOT.mkdir(parents=True, exist_ok=True)
-            path = ROOT / f"stories-{abs(hash(stories_to_json(stories))) % 10**10}.json"
+            digest = hashlib.sha256(stories_to_json(stories).encode()).hexdigest()[:12]
+            path = ROOT / f"stories-{digest}.json"
             path.write_text(stories_to_json(stories))
             cfg["stories"] = str(path)
         try:
@@ -123,6 +126,8 @@ with tab_results:
                 st.error(s["error"])
             if s.get("state") == "running" and st.button("Cancel run", key="cancel"):
                 cancel(meta["path"])
+            if s.get("state") != meta["state"] or prog.get("done", 0) != meta["done"]:
+                st.rerun()  # new results or a final state: redraw the whole page (charts are live while it runs)
 
         _progress()
         q = data["quality"]
