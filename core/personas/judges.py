@@ -14,6 +14,7 @@ per batch) and batches suffixes with padding kept out of attention.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import os
 import threading
@@ -35,6 +36,44 @@ def bundled_judge_path() -> tuple[str, str]:
     if not (folder / BUNDLED_GGUF).exists():
         raise RuntimeError(f"{folder} holds no {BUNDLED_GGUF}")
     return str(folder), BUNDLED_GGUF
+
+
+def _dequantized_cache(folder: str, gguf: str) -> Path | None:
+    """Where the fp32 copy of a GGUF lives once dequantized (loading it takes ~1 s instead of ~30 s).
+
+    Keyed by the file's path, size and mtime; under $PREFLENS_JUDGE_CACHE or ~/.cache/preflens/judges.
+    """
+    try:
+        st = (Path(folder) / gguf).stat()
+    except OSError:
+        return None
+    key = hashlib.sha256(f"{Path(folder).resolve() / gguf}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    root = Path(os.environ.get("PREFLENS_JUDGE_CACHE") or Path.home() / ".cache" / "preflens" / "judges")
+    return root / f"{Path(gguf).stem}-{key}"
+
+
+def _save_dequantized(model, tokenizer, target: Path) -> None:
+    """Best effort, atomic (write to a temp folder, then rename); a failure only costs speed."""
+    import json
+    import shutil
+    import tempfile
+
+    from safetensors.torch import save_model
+
+    tmp = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+        cfg = model.config.to_dict()
+        cfg.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(cfg, default=str))
+        save_model(model, str(tmp / "model.safetensors"))
+        tokenizer.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:  # e.g. another process won the rename race, or a read-only home
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @dataclass
@@ -74,9 +113,14 @@ class LocalJudge:
         else:
             src, self.name = str(model), str(model)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(src, **kwargs)
         dtype = torch.float32 if self.device == "cpu" else torch.bfloat16
+        cached = _dequantized_cache(src, kwargs["gguf_file"]) if "gguf_file" in kwargs else None
+        if cached is not None and (cached / "model.safetensors").exists():
+            src, kwargs = str(cached), {}
+        self.tokenizer = AutoTokenizer.from_pretrained(src, **kwargs)
         self.model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kwargs).to(self.device).eval()
+        if cached is not None and kwargs:
+            _save_dequantized(self.model, self.tokenizer, cached)
         self.reuse_prefix = reuse_prefix
         self.batch_size = max(1, int(batch_size))
         self.pad_id = self.tokenizer.pad_token_id
