@@ -13,7 +13,7 @@ import streamlit as st
 
 from core.personas import analysis, parse_stories
 from core.personas.quality import verdict
-from core.personas.runs_view import cancel, checkpoints_root, launch, list_persona_runs, load_run
+from core.personas.runs_view import cancel, checkpoints_root, launch, list_persona_runs, load_run, refresh
 from core.personas.stories import default_stories, stories_to_json
 
 st.title("Personas: simulated users from life stories")
@@ -117,6 +117,7 @@ with tab_results:
 
         @st.fragment(run_every=2.0 if meta["state"] in ("queued", "running") else None)
         def _progress():
+            refresh(ROOT)
             d = load_run(meta["path"])
             s = d["status"]
             prog = s.get("progress") or {}

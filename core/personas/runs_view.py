@@ -12,11 +12,34 @@ from core.runs import RunDir, new_run_id, read_json, read_jsonl
 from .config import validate_config
 from .simulate import RESULTS_FILE
 
-ENV_ROOT = "PREFLENS_CHECKPOINTS"
+ENV_ROOTS = ("PREFLENS_RUNS_DIR", "PREFLENS_CHECKPOINTS")
 
 
 def checkpoints_root() -> Path:
-    return Path(os.environ.get(ENV_ROOT, "checkpoints"))
+    """The runs folder: $PREFLENS_RUNS_DIR (the job system's), else core.jobs' default, else checkpoints/."""
+    for name in ENV_ROOTS:
+        if os.environ.get(name):
+            return Path(os.environ[name])
+    try:
+        from core.jobs import default_root
+    except ImportError:
+        return Path("checkpoints")
+    return default_root()
+
+
+def _manager(root):
+    try:
+        from core.jobs import JobManager  # the project's job system
+    except ImportError:
+        return None
+    return JobManager(root)
+
+
+def refresh(root: str | Path) -> None:
+    """Let the job system start queued runs and mark dead ones failed (no-op without core.jobs)."""
+    mgr = _manager(root) if Path(root).is_dir() else None
+    if mgr is not None:
+        mgr.schedule()
 
 
 def list_persona_runs(root: str | Path) -> list[dict]:
@@ -49,12 +72,9 @@ def launch(config: dict, root: str | Path) -> str:
     Uses core.jobs when present; otherwise starts ``python -m core.personas`` detached itself.
     """
     cfg = validate_config({**config, "kind": "personas"}).model_dump()
-    try:
-        from core.jobs import JobManager  # the project's job system
-    except ImportError:
-        JobManager = None
-    if JobManager is not None:
-        job = JobManager(root).submit(cfg)
+    mgr = _manager(root)
+    if mgr is not None:
+        job = mgr.submit(cfg)
         return getattr(job, "run_id", None) or str(job)
     run_id = new_run_id("personas")
     run = RunDir(Path(root) / run_id).create()
@@ -68,9 +88,13 @@ def launch(config: dict, root: str | Path) -> str:
 
 
 def cancel(path: str | Path) -> bool:
-    """SIGTERM the run's process if it is still running (the runner marks itself cancelled)."""
+    """Cancel through the job system; without it, SIGTERM the run's process (it marks itself cancelled)."""
     import signal
 
+    path = Path(path)
+    mgr = _manager(path.parent)
+    if mgr is not None:
+        return mgr.cancel(path.name).get("state") == "cancelled"
     st = RunDir(path).status()
     pid = st.get("pid")
     if st.get("state") != "running" or not pid:

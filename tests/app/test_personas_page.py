@@ -53,7 +53,7 @@ def _chart(at, key):
 
 
 def test_empty_root_says_so_and_offers_the_default_stories(tmp_path, monkeypatch):
-    monkeypatch.setenv("PREFLENS_CHECKPOINTS", str(tmp_path))
+    monkeypatch.setenv("PREFLENS_RUNS_DIR", str(tmp_path))
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     assert not at.exception
     assert any("No persona runs yet" in i.value for i in at.info)
@@ -61,7 +61,7 @@ def test_empty_root_says_so_and_offers_the_default_stories(tmp_path, monkeypatch
 
 
 def test_results_show_similarity_graph_and_honest_quality_warning(tmp_path, monkeypatch):
-    monkeypatch.setenv("PREFLENS_CHECKPOINTS", str(tmp_path))
+    monkeypatch.setenv("PREFLENS_RUNS_DIR", str(tmp_path))
     _make_run(tmp_path, "personas-1", "scoring")
     _make_run(tmp_path, "personas-2", "pairwise")
     at = AppTest.from_file(PAGE, default_timeout=60)
@@ -85,7 +85,7 @@ def test_results_show_similarity_graph_and_honest_quality_warning(tmp_path, monk
 
 
 def test_compare_runs_shows_position_bias_as_inconsistency(tmp_path, monkeypatch):
-    monkeypatch.setenv("PREFLENS_CHECKPOINTS", str(tmp_path))
+    monkeypatch.setenv("PREFLENS_RUNS_DIR", str(tmp_path))
     _make_run(tmp_path, "personas-1", "scoring")
     _make_run(tmp_path, "personas-2", "pairwise")
     at = AppTest.from_file(PAGE, default_timeout=60).run()
@@ -94,3 +94,29 @@ def test_compare_runs_shows_position_bias_as_inconsistency(tmp_path, monkeypatch
     assert set(table.index) == {"personas-1", "personas-2"}
     assert table.loc["personas-2", "named first position"] == 1.0  # every answer was "A"
     assert table.loc["personas-1", "first"] == round(6 / 9, 3)
+
+
+def test_launch_starts_a_job_that_reports_its_error(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("PREFLENS_RUNS_DIR", str(tmp_path))
+    monkeypatch.delenv("PREFLENS_JUDGE_BASE_URL", raising=False)
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    at.text_input(key="judge").set_value("openai:none")
+    at.number_input(key="nq").set_value(2)
+    at.radio(key="mode").set_value("pairwise").run()
+    assert at.query_params["mode"] in ("pairwise", ["pairwise"]) and at.query_params["nq"] in ("2", ["2"])
+    at.button(key="launch").click().run()
+    assert not at.exception
+    assert any("Started personas-" in s.value for s in at.success)
+    run = next(tmp_path.glob("personas-*"))
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["mode"] == "pairwise" and cfg["n_questions"] == 2 and cfg["judge"] == "openai:none"
+    deadline = time.time() + 60
+    status = {}
+    while time.time() < deadline:
+        status = json.loads((run / "status.json").read_text())
+        if status.get("state") in ("failed", "succeeded", "cancelled"):
+            break
+        time.sleep(0.5)
+    assert status.get("state") == "failed" and "PREFLENS_JUDGE_BASE_URL" in status.get("error", "")
