@@ -101,16 +101,29 @@ def write_table(rows: list[dict], out: Path) -> None:
 
 
 def compare(presets: list[str], seeds: list[int], out: str | Path, overrides: dict | None = None,
-            log: Callable[[str], None] = print) -> list[dict]:
-    """Train every (preset, seed) into out/runs/ (resuming finished or partial runs) and write the table."""
+            log: Callable[[str], None] = print, *, judge: str = "default", fewshot_how: str = "infogain",
+            fewshot_queries: int = 20) -> list[dict]:
+    """Train every (preset, seed) into out/runs/ (resuming finished or partial runs) and write the table.
+
+    ``fewshot-k0`` .. ``fewshot-k8`` run the few-shot prompting baseline with ``judge`` instead.
+    """
     from .config import build_config
     from .train import train
 
     out = Path(out)
     run_rows = []
+    fewshot = [p for p in presets if p.startswith("fewshot-")]
+    if fewshot:
+        from .fewshot import run_methods
+
+        t0 = time.perf_counter()
+        for d in run_methods(fewshot, seeds, out, overrides, judge_spec=judge, how=fewshot_how,
+                             queries_per_user=fewshot_queries, log=lambda m: None):
+            run_rows.append(run_row(d))
+        log(f"few-shot {' '.join(fewshot)} x seeds {seeds}: {time.perf_counter() - t0:.1f}s")
     for p in presets:
         if p.startswith("fewshot-"):
-            raise SystemExit(f"{p}: the few-shot baseline is not available in this build yet")
+            continue
         for s in seeds:
             cfg = build_config({"preset": p, **(overrides or {}), "seed": s})
             run_dir = out / "runs" / f"{p}-s{s}"
@@ -151,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--out", required=True)
     c.add_argument("--steps", type=int, help="override every preset's steps")
     c.add_argument("--set", nargs="*", default=[], help="extra config overrides, key=value (JSON values)")
+    c.add_argument("--judge", default="default", help="few-shot judge: default (bundled GGUF), a model id/folder/.gguf, or openai[:model]")
+    c.add_argument("--fewshot-how", choices=["infogain", "random"], default="infogain", help="how demonstrations are chosen")
+    c.add_argument("--fewshot-queries", type=int, default=20, help="test queries per user for the few-shot baseline")
     c.add_argument("--dry-run", action="store_true", help="tiny data and 2 steps per run")
     args = ap.parse_args(argv)
     over = _parse_set(args.set)
@@ -162,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
 
     try:
-        table = compare(args.presets, args.seeds, args.out, over, log=lambda m: print(m, flush=True))
+        table = compare(args.presets, args.seeds, args.out, over, log=lambda m: print(m, flush=True),
+                        judge=args.judge, fewshot_how=args.fewshot_how,
+                        fewshot_queries=2 if args.dry_run else args.fewshot_queries)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
