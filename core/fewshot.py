@@ -187,11 +187,15 @@ def evaluate(table: PreferenceTable, W: np.ndarray, judge, ks=K_VALUES, *, seed:
             rec["group_accuracy"] = {g: float(np.nanmean(v)) for g, v in by.items()}
         results[k] = rec
     # reference: the uniform user with no demonstrations (today's user-agnostic reward model)
-    uni = build(table, np.full((1, 4), 0.25), seed=seed, test_share=test_share, contested_only=False,
-                n_demos=1, pool_size=2, max_test_per_user=queries_per_user)
-    queries = [(table.prompts[q], _response(table, c, C), _response(table, r, C))
-               for q, c, r in zip(uni.test.question, uni.test.chosen, uni.test.rejected, strict=True)]
-    ref, _ = user_accuracy(chooser, [], queries)
+    try:
+        uni = build(table, np.full((1, 4), 0.25), seed=seed, test_share=test_share, contested_only=False,
+                    n_demos=1, pool_size=2, max_test_per_user=queries_per_user)
+    except ValueError:  # the uniform user ties on (almost) everything: no reference line
+        ref = None
+    else:
+        queries = [(table.prompts[q], _response(table, c, C), _response(table, r, C))
+                   for q, c, r in zip(uni.test.question, uni.test.chosen, uni.test.rejected, strict=True)]
+        ref, _ = user_accuracy(chooser, [], queries)
     for rec in results.values():
         rec["uniform_k0_accuracy"] = ref
     return results

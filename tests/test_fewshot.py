@@ -1,0 +1,130 @@
+"""The few-shot prompting baseline: prompts, both-order reading, per-user accuracy, the comparison."""
+
+import json
+
+import numpy as np
+import pytest
+
+from core.data import PreferenceTable, generate_table
+from core.experiments import main as experiments_main
+from core.fewshot import Demo, LogitChooser, demo_block, evaluate, pick_demos, query_block, user_accuracy
+from core.users import info_gain_select, preferred, preset, user_scores
+
+
+def test_demonstration_prompt_holds_exactly_k_demos_in_a_stable_order():
+    table = generate_table(n_prompts=60, seed=2)
+    W = preset("two-opposed")
+    questions = np.arange(40)
+    demos = pick_demos(table, W, 1, 4, how="infogain", questions=questions, seed=0)
+    expected_q, _ = info_gain_select(preferred(user_scores(table, W)), 4, candidates=questions)
+    assert [d.prompt for d in demos] == [table.prompts[q] for q in expected_q]
+    for d, q in zip(demos, expected_q, strict=True):  # the user's best vs worst response of that question
+        s = user_scores(table, W)[1, q]
+        assert d.chosen == table.responses[q][int(np.argmax(s))]
+        assert d.rejected == table.responses[q][int(np.argmin(s))]
+    text = demo_block(demos)
+    assert text.count("--- Example ") == 4 and "--- Example 5 ---" not in text
+    positions = [text.index(f"--- Example {n} ---") for n in range(1, 5)]
+    assert positions == sorted(positions)
+    assert [text.index(d.prompt) for d in demos] == sorted(text.index(d.prompt) for d in demos)
+    assert demo_block(pick_demos(table, W, 1, 4, how="infogain", questions=questions, seed=0)) == text
+    rnd = pick_demos(table, W, 1, 6, how="random", questions=questions, seed=3)
+    assert demo_block(rnd).count("--- Example ") == 6
+    assert rnd == pick_demos(table, W, 1, 6, how="random", questions=questions, seed=3)
+    assert "not seen any" in demo_block([])
+
+
+class _Recorder:
+    """A chooser whose P(A) is a fixed function of the query text; records what it was asked."""
+
+    def __init__(self, p_a):
+        self.p_a, self.asked = p_a, []
+
+    def prob_a(self, prefix, queries):
+        self.asked += queries
+        return np.array([self.p_a(q) for q in queries])
+
+
+def test_both_orders_are_asked_and_a_pure_position_bias_cancels():
+    queries = [("q1", "good one", "bad one"), ("q2", "good two", "bad two")]
+    biased = _Recorder(lambda q: 0.9)  # always says A, whatever is shown
+    acc, p = user_accuracy(biased, [], queries)
+    assert np.allclose(p, 0.5) and acc == 0.0  # 0.5 is not a preference
+    assert biased.asked == [query_block(*q) for q in queries] + [query_block(q[0], q[2], q[1]) for q in queries]
+    # a chooser that likes "good" answers 80% of the time, wherever they are shown
+    likes_good = _Recorder(lambda q: 0.8 if q.index("good") < q.index("bad") else 0.2)
+    acc, p = user_accuracy(likes_good, [], queries)
+    assert np.allclose(p, 0.8) and acc == 1.0
+    # position bias on top of a real preference: still averaged out
+    mixed = _Recorder(lambda q: min(1.0, (0.7 if q.index("good") < q.index("bad") else 0.3) + 0.2))
+    _, p = user_accuracy(mixed, [], queries)
+    assert np.allclose(p, 0.7)
+
+
+class _MarkerJudge:
+    """A text-only backend (like an OpenAI endpoint) that prefers the answer with more hedges."""
+
+    supports_logits = False
+
+    def chat(self, system, user, max_tokens):
+        case = user.rsplit("--- New question ---", 1)[1]
+        a, b = case.split("Answer B:")
+        return "A" if a.count("maybe") > b.count("maybe") else "B"
+
+
+def test_accuracy_per_user_against_hand_made_labels():
+    # 10 questions; completion 0 hedges ("maybe") but helps little, completion 1 helps and never hedges
+    n = 10
+    ratings = np.zeros((n, 2, 4), dtype=np.float32)
+    ratings[:, 0] = [1, 5, 3, 3]
+    ratings[:, 1] = [5, 1, 3, 3]
+    table = PreferenceTable([f"q{i}" for i in range(n)], [f"prompt {i}" for i in range(n)], ["s"] * n,
+                            [[f"maybe maybe {i}", f"useful detail {i}"] for i in range(n)], ratings)
+    W = preset("two-opposed")  # user 0: helpfulness only; user 1: honesty only
+    res = evaluate(table, W, _MarkerJudge(), ks=(0, 2), seed=0, queries_per_user=5, test_share=0.5,
+                   groups=["help", "honest"], log=lambda m: None)
+    for k in (0, 2):
+        assert res[k]["user_accuracy"] == {"0": 0.0, "1": 1.0}
+        assert res[k]["accuracy"] == 0.5 and res[k]["group_accuracy"] == {"help": 0.0, "honest": 1.0}
+    assert res[0]["uniform_k0_accuracy"] is None  # the uniform user ties on every pair here: no line
+
+
+@pytest.fixture(scope="module")
+def judge():
+    from core.personas.judges import make_judge
+
+    return make_judge("default")
+
+
+@pytest.mark.slow
+def test_bundled_judge_reads_a_vs_b_from_logits_and_the_cached_prefix_changes_nothing(judge):
+    table = generate_table(n_prompts=30, seed=0)
+    demos = [Demo(table.prompts[1], table.responses[1][0], table.responses[1][1], chosen_first=False)]
+    prefix = demo_block(demos)
+    q = query_block(table.prompts[2], table.responses[2][0], table.responses[2][1])
+    chooser = LogitChooser(judge)
+    cached = chooser.prob_a(prefix, [q, q])
+    assert 0.0 < cached[0] < 1.0 and cached[0] == pytest.approx(cached[1])
+    import torch
+
+    p_ids, q_ids = chooser._prompt_ids(prefix, q)
+    with torch.no_grad():
+        logits = judge.model(torch.tensor([p_ids + q_ids])).logits[0, -1].float()
+    lp = torch.log_softmax(logits, -1)
+    full = float(torch.sigmoid(torch.logsumexp(lp[chooser.ids["A"]], 0) - torch.logsumexp(lp[chooser.ids["B"]], 0)))
+    assert cached[0] == pytest.approx(full, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_comparison_command_runs_few_shot_and_trained_methods(tmp_path, small_corpus_embeddings, cache_root,
+                                                              monkeypatch):
+    monkeypatch.setenv("PREFLENS_CACHE", cache_root)
+    out = tmp_path / "cmp"
+    assert experiments_main(["compare", "--presets", "fewshot-k0", "fewshot-k2", "traditional", "--seeds", "0",
+                             "--out", str(out), "--dry-run"]) == 0
+    table = {r["method"]: r for r in json.loads((out / "table.json").read_text())}
+    assert set(table) == {"fewshot-k0", "fewshot-k2", "traditional"}
+    metrics = [json.loads(line) for line in (out / "runs" / "fewshot-k2-s0" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[0]["k"] == 2 and set(metrics[0]["user_accuracy"]) == {"0", "1"}
+    assert "uniform_k0_accuracy" in metrics[0]
+    assert table["fewshot-k2"]["accuracy_mean"] == pytest.approx(np.mean(list(metrics[0]["user_accuracy"].values())))
