@@ -58,6 +58,8 @@ def run_row(path: str | Path) -> dict | None:
         "wall_s": last.get("wall_s"),
         "skipped_lines": skipped,
     }
+    if "uniform_k0_accuracy" in last:  # few-shot runs carry the study's Figure 4 reference line
+        row["uniform_k0_accuracy"] = last["uniform_k0_accuracy"]
     for u, a in (last.get("user_accuracy") or {}).items():
         row[f"user_{u}_accuracy"] = a
     return row

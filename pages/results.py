@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
@@ -19,7 +21,7 @@ include = st.multiselect("Include runs that are", ["succeeded", "cancelled", "fa
 
 rows, unreadable, torn = [], [], 0
 for r in runs:
-    if r.get("kind", "train") != "train" or r["state"] not in include:
+    if r.get("kind", "train") not in ("train", "fewshot") or r["state"] not in include:
         continue
     try:
         row = run_row(r["path"])
@@ -30,6 +32,15 @@ for r in runs:
         continue
     torn += row.get("skipped_lines", 0) or 0
     rows.append(row)
+
+# comparison folders written by `python -m core.experiments compare --out <root>/<name>` land here too
+for path in sorted(Path(jm.root).glob("*/runs/*")):
+    row = run_row(path) if path.is_dir() else None
+    if row is None:
+        unreadable.append(path.name)
+    elif row["state"] in include:
+        row["run_id"] = f"{path.parent.parent.name}/{row['run_id']}"
+        rows.append(row)
 
 notes = []
 if runs.skipped:
@@ -62,6 +73,26 @@ else:
                       height=340, margin={"t": 40})
     bar.add_hline(y=0.5, line_dash="dot", line_color="grey")
     st.plotly_chart(bar, key="results_accuracy", use_container_width=True)
+
+    fewshot = summary[summary["method"].str.startswith("fewshot-")]
+    if len(fewshot):
+        st.subheader("Few-shot prompting vs trained reward models (the study's Figure 6)")
+        order = sorted(fewshot["method"], key=lambda m: int(m.split("-k")[1])) + \
+            [m for m in summary["method"] if not m.startswith("fewshot-")]
+        ordered = summary.set_index("method").loc[order]
+        fs = go.Figure(go.Bar(x=order, y=ordered["accuracy_mean"],
+                              error_y={"type": "data", "array": ordered["accuracy_std"].fillna(0).tolist()},
+                              marker_color=["#9aa5b1" if m.startswith("fewshot-") else "#5b4bdb" for m in order]))
+        ref = runs_df.loc[runs_df["method"] == "fewshot-k0", "uniform_k0_accuracy"].dropna() \
+            if "uniform_k0_accuracy" in runs_df else pd.Series(dtype=float)
+        if len(ref):
+            fs.add_hline(y=float(ref.mean()), line_dash="dash", line_color="#d62728",
+                         annotation_text="uniform user, no demonstrations")
+        fs.update_layout(yaxis_range=[0, 1.02], yaxis_title="mean per-user accuracy", height=360, margin={"t": 20})
+        st.plotly_chart(fs, key="results_fewshot", use_container_width=True)
+        st.caption("Grey: an instruction-tuned LM shown k of the user's own choices (no training), read from "
+                   "its A/B probabilities in both orders. Purple: trained reward models. The dashed line is "
+                   "the uniform user's accuracy with no demonstrations, today's one-size-fits-all reference.")
 
     ucols = sorted([c for c in runs_df.columns if c.startswith("user_") and c.endswith("_accuracy")],
                    key=lambda c: int(c.split("_")[1]) if c.split("_")[1].isdigit() else 0)

@@ -119,7 +119,7 @@ def test_bundled_judge_reads_a_vs_b_from_logits_and_the_cached_prefix_changes_no
 def test_comparison_command_runs_few_shot_and_trained_methods(tmp_path, small_corpus_embeddings, cache_root,
                                                               monkeypatch):
     monkeypatch.setenv("PREFLENS_CACHE", cache_root)
-    out = tmp_path / "cmp"
+    out = tmp_path / "cmp"  # a comparison folder inside the runs root: the Results page must find it
     assert experiments_main(["compare", "--presets", "fewshot-k0", "fewshot-k2", "traditional", "--seeds", "0",
                              "--out", str(out), "--dry-run"]) == 0
     table = {r["method"]: r for r in json.loads((out / "table.json").read_text())}
@@ -128,3 +128,17 @@ def test_comparison_command_runs_few_shot_and_trained_methods(tmp_path, small_co
     assert metrics[0]["k"] == 2 and set(metrics[0]["user_accuracy"]) == {"0", "1"}
     assert "uniform_k0_accuracy" in metrics[0]
     assert table["fewshot-k2"]["accuracy_mean"] == pytest.approx(np.mean(list(metrics[0]["user_accuracy"].values())))
+
+    # the Results page finds the comparison folder and draws few-shot before the trained methods
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("PREFLENS_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "results.py"), default_timeout=60).run()
+    assert not at.exception
+    fig = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if getattr(c, "key", None) == "results_fewshot")
+    assert list(fig["data"][0]["x"]) == ["fewshot-k0", "fewshot-k2", "traditional"]
+    ref = metrics[0]["uniform_k0_accuracy"]
+    if ref is not None:
+        assert any(abs(sh.get("y0", -1) - ref) < 1e-9 for sh in fig["layout"].get("shapes", []))
