@@ -4,16 +4,16 @@ from pathlib import Path
 
 import streamlit as st
 
-st.set_page_config(page_title="PrefLens", page_icon="🔍", layout="wide")
+st.set_page_config(page_title="PrefLens", page_icon=":material/insights:", layout="wide")
 
 HERE = Path(__file__).parent
 PAGES = [
-    ("pages/home.py", "Home", "🏠"),
-    ("pages/users.py", "Users", "🧑‍🤝‍🧑"),
-    ("pages/train.py", "Train", "🏋️"),
-    ("pages/latent.py", "Latent space", "🌌"),
-    ("pages/results.py", "Results", "📊"),
-    ("pages/personas.py", "Personas", "🎭"),
+    ("app_pages/home.py", "Home", ":material/home:"),
+    ("app_pages/users.py", "Users", ":material/group:"),
+    ("app_pages/train.py", "Train", ":material/model_training:"),
+    ("app_pages/latent.py", "Latent space", ":material/scatter_plot:"),
+    ("app_pages/results.py", "Results", ":material/table_chart:"),
+    ("app_pages/personas.py", "Personas", ":material/theater_comedy:"),
 ]
 pages = [st.Page(str(HERE / f), title=t, icon=i, default=(t == "Home"), url_path=Path(f).stem)
          for f, t, i in PAGES if (HERE / f).exists()]

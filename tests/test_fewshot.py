@@ -135,7 +135,7 @@ def test_comparison_command_runs_few_shot_and_trained_methods(tmp_path, small_co
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("PREFLENS_RUNS_DIR", str(tmp_path))
-    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "results.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app_pages" / "results.py"), default_timeout=60).run()
     assert not at.exception
     fig = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if getattr(c, "key", None) == "results_fewshot")
     assert list(fig["data"][0]["x"]) == ["fewshot-k0", "fewshot-k2", "traditional"]

@@ -1,1 +1,1 @@
-"""Streamlit-side helpers shared by the pages (the only place besides pages/ that imports streamlit)."""
+"""Streamlit-side helpers shared by the pages (the only place besides app_pages/ that imports streamlit)."""

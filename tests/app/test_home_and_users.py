@@ -44,7 +44,7 @@ def test_home_tells_the_lesson_and_users_page_shows_the_heatmap():
     compromise = [bar["y"][2] for bar in lesson["data"]]
     assert compromise == [0.5, 0.5]
 
-    at.switch_page("pages/users.py").run()
+    at.switch_page("app_pages/users.py").run()
     assert not at.exception
     z = _array(_figure(at, "disagreement_heatmap")["data"][0]["z"])
     assert z.shape == (2, 2)
@@ -66,7 +66,7 @@ def test_editing_users_normalizes_and_bad_weights_are_named():
     at = AppTest.from_file(APP, default_timeout=120)
     at.query_params["preset"] = "two-opposed"
     at.run()
-    at.switch_page("pages/users.py").run()
+    at.switch_page("app_pages/users.py").run()
     editor_key = at.data_editor[0].key
     # data_editor edits are applied as its delta state: set row 0's honesty to -1 (bad) then apply
     at.session_state[editor_key] = {"edited_rows": {0: {"honesty": -1.0}}, "added_rows": [], "deleted_rows": []}

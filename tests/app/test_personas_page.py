@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.runs import RunDir
 
-PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "personas.py")
+PAGE = str(Path(__file__).resolve().parents[2] / "app_pages" / "personas.py")
 USERS = [("Ann", "nurse", "health"), ("Bob", "nurse", "health"), ("Cy", "rapper", "music")]
 # per user, choice on q1..q3 (preferred is "first" everywhere): Ann & Bob agree, Cy opposes on q2, q3
 CHOICES = {0: ["first", "first", "second"], 1: ["first", "first", "second"], 2: ["first", "second", "first"]}

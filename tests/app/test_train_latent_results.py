@@ -68,7 +68,7 @@ def _app(page, **qp):
 
 def test_train_page_shows_per_user_curves_of_finished_runs(runs_root):
     root, ids = runs_root
-    at = _app("pages/train.py", runs=f"{ids['traditional']},{ids['vpl']}")
+    at = _app("app_pages/train.py", runs=f"{ids['traditional']},{ids['vpl']}")
     assert not at.exception, at.exception
     assert not [b for b in at.button if b.key == "lesson"]  # runs exist: no lesson prompt
     fig = _figure(at, "train_accuracy")
@@ -95,7 +95,7 @@ def test_train_page_shows_per_user_curves_of_finished_runs(runs_root):
 
 def test_latent_page_tsne_points_per_user_and_separation_per_step(runs_root):
     root, ids = runs_root
-    at = _app("pages/latent.py", run=ids["vpl"])
+    at = _app("app_pages/latent.py", run=ids["vpl"])
     assert not at.exception, at.exception
     fig = _figure(at, "latent_tsne")
     with np.load(root / ids["vpl"] / "latents" / "step-000006.npz") as z:
@@ -114,7 +114,7 @@ def test_latent_page_tsne_points_per_user_and_separation_per_step(runs_root):
 
 def test_results_page_groups_by_method(runs_root):
     root, ids = runs_root
-    at = _app("pages/results.py")
+    at = _app("app_pages/results.py")
     assert not at.exception, at.exception
     bar = _figure(at, "results_accuracy")["data"][0]
     got = dict(zip(bar["x"], _array(bar["y"]), strict=True))
@@ -130,7 +130,7 @@ def test_results_page_groups_by_method(runs_root):
 def test_lesson_button_launches_traditional_and_vpl_adaptive(tmp_path, monkeypatch, cache_root,
                                                              small_corpus_embeddings):
     monkeypatch.setenv("PREFLENS_RUNS_DIR", str(tmp_path))
-    at = _app("pages/train.py")
+    at = _app("app_pages/train.py")
     assert not at.exception, at.exception
     at.button(key="lesson").click().run()
     jm = JobManager(tmp_path)

@@ -20,7 +20,8 @@ from core.jobs import JobManager
 
 CHROMIUM = "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parents[2]
-SHOTS = Path(__file__).parent / "screenshots"
+# each run writes fresh screenshots to an ignored folder; the committed ones in screenshots/ are references
+SHOTS = Path(__file__).parent / "screenshots" / "latest"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 POINTS_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot'))

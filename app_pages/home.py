@@ -46,9 +46,9 @@ fig.update_layout(barmode="group", yaxis_title="accuracy on contested pairs", ya
 st.plotly_chart(fig, key="home_lesson")
 
 st.subheader("Where to go next")
-for path, text in (("pages/users.py", "Design users and see where they disagree"),
-                   ("pages/train.py", "Train a traditional and a personalized reward model and watch them"),
-                   ("pages/personas.py", "Ask an LLM to role-play personas")):
+for path, text in (("app_pages/users.py", "Design users and see where they disagree"),
+                   ("app_pages/train.py", "Train a traditional and a personalized reward model and watch them"),
+                   ("app_pages/personas.py", "Ask an LLM to role-play personas")):
     try:
         st.page_link(path, label=text)
     except Exception:  # page not routed in this build (e.g. under AppTest of a single page)
