@@ -1,7 +1,5 @@
 """AppTest: the entry routes to Home and Users; the Users page reacts to presets and edits."""
 
-import base64
-import json
 from pathlib import Path
 
 import numpy as np
@@ -9,25 +7,13 @@ from streamlit.testing.v1 import AppTest
 
 from core.data import generate_table, non_dominated_mask
 from core.users import disagreement_matrix, preferred, preset, user_scores
+from tests.app.figures import array, figure
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
 
-def _figure(at, key):
-    charts = [c for c in at.get("plotly_chart") if getattr(c, "key", None) == key]
-    assert charts, f"no plotly chart with key {key!r}"
-    return json.loads(charts[0].proto.spec)
 
 
-def _array(value):
-    """Plotly ships numpy arrays as base64 'bdata' with a dtype (and shape): decode either form."""
-    if isinstance(value, dict) and "bdata" in value:
-        arr = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
-        shape = value.get("shape")
-        if shape:
-            arr = arr.reshape([int(x) for x in str(shape).split(",")] if isinstance(shape, str) else shape)
-        return arr
-    return np.asarray(value)
 
 
 def _expected_heatmap(preset_name, seed=0):
@@ -40,13 +26,13 @@ def test_home_tells_the_lesson_and_users_page_shows_the_heatmap():
     at = AppTest.from_file(APP, default_timeout=120).run()
     assert not at.exception
     assert any("disagree on" in m.value for m in at.markdown)
-    lesson = _figure(at, "home_lesson")
+    lesson = figure(at, "home_lesson")
     compromise = [bar["y"][2] for bar in lesson["data"]]
     assert compromise == [0.5, 0.5]
 
     at.switch_page("app_pages/users.py").run()
     assert not at.exception
-    z = _array(_figure(at, "disagreement_heatmap")["data"][0]["z"])
+    z = array(figure(at, "disagreement_heatmap")["data"][0]["z"])
     assert z.shape == (2, 2)
     assert np.array_equal(z, _expected_heatmap("two-opposed"))
     assert z[0, 1] > 0
@@ -54,7 +40,7 @@ def test_home_tells_the_lesson_and_users_page_shows_the_heatmap():
     at.selectbox(key="preset").set_value("cluster").run()
     assert not at.exception
     assert at.query_params["preset"] == ["cluster"] or at.query_params["preset"] == "cluster"
-    z = _array(_figure(at, "disagreement_heatmap")["data"][0]["z"])
+    z = array(figure(at, "disagreement_heatmap")["data"][0]["z"])
     assert z.shape == (100, 100)
     assert np.array_equal(z, _expected_heatmap("cluster"))
     # the info-gain table names 8 distinct questions
@@ -81,5 +67,5 @@ def test_editing_users_normalizes_and_bad_weights_are_named():
     users = qp["users"] if isinstance(qp["users"], str) else qp["users"][0]
     W = np.array([[float(x) for x in r.split(",")] for r in users.split(";")])
     assert np.allclose(W, [[0.5, 0.5, 0, 0], [0, 1, 0, 0], [0.25, 0.25, 0.25, 0.25]])
-    z = _array(_figure(at, "disagreement_heatmap")["data"][0]["z"])
+    z = array(figure(at, "disagreement_heatmap")["data"][0]["z"])
     assert z.shape == (3, 3)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 from streamlit.testing.v1 import AppTest
 
 from core.runs import RunDir
+from tests.app.figures import array
 
 PAGE = str(Path(__file__).resolve().parents[2] / "app_pages" / "personas.py")
 USERS = [("Ann", "nurse", "health"), ("Bob", "nurse", "health"), ("Cy", "rapper", "music")]
@@ -17,14 +17,6 @@ USERS = [("Ann", "nurse", "health"), ("Bob", "nurse", "health"), ("Cy", "rapper"
 CHOICES = {0: ["first", "first", "second"], 1: ["first", "first", "second"], 2: ["first", "second", "first"]}
 
 
-def _array(value):
-    if isinstance(value, dict) and "bdata" in value:
-        arr = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
-        shape = value.get("shape")
-        if shape:
-            arr = arr.reshape([int(x) for x in str(shape).split(",")] if isinstance(shape, str) else shape)
-        return arr
-    return np.asarray(value)
 
 
 def _make_run(root: Path, run_id: str, mode: str):
@@ -69,7 +61,7 @@ def test_results_show_similarity_graph_and_honest_quality_warning(tmp_path, monk
     at.run()
     assert not at.exception
     assert any("barely tracks" in w.value for w in at.warning)
-    sim = _array(_chart(at, "similarity")["data"][0]["z"])
+    sim = array(_chart(at, "similarity")["data"][0]["z"])
     # vectors: Ann = Bob = [1, 1, -1], Cy = [1, -1, 1]; cos(Ann, Cy) = -1/3; order: health (Ann, Bob), music (Cy)
     assert sim.shape == (3, 3)
     assert np.allclose(sim, [[1, 1, -1 / 3], [1, 1, -1 / 3], [-1 / 3, -1 / 3, 1]])

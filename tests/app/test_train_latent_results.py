@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 from pathlib import Path
 
@@ -15,22 +13,15 @@ from core.config import build_config
 from core.jobs import JobManager
 from core.runs import RunDir
 from core.train import train
+from tests.app.figures import array, figure
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 TINY = {"corpus_prompts": 60, "max_train_per_user": 40, "max_test_per_user": 20, "pool_size": 20,
         "steps": 6, "eval_every": 2}
 
 
-def _figure(at, key):
-    charts = [c for c in at.get("plotly_chart") if getattr(c, "key", None) == key]
-    assert charts, f"no plotly chart with key {key!r}"
-    return json.loads(charts[0].proto.spec)
 
 
-def _array(value):
-    if isinstance(value, dict) and "bdata" in value:
-        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
-    return np.asarray(value, dtype=float)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +62,7 @@ def test_train_page_shows_per_user_curves_of_finished_runs(runs_root):
     at = _app("app_pages/train.py", runs=f"{ids['traditional']},{ids['vpl']}")
     assert not at.exception, at.exception
     assert not [b for b in at.button if b.key == "lesson"]  # runs exist: no lesson prompt
-    fig = _figure(at, "train_accuracy")
+    fig = figure(at, "train_accuracy")
     traces = {(t["meta"]["run_id"], t["meta"]["user"]): t for t in fig["data"]}
     assert set(traces) == {(ids[p], u) for p in ids for u in ("0", "1")}
     for p, rid in ids.items():
@@ -79,17 +70,17 @@ def test_train_page_shows_per_user_curves_of_finished_runs(runs_root):
         assert skipped == (1 if p == "vpl" else 0)
         for u in ("0", "1"):
             t = traces[(rid, u)]
-            assert list(_array(t["x"])) == [0, 2, 4, 6]
-            assert np.allclose(_array(t["y"]), [r["user_accuracy"][u] for r in records])
-    loss = _figure(at, "train_loss")
+            assert list(array(t["x"])) == [0, 2, 4, 6]
+            assert np.allclose(array(t["y"]), [r["user_accuracy"][u] for r in records])
+    loss = figure(at, "train_loss")
     assert len(loss["data"]) == 4
     assert any("Skipped 1 folder" in c.value for c in at.caption)
     assert any("skipped 1 unreadable metrics line" in c.value for c in at.caption)
     # smoothing changes the curve (EMA), but keeps its first point
     at.slider(key="smooth").set_value(0.5).run()
-    t = {(t["meta"]["run_id"], t["meta"]["user"]): t for t in _figure(at, "train_accuracy")["data"]}
-    y_raw = _array(traces[(ids["vpl"], "0")]["y"])
-    y_s = _array(t[(ids["vpl"], "0")]["y"])
+    t = {(t["meta"]["run_id"], t["meta"]["user"]): t for t in figure(at, "train_accuracy")["data"]}
+    y_raw = array(traces[(ids["vpl"], "0")]["y"])
+    y_s = array(t[(ids["vpl"], "0")]["y"])
     assert y_s[0] == pytest.approx(y_raw[0]) and y_s[-1] == pytest.approx(0.5 * y_s[-2] + 0.5 * y_raw[-1])
 
 
@@ -97,31 +88,31 @@ def test_latent_page_tsne_points_per_user_and_separation_per_step(runs_root):
     root, ids = runs_root
     at = _app("app_pages/latent.py", run=ids["vpl"])
     assert not at.exception, at.exception
-    fig = _figure(at, "latent_tsne")
+    fig = figure(at, "latent_tsne")
     with np.load(root / ids["vpl"] / "latents" / "step-000006.npz") as z:
         users, counts = np.unique(z["user"], return_counts=True)
-    got = {t["meta"]["user"]: len(_array(t["x"])) for t in fig["data"]}
+    got = {t["meta"]["user"]: len(array(t["x"])) for t in fig["data"]}
     assert got == {int(u): int(c) for u, c in zip(users, counts, strict=True)}
-    assert all(np.isfinite(_array(t["y"])).all() for t in fig["data"])
-    sep = _figure(at, "latent_separation")["data"][0]
-    assert list(_array(sep["x"])) == [0, 2, 4, 6]
+    assert all(np.isfinite(array(t["y"])).all() for t in fig["data"])
+    sep = figure(at, "latent_separation")["data"][0]
+    assert list(array(sep["x"])) == [0, 2, 4, 6]
     assert any("perplexity" in m.value for m in at.markdown)
     # an earlier step re-embeds that step's latents
     at.select_slider(key="latent_step").set_value(2).run()
     assert not at.exception
-    assert "step 2" in _figure(at, "latent_tsne")["layout"]["title"]["text"]
+    assert "step 2" in figure(at, "latent_tsne")["layout"]["title"]["text"]
 
 
 def test_results_page_groups_by_method(runs_root):
     root, ids = runs_root
     at = _app("app_pages/results.py")
     assert not at.exception, at.exception
-    bar = _figure(at, "results_accuracy")["data"][0]
-    got = dict(zip(bar["x"], _array(bar["y"]), strict=True))
+    bar = figure(at, "results_accuracy")["data"][0]
+    got = dict(zip(bar["x"], array(bar["y"]), strict=True))
     for p, rid in ids.items():
         records, _ = RunDir(root / rid).metrics()
         assert got[p] == pytest.approx(records[-1]["accuracy"])
-    per_user = _figure(at, "results_user_accuracy")
+    per_user = figure(at, "results_user_accuracy")
     assert {t["name"] for t in per_user["data"]} == {"traditional", "vpl"}
     assert [b for b in at.get("download_button") if b.key == "dl_summary"]
     assert any("Skipped" in c.value for c in at.caption)
