@@ -210,7 +210,7 @@ def run_methods(methods: list[str], seeds: list[int], out, overrides: dict | Non
     """Run ``fewshot-kN`` methods into out/runs/<method>-s<seed>/ (ordinary run dirs, one metrics record)."""
     from pathlib import Path
 
-    from .config import build_config
+    from .config import TrainConfig, build_config
     from .personas.judges import make_judge
     from .runs import RunDir, now_iso
     from .train import load_table, load_users
@@ -228,7 +228,7 @@ def run_methods(methods: list[str], seeds: list[int], out, overrides: dict | Non
     out = Path(out)
     dirs = []
     for seed in seeds:
-        base = {k: v for k, v in (overrides or {}).items() if k in build_config().model_fields}
+        base = {k: v for k, v in (overrides or {}).items() if k in TrainConfig.model_fields}
         cfg = build_config({**base, "seed": seed})
         table, W = load_table(cfg), load_users(cfg)
         groups = None
