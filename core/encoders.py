@@ -18,7 +18,6 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,26 +63,26 @@ def last_token_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return hidden[b, last]
 
 
-@dataclass
 class TextEncoder:
-    """A tokenizer + transformer body + pooling. ``model`` is a torch module (trainable if wanted)."""
+    """A tokenizer + transformer body + pooling. The weights load on first use of ``model``, so a
+    run whose texts are all in the embedding cache never pays for loading them."""
 
-    name: str
-    tokenizer: object
-    model: torch.nn.Module
-    pooling: str  # "mean" | "last"
-    max_length: int = 256
+    def __init__(self, name: str, tokenizer, config, pooling: str, max_length: int, target: str, local: bool,
+                 device: str | torch.device = "cpu"):
+        self.name, self.tokenizer, self.config = name, tokenizer, config
+        self.pooling, self.max_length = pooling, max_length  # pooling: "mean" | "last"
+        self._target, self._local, self._device = target, local, torch.device(device)
+        self._model: torch.nn.Module | None = None
 
     @classmethod
     def load(cls, name_or_path: str = DEFAULT_ENCODER, *, device: str | torch.device = "cpu",
              pooling: str | None = None, max_length: int = 256) -> TextEncoder:
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         target, local = resolve_model(name_or_path)
         try:
             config = AutoConfig.from_pretrained(target, local_files_only=local)
             tok = AutoTokenizer.from_pretrained(target, local_files_only=local)
-            model = AutoModel.from_pretrained(target, local_files_only=local)
         except OSError as err:
             raise OSError(
                 f"Could not load encoder {name_or_path!r}: {err}. Offline machines need a local folder "
@@ -94,17 +93,33 @@ class TextEncoder:
         ) or config.model_type in {"gpt2", "llama", "mistral", "qwen2", "gemma", "gemma2", "phi3", "smollm"}
         if tok.pad_token is None:  # GPT-2 and friends ship without one
             tok.pad_token = tok.eos_token
-        model.to(device).eval()
-        return cls(name=name_or_path, tokenizer=tok, model=model, pooling=pooling or ("last" if causal else "mean"),
-                   max_length=max_length)
+        return cls(name_or_path, tok, config, pooling or ("last" if causal else "mean"), max_length, target, local,
+                   device)
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        if self._model is None:
+            from transformers import AutoModel
+
+            self._model = AutoModel.from_pretrained(self._target, local_files_only=self._local)
+            self._model.to(self._device).eval()
+        return self._model
+
+    @model.setter
+    def model(self, module: torch.nn.Module) -> None:  # e.g. wrapped with LoRA adapters
+        self._model = module
 
     @property
     def dim(self) -> int:
-        return int(self.model.config.hidden_size)
+        return int(self.config.hidden_size)
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return next(self._model.parameters()).device if self._model is not None else self._device
 
     def identity(self) -> str:
         """A key that changes when the weights, pooling or truncation change (for the cache)."""

@@ -143,9 +143,7 @@ class Trainer:
 
     def _setup_query_encoder(self) -> TextEncoder | None:
         mode = self.cfg.query_encoder
-        if mode == "frozen":
-            for p in self.encoder.model.parameters():
-                p.requires_grad_(False)
+        if mode == "frozen":  # read only through the cache (under no_grad); never loaded if all is cached
             return None
         enc = self.encoder
         if mode == "lora":

@@ -76,6 +76,7 @@ def test_cache_means_a_second_run_encodes_nothing(tmp_path, small_corpus_embeddi
     cfg = build_config({"preset": "traditional", **SMALL, "steps": 1, "cache_dir": cache_root})
     trainer = Trainer(cfg, RunDir(tmp_path / "r").create(), log=lambda m: None)
     assert trainer.cache_encoded == 0  # every text was embedded once by the session fixture
+    assert not trainer.encoder.loaded  # so the encoder's weights were never even loaded
 
 
 def test_bad_configs_name_the_field(tmp_path):
