@@ -110,13 +110,14 @@ def disagreement_matrix(top: np.ndarray) -> np.ndarray:
     """int (U, U): for each user pair, the questions where both have a top choice and they differ."""
     U, Q = top.shape
     C = int(top.max()) + 1 if top.size else 1
-    valid = (top >= 0).astype(np.int32)  # (U, Q)
-    onehot = np.zeros((U, Q * C), dtype=np.int32)
+    # float32 so the two products go through BLAS (integer matmul does not); counts stay exact < 2**24
+    valid = (top >= 0).astype(np.float32)  # (U, Q)
+    onehot = np.zeros((U, Q * C), dtype=np.float32)
     uu, qq = np.nonzero(top >= 0)
-    onehot[uu, qq * C + top[uu, qq]] = 1
+    onehot[uu, qq * C + top[uu, qq]] = 1.0
     both = valid @ valid.T
     agree = onehot @ onehot.T
-    return both - agree
+    return np.rint(both - agree).astype(np.int64)
 
 
 def contested_pairs(table: PreferenceTable, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
