@@ -336,9 +336,12 @@ class JobManager:
             job = _SUBMITIT_JOBS.get(run.run_id)
             if job is not None:
                 try:
-                    return not job.done()
+                    done = job.done()
                 except Exception:  # noqa: BLE001
                     return True
+                if done:  # forget the handle: kept to interpreter exit, its __del__ fails noisily
+                    _SUBMITIT_JOBS.pop(run.run_id, None)
+                return not done
             # another manager (or a restart): trust the child's pid on this host, else ask Slurm
             if st.get("host") == socket.gethostname() and st.get("pid"):
                 return pid_alive(st.get("pid"))
