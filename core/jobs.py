@@ -269,6 +269,8 @@ class JobManager:
         st["path"] = str(run.path)
         if st.get("state") != "running":
             st["pid"] = None if st.get("state") in FINAL_STATES else st.get("pid")
+        if st.get("state") in FINAL_STATES:  # a finished submitit handle is no longer needed (and its
+            _SUBMITIT_JOBS.pop(run.run_id, None)  # __del__ fails noisily if kept to interpreter exit)
         start = st.get("launched_ts")
         if start:
             st["elapsed_s"] = (st.get("ended_ts") or time.time()) - start
@@ -336,12 +338,9 @@ class JobManager:
             job = _SUBMITIT_JOBS.get(run.run_id)
             if job is not None:
                 try:
-                    done = job.done()
+                    return not job.done()
                 except Exception:  # noqa: BLE001
                     return True
-                if done:  # forget the handle: kept to interpreter exit, its __del__ fails noisily
-                    _SUBMITIT_JOBS.pop(run.run_id, None)
-                return not done
             # another manager (or a restart): trust the child's pid on this host, else ask Slurm
             if st.get("host") == socket.gethostname() and st.get("pid"):
                 return pid_alive(st.get("pid"))
