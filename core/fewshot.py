@@ -61,18 +61,18 @@ def query_block(prompt: str, first: str, second: str) -> str:
 
 
 def pick_demos(table: PreferenceTable, W: np.ndarray, user: int, k: int, *, how: str, questions: np.ndarray,
-               seed: int) -> list[Demo]:
+               seed: int, scores: np.ndarray | None = None) -> list[Demo]:
     """k demonstrations for ``user`` drawn from ``questions`` (training questions only).
 
     ``how='infogain'``: the questions that best tell all users apart (seed eq. 5-7), each shown as
     the user's best versus worst response. ``how='random'``: random questions, same pairing.
+    ``scores`` (U, Q, C) may be passed in when picking for many users, to compute it once.
     """
     if k == 0:
         return []
-    scores = user_scores(table, W)  # (U, Q, C)
-    top = preferred(scores)
+    scores = user_scores(table, W) if scores is None else scores
     if how == "infogain":
-        chosen_q, _ = info_gain_select(top, k, candidates=questions)
+        chosen_q, _ = info_gain_select(preferred(scores), k, candidates=questions)
     elif how == "random":
         chosen_q = np.random.default_rng(seed + 1000 * user).choice(questions, size=k, replace=False).tolist()
     else:
@@ -166,16 +166,14 @@ def evaluate(table: PreferenceTable, W: np.ndarray, judge, ks=K_VALUES, *, seed:
                  n_demos=1, pool_size=2, max_test_per_user=queries_per_user)
     test_q = set(data.test.question.tolist())
     train_q = np.array([q for q in range(len(table)) if q not in test_q])
-    C = table.n_completions
     chooser = chooser_for(judge)
+    scores = user_scores(table, W)  # (U, Q, C), shared by every user's demonstration pick
+    queries_by_user = [_queries(table, data.test, data.test.user == u) for u in range(len(W))]
     results: dict[int, dict] = {}
     for k in ks:
         per_user = {}
-        for u in range(len(W)):
-            m = data.test.user == u
-            queries = [(table.prompts[q], _response(table, c, C), _response(table, r, C))
-                       for q, c, r in zip(data.test.question[m], data.test.chosen[m], data.test.rejected[m], strict=True)]
-            demos = pick_demos(table, W, u, k, how=how, questions=train_q, seed=seed)
+        for u, queries in enumerate(queries_by_user):
+            demos = pick_demos(table, W, u, k, how=how, questions=train_q, seed=seed, scores=scores)
             acc, _ = user_accuracy(chooser, demos, queries)
             per_user[str(u)] = acc
             log(f"fewshot k={k} user {u}: accuracy {acc:.3f} on {len(queries)} queries")
@@ -193,16 +191,21 @@ def evaluate(table: PreferenceTable, W: np.ndarray, judge, ks=K_VALUES, *, seed:
     except ValueError:  # the uniform user ties on (almost) everything: no reference line
         ref = None
     else:
-        queries = [(table.prompts[q], _response(table, c, C), _response(table, r, C))
-                   for q, c, r in zip(uni.test.question, uni.test.chosen, uni.test.rejected, strict=True)]
-        ref, _ = user_accuracy(chooser, [], queries)
+        ref, _ = user_accuracy(chooser, [], _queries(table, uni.test, np.ones(len(uni.test), dtype=bool)))
     for rec in results.values():
         rec["uniform_k0_accuracy"] = ref
     return results
 
 
-def _response(table: PreferenceTable, text_id: int, C: int) -> str:
-    return table.responses[int(text_id) // C][int(text_id) % C]
+def _queries(table: PreferenceTable, split, mask: np.ndarray) -> list[tuple[str, str, str]]:
+    """(prompt, chosen response, rejected response) for the split's pairs under ``mask``."""
+    C = table.n_completions
+
+    def text(i):
+        return table.responses[int(i) // C][int(i) % C]
+
+    return [(table.prompts[q], text(c), text(r))
+            for q, c, r in zip(split.question[mask], split.chosen[mask], split.rejected[mask], strict=True)]
 
 
 def run_methods(methods: list[str], seeds: list[int], out, overrides: dict | None = None, *,
