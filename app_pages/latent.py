@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.jobs import JobManager, default_root
+from ui.state import run_label
 
 STEP_RE = re.compile(r"^step-(\d+)\.npz$")
 
@@ -94,8 +95,7 @@ ids = [r["run_id"] for r in candidates]
 by_id = {r["run_id"]: r for r in candidates}
 url_run = st.query_params.get("run")
 run_id = st.selectbox("Run", ids, index=ids.index(url_run) if url_run in ids else 0, key="latent_run",
-                      format_func=lambda rid: f"{by_id[rid].get('label') or by_id[rid].get('method') or rid} · "
-                                              f"{by_id[rid]['state']} · {rid}")
+                      format_func=lambda rid: run_label(by_id[rid]))
 st.query_params["run"] = run_id
 files = latent_files(by_id[run_id]["path"])
 steps = list(files)

@@ -93,7 +93,7 @@ runs = list_persona_runs(ROOT)
 
 
 def _label(r):
-    return f"{r['run_id']} · {r['mode']} · {r['state']} {r['done']}/{r['total']}"
+    return f"{r['mode']} · {r['run_id']}"  # no state or progress: a changing label drops the browser's choice
 
 
 def _choice_bars(dist: pd.DataFrame, title: str, key: str):

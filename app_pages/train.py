@@ -10,7 +10,7 @@ import streamlit as st
 from core.config import PRESETS, ConfigError
 from core.jobs import JobManager, default_root
 from core.runs import RunDir
-from ui.state import current_users
+from ui.state import current_users, run_label
 
 QUICK = {"corpus_prompts": 400, "steps": 60, "eval_every": 5}
 ACTIVE = ("queued", "running")
@@ -165,14 +165,14 @@ if not runs:
 url_runs = [r for r in (st.query_params.get("runs") or "").split(",") if r in runs_by_id]
 default = url_runs or [r["run_id"] for r in runs[:2]]
 shown = st.multiselect("Runs to show (overlay to compare)", list(runs_by_id), default=default, key="shown",
-                       format_func=lambda rid: f"{runs_by_id[rid].get('label') or rid} · {runs_by_id[rid]['state']} · {rid}")
+                       format_func=lambda rid: run_label(runs_by_id[rid]))
 alpha = st.slider("Smoothing (EMA)", 0.0, 0.95, 0.0, 0.05, key="smooth")
 
 active_ids = [r["run_id"] for r in runs if r["state"] in ACTIVE]
 if active_ids:
     c1, c2 = st.columns([3, 1])
     victim = c1.selectbox("Active run", active_ids, key="cancel_pick",
-                          format_func=lambda rid: f"{runs_by_id[rid].get('label')} · {runs_by_id[rid]['state']} · {rid}")
+                          format_func=lambda rid: run_label(runs_by_id[rid]))
     if c2.button("Cancel run", key="cancel"):
         with st.spinner("Stopping (the run checkpoints first)…"):
             jm.cancel(victim)

@@ -64,3 +64,15 @@ def current_users() -> tuple[str, int, np.ndarray]:
         return name, seed, preset(name, seed=seed)
     except ValueError:
         return "two-opposed", seed, preset("two-opposed")
+
+
+def run_label(run: dict) -> str:
+    """A run's label in pickers: name and id only, never its state or progress.
+
+    The browser keeps a select widget's choice as the option label, so a label that changes while a run
+    goes queued -> running -> succeeded would silently empty the selection (and its charts) at that moment.
+    The state lives in the runs table instead.
+    """
+    rid = run.get("run_id", "?")
+    name = run.get("label") or run.get("method") or run.get("mode")
+    return f"{name} · {rid}" if name and name != rid else rid

@@ -135,3 +135,44 @@ def test_lesson_button_launches_traditional_and_vpl_adaptive(tmp_path, monkeypat
         for r in jm.list():
             jm.cancel(r["run_id"])
     assert {r["state"] for r in jm.list()} == {"cancelled"}
+
+
+def test_run_pickers_keep_their_labels_when_a_run_changes_state(runs_root, tmp_path, monkeypatch):
+    # Regression: the "Runs to show" labels included the run's state. The browser keeps a multiselect's
+    # selection as the option *labels*, so the moment a watched run finished its label changed, the
+    # selection came back empty and every chart vanished (the e2e test caught it; AppTest keeps Python
+    # values, so here we assert the contract itself: a run's label does not move while it runs and ends).
+    import json
+    import shutil
+
+    from core.jobs import proc_start_marker
+
+    src, ids = runs_root
+    rid = ids["vpl"]
+    shutil.copytree(src / rid, tmp_path / rid)
+    status = tmp_path / rid / "status.json"
+    final = json.loads(status.read_text())
+    status.write_text(json.dumps({**final, "state": "running", "pid": os.getpid(),
+                                  "pid_start": proc_start_marker(os.getpid()), "launcher": "local",
+                                  "progress": {"done": 2, "total": 6, "fraction": 1 / 3}}))
+    monkeypatch.setenv("PREFLENS_RUNS_DIR", str(tmp_path))
+    at = _app("app_pages/train.py")
+    assert not at.exception, at.exception
+    assert JobManager(tmp_path).list()[0]["state"] == "running"
+    at.multiselect(key="shown").set_value([rid]).run()
+    running = {"shown": at.multiselect(key="shown").options, "cancel_pick": at.selectbox(key="cancel_pick").options}
+    assert {t["meta"]["run_id"] for t in figure(at, "train_accuracy")["data"]} == {rid}
+
+    status.write_text(json.dumps(final))  # the run ends
+    at.run()
+    assert not at.exception, at.exception
+    assert at.multiselect(key="shown").options == running["shown"]
+    assert running["cancel_pick"] == running["shown"]  # the same label for a run everywhere on the page
+    assert {t["meta"]["run_id"] for t in figure(at, "train_accuracy")["data"]} == {rid}
+
+    # the Latent page's run picker too (it lists runs that wrote latents, finished or not)
+    at = _app("app_pages/latent.py", run=rid)
+    ended = at.selectbox(key="latent_run").options
+    status.write_text(json.dumps({**final, "state": "running", "pid": os.getpid(),
+                                  "pid_start": proc_start_marker(os.getpid()), "launcher": "local"}))
+    assert _app("app_pages/latent.py", run=rid).selectbox(key="latent_run").options == ended
