@@ -8,14 +8,17 @@
         log.txt         the process's stdout and stderr
         model.safetensors, train_state.pt   weights and resume state (training)
 
-Writers replace JSON files atomically (write to a temp name, then rename). Readers tolerate a
+Writers replace JSON files atomically (write to a temp name, then rename); status updates are
+read-modify-write under a per-run file lock, since the app and the run's process both make them. Readers tolerate a
 half-written last line of metrics.jsonl and a missing or unreadable status. Run ids are generated
 here and never taken from user input.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import json
 import os
 import secrets
@@ -121,11 +124,23 @@ class RunDir:
         return st if isinstance(st, dict) else {}
 
     def update_status(self, **fields) -> dict:
-        st = self.status()
-        st.update(fields)
-        st.setdefault("run_id", self.run_id)
-        write_json_atomic(self.status_path, st)
+        """Merge ``fields`` into status.json. The app and the run's own process both write here, so the
+        read-modify-write holds an exclusive lock (``.status.lock``) and neither loses the other's field."""
+        with self._status_lock():
+            st = self.status()
+            st.update(fields)
+            st.setdefault("run_id", self.run_id)
+            write_json_atomic(self.status_path, st)
         return st
+
+    @contextlib.contextmanager
+    def _status_lock(self):
+        with open(self.path / ".status.lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def mark_running(self, **extra) -> dict:
         return self.update_status(state="running", pid=os.getpid(), host=socket.gethostname(),

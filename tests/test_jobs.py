@@ -154,3 +154,33 @@ def test_submitit_local_executor_completes_a_run(tmp_path, warm_cache):
     assert st["state"] == "succeeded", st.get("error")
     records, _ = RunDir(tmp_path / "runs" / rid).metrics()
     assert records[-1]["step"] == 2 and set(records[-1]["user_accuracy"]) == {"0", "1"}
+
+
+def _hammer_status(path: str, tag: str, n: int) -> None:
+    from core.runs import RunDir
+
+    run = RunDir(path)
+    for i in range(n):
+        run.update_status(**{f"{tag}{i}": i})
+
+
+def test_status_updates_from_two_processes_are_not_lost(tmp_path):
+    # The app (cancel requests, failure marks) and the child (progress) both update status.json.
+    # Each update is read-modify-write, so without a lock one side can overwrite the other's field.
+    import multiprocessing as mp
+
+    from core.runs import RunDir
+
+    run = RunDir(tmp_path / "run-20260101-000000-abcdef").create()
+    run.update_status(state="running")
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_hammer_status, args=(str(run.path), tag, 150)) for tag in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    st = run.status()
+    missing = [f"{t}{i}" for t in "ab" for i in range(150) if f"{t}{i}" not in st]
+    assert not missing, f"{len(missing)} updates lost, e.g. {missing[:5]}"
+    assert st["state"] == "running"
