@@ -229,11 +229,14 @@ def run_methods(methods: list[str], seeds: list[int], out, overrides: dict | Non
         ks.append(k)
     judge = make_judge(judge_spec)
     out = Path(out)
-    dirs = []
+    dirs, data = [], {}  # data: (table, users) per config-without-seed; the run seed changes neither
     for seed in seeds:
         base = {k: v for k, v in (overrides or {}).items() if k in TrainConfig.model_fields}
         cfg = build_config({**base, "seed": seed})
-        table, W = load_table(cfg), load_users(cfg)
+        key = cfg.model_dump_json(exclude={"seed"})
+        if key not in data:
+            data[key] = (load_table(cfg), load_users(cfg))
+        table, W = data[key]
         groups = None
         if isinstance(cfg.users, str):
             from .users import preset_groups
