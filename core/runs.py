@@ -8,10 +8,10 @@
         log.txt         the process's stdout and stderr
         model.safetensors, train_state.pt   weights and resume state (training)
 
-Writers replace JSON files atomically (write to a temp name, then rename); status updates are
-read-modify-write under a per-run file lock, since the app and the run's process both make them. Readers tolerate a
-half-written last line of metrics.jsonl and a missing or unreadable status. Run ids are generated
-here and never taken from user input.
+Writers replace JSON files atomically (write to a temp name, then rename). Status updates are
+read-modify-write under a per-run file lock (``.status.lock``), since the app and the run's process
+both make them. Readers tolerate a half-written last line of metrics.jsonl and a missing or
+unreadable status. Run ids are generated here and never taken from user input.
 """
 
 from __future__ import annotations
