@@ -23,7 +23,6 @@ Launchers:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import signal
@@ -33,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from .runs import FINAL_STATES, RunDir, new_run_id, now_iso
+from .runs import FINAL_STATES, RunDir, file_lock, new_run_id, now_iso
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODULES = {"train": "core.train", "personas": "core.personas"}
@@ -252,14 +251,8 @@ class JobManager:
             raise JobError(f"run_id: no run {run_id!r} under {self.root}")
         return RunDir(self.root / run_id)
 
-    @contextlib.contextmanager
     def _lock(self):
-        with open(self.root / ".jobs.lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        return file_lock(self.root / ".jobs.lock")
 
     def _view(self, run: RunDir, st: dict | None = None) -> dict:
         st = dict(st if st is not None else run.status())

@@ -46,6 +46,17 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """Hold an exclusive flock on ``path`` (created if missing) across processes and threads."""
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def read_json(path: Path, default=None):
     try:
         return json.loads(Path(path).read_text())
@@ -126,21 +137,13 @@ class RunDir:
     def update_status(self, **fields) -> dict:
         """Merge ``fields`` into status.json. The app and the run's own process both write here, so the
         read-modify-write holds an exclusive lock (``.status.lock``) and neither loses the other's field."""
-        with self._status_lock():
+        with file_lock(self.path / ".status.lock"):
             st = self.status()
             st.update(fields)
             st.setdefault("run_id", self.run_id)
             write_json_atomic(self.status_path, st)
         return st
 
-    @contextlib.contextmanager
-    def _status_lock(self):
-        with open(self.path / ".status.lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def mark_running(self, **extra) -> dict:
         return self.update_status(state="running", pid=os.getpid(), host=socket.gethostname(),
