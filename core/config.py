@@ -58,6 +58,8 @@ class TrainConfig(BaseModel):
     max_length: int = Field(256, ge=16, le=4096, description="Tokens per text before truncation.")
     lora_r: int = Field(8, ge=1, description="LoRA rank (query_encoder='lora').")
     lora_alpha: int = Field(16, ge=1, description="LoRA scaling alpha (query_encoder='lora').")
+    query_head: Literal["none", "linear"] = Field("none", description="'linear': a fresh Linear(D, D) on the pooled query embedding, trained along (the VPL reference code's sequence-classification head with D outputs); 'none': the pooled state itself.")
+    z_mode: Literal["sample", "vpl"] = Field("sample", description="How z is formed. 'sample': z = mu + sigma * eps in training, mu at evaluation. 'vpl': the VPL reference code's choice: mu and log-variance clamped to [-1, 1], the sample L2-normalized and scaled by sqrt(latent) in training, the raw (clamped) mu at evaluation.")
     pair_hidden: int = Field(0, ge=0, description="Pair-encoder hidden width (0 = encoder width / 2, Table 1's ratio).")
     pair_out: int = Field(0, ge=0, description="Pair-encoder output width (0 = auto).")
     latent: int = Field(0, ge=0, description="Latent z width (0 = auto).")

@@ -14,6 +14,7 @@ VPL:  z ~ q(z | demos) (mean at evaluation);  r(x, y, z) = MLP([e(x, y), z])
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -43,17 +44,28 @@ class VPLDims:
         return cls(**dims)
 
 
+def query_projection(encoder_dim: int, kind: str) -> nn.Module:
+    """'linear': a fresh Linear(D, D) on the pooled query state (the VPL reference code's classification
+    head with D outputs), trained with the model; 'none': identity."""
+    if kind == "linear":
+        return nn.Linear(encoder_dim, encoder_dim)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"query_head: unknown kind {kind!r}")
+
+
 class BTLRewardModel(nn.Module):
     """User-agnostic reward head: one score per (prompt, response) embedding."""
 
     conditional = False
 
-    def __init__(self, encoder_dim: int, hidden: int | None = None, dropout: float = 0.0):
+    def __init__(self, encoder_dim: int, hidden: int | None = None, dropout: float = 0.0, query_head: str = "none"):
         super().__init__()
+        self.query_head = query_projection(encoder_dim, query_head)
         self.head = mlp(encoder_dim, hidden or max(8, encoder_dim // 2), 1, dropout)
 
     def reward(self, query_emb: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(query_emb).squeeze(-1)  # (B,)
+        return self.head(self.query_head(query_emb)).squeeze(-1)  # (B,)
 
 
 class VPLRewardModel(nn.Module):
@@ -61,10 +73,15 @@ class VPLRewardModel(nn.Module):
 
     conditional = True
 
-    def __init__(self, encoder_dim: int, dims: VPLDims | None = None, n_heads: int = 4, dropout: float = 0.0):
+    def __init__(self, encoder_dim: int, dims: VPLDims | None = None, n_heads: int = 4, dropout: float = 0.0,
+                 query_head: str = "none", z_mode: str = "sample"):
         super().__init__()
         d = dims or VPLDims.scaled(encoder_dim)
         self.dims = d
+        if z_mode not in ("sample", "vpl"):
+            raise ValueError(f"z_mode: unknown mode {z_mode!r}")
+        self.z_mode = z_mode
+        self.query_head = query_projection(encoder_dim, query_head)
         # pair encoder: [e_chosen, e_rejected] -> one vector per demonstration
         self.pair_encoder = mlp(2 * encoder_dim, d.pair_hidden, d.pair_out, dropout)
         # sequence encoder: self-attention across the K demonstrations, then mean-pool
@@ -83,14 +100,32 @@ class VPLRewardModel(nn.Module):
         pooled = self.norm(h + a).mean(dim=1)  # (B, P)
         return self.to_mu(pooled), self.to_logvar(pooled).clamp(-10.0, 10.0)
 
+    def posterior(self, ctx_chosen: torch.Tensor, ctx_rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """encode_user, then the z_mode's clamp: 'vpl' keeps mu and logvar in [-1, 1]."""
+        mu, logvar = self.encode_user(ctx_chosen, ctx_rejected)
+        if self.z_mode == "vpl":
+            mu, logvar = mu.clamp(-1.0, 1.0), logvar.clamp(-1.0, 1.0)
+        return mu, logvar
+
+    def latent(self, mu: torch.Tensor, logvar: torch.Tensor, *, train: bool,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """z (B, L): a reparameterized sample in training, mu at evaluation. 'vpl' puts the training
+        sample on the sphere of radius sqrt(L) (but not mu at evaluation: the reference code's mismatch)."""
+        if not train:
+            return mu
+        z = self.sample(mu, logvar, generator)
+        if self.z_mode == "vpl":
+            z = F.normalize(z, dim=-1) * math.sqrt(z.shape[-1])
+        return z
+
     @staticmethod
     def sample(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Reparameterized z = mu + sigma * eps (training). Evaluation uses mu itself."""
+        """Reparameterized z = mu + sigma * eps."""
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * eps
 
     def reward(self, query_emb: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(torch.cat([query_emb, z], dim=-1)).squeeze(-1)  # (B,)
+        return self.decoder(torch.cat([self.query_head(query_emb), z], dim=-1)).squeeze(-1)  # (B,)
 
 
 def btl_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:

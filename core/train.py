@@ -91,11 +91,11 @@ class Trainer:
             torch.set_num_threads(threads)
         D = self.encoder.dim
         if cfg.method == "btl":
-            self.model = BTLRewardModel(D, hidden=cfg.decoder_hidden or None)
+            self.model = BTLRewardModel(D, hidden=cfg.decoder_hidden or None, query_head=cfg.query_head)
         else:
             dims = VPLDims.scaled(D, pair_hidden=cfg.pair_hidden, pair_out=cfg.pair_out, latent=cfg.latent,
                                   decoder_hidden=cfg.decoder_hidden)
-            self.model = VPLRewardModel(D, dims)
+            self.model = VPLRewardModel(D, dims, query_head=cfg.query_head, z_mode=cfg.z_mode)
         self.model.to(self.device)
         self.query_encoder = self._setup_query_encoder()
         params = [p for p in self.model.parameters()]
@@ -190,8 +190,8 @@ class Trainer:
         E = self.embeddings
         ctx_c = E[torch.as_tensor(s.ctx_chosen, device=self.device)]  # (B, K, D)
         ctx_r = E[torch.as_tensor(s.ctx_rejected, device=self.device)]
-        mu, logvar = self.model.encode_user(ctx_c, ctx_r)  # (B, L)
-        z = self.model.sample(mu, logvar, self.z_gen) if train else mu
+        mu, logvar = self.model.posterior(ctx_c, ctx_r)  # (B, L)
+        z = self.model.latent(mu, logvar, train=train, generator=self.z_gen)
         r = self.model.reward(q, torch.cat([z, z]))
         margin = r[:n] - r[n:]
         loss = btl_loss(r[:n], r[n:])
@@ -284,8 +284,8 @@ class Trainer:
         if self.cfg.method == "vpl" and len(self.probe):
             s = test.take(self.probe)
             E = self.embeddings
-            mu, _ = self.model.encode_user(E[torch.as_tensor(s.ctx_chosen, device=self.device)],
-                                           E[torch.as_tensor(s.ctx_rejected, device=self.device)])
+            mu, _ = self.model.posterior(E[torch.as_tensor(s.ctx_chosen, device=self.device)],
+                                         E[torch.as_tensor(s.ctx_rejected, device=self.device)])
             record["active_units"] = active_units(mu)
             np.savez(self.run.latents_dir / f"step-{self.step:06d}.npz", mu=mu.float().cpu().numpy(),
                      user=s.user, question=s.question)
