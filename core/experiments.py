@@ -2,6 +2,8 @@
 
     python -m core.experiments compare --presets traditional vpl vpl-adaptive --seeds 0 1 2 --out DIR
         [--steps N] [--set key=value ...] [--dry-run]
+    python -m core.experiments study --size tiny|full [--users two-opposed|four-one-hot] --out DIR [--dry-run]
+        (the study's decoder-only + LoRA setting; see core.study)
 
 writes DIR/runs/<preset>-s<seed>/ (ordinary run directories) and DIR/table.csv + DIR/table.json,
 one row per method: mean +- std of the final mean per-user accuracy, the share of runs that
@@ -47,6 +49,7 @@ def run_row(path: str | Path) -> dict | None:
     row = {
         "run_id": run.run_id,
         "method": cfg.get("preset") or cfg.get("method"),
+        "encoder": _encoder_label(cfg),
         "seed": cfg.get("seed"),
         "state": status.get("state", "unknown"),
         "steps": last.get("step"),
@@ -65,6 +68,14 @@ def run_row(path: str | Path) -> dict | None:
     return row
 
 
+def _encoder_label(cfg: dict) -> str | None:
+    """'bundled-minilm (frozen)', 'bundled-smollm2 + lora', or the few-shot judge; None if unknown."""
+    if cfg.get("encoder"):
+        mode = cfg.get("query_encoder", "frozen")
+        return f"{cfg['encoder']} ({mode})" if mode == "frozen" else f"{cfg['encoder']} + {mode}"
+    return cfg.get("judge")
+
+
 def summarize(rows: Iterable[dict]) -> list[dict]:
     """Rows of runs -> one row per method (mean +- std, converged share, time to converge)."""
     by_method: dict[str, list[dict]] = {}
@@ -80,8 +91,10 @@ def summarize(rows: Iterable[dict]) -> list[dict]:
             vals = [r[key] for r in rs if r[key] is not None]
             return float(np.mean(vals)) if vals else None
 
+        encoders = sorted({str(r.get("encoder")) for r in rs if r.get("encoder")})
         out.append({
             "method": method,
+            "encoder": ", ".join(encoders) or None,
             "runs": len(rs),
             "accuracy_mean": float(acc.mean()) if len(acc) else None,
             "accuracy_std": float(acc.std()) if len(acc) else None,
@@ -170,7 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--fewshot-how", choices=["infogain", "random"], default="infogain", help="how demonstrations are chosen")
     c.add_argument("--fewshot-queries", type=int, default=20, help="test queries per user for the few-shot baseline")
     c.add_argument("--dry-run", action="store_true", help="tiny data and 2 steps per run")
+    s = sub.add_parser("study", help="the study's setting: SmolLM2 + LoRA, traditional / vpl / vpl-adaptive x seeds")
+    from .study import add_arguments
+
+    add_arguments(s)
+    s.add_argument("--out", help="output folder (runs/, table.csv, table.json); not needed with --dry-run")
     args = ap.parse_args(argv)
+    if args.cmd == "study":
+        from .study import cli
+
+        return cli(args, args.out)
     over = _parse_set(args.set)
     if args.steps:
         over["steps"] = args.steps

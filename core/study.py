@@ -1,0 +1,361 @@
+"""The study's own setting: a decoder-only LM with LoRA as the query encoder (seed §3.4, Table 1).
+
+    python -m core.experiments study --size tiny|full [--users two-opposed|four-one-hot] --out DIR
+        [--seeds 0 1 2] [--workers N] [--device auto|cpu|cuda] [--dry-run]
+    python -m core.study --config study.json --run-dir DIR      # the same, as a background job
+
+The grid: methods traditional, vpl, vpl-adaptive (plus ``personal`` once that preset exists) x seeds,
+each trained with SmolLM2-135M (the bundled decoder-only model, GPT-2-sized) + LoRA on its attention
+projections, at the study's lr 1e-4 and batch 4 x 8. It writes ``DIR/runs/<method>-s<seed>/``
+(ordinary run directories, shown by the Results page) and ``DIR/table.csv`` / ``table.json`` with an
+``encoder`` column.
+
+Sizes:
+- ``tiny``: a pipeline check that fits 2 CPU cores in a few minutes (CI runs it): 60 questions, 4
+  steps, the last 64 tokens of each text, batch 2 x 2. Its accuracies mean nothing.
+- ``full``: 1500 questions, 256 tokens, batch 4 x 8, ``FULL_STEPS`` steps; sized from per-step times
+  measured on a GPU (``MEASURED`` below) to finish within 10 minutes on one H100-class GPU.
+
+``--dry-run`` measures one optimizer step, one evaluation batch and the encoder's load on the chosen
+device and prints the wall-time estimate of the chosen size there; on a machine without CUDA it also
+prints the estimate from the CUDA figures recorded in ``MEASURED``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .runs import RunDir
+
+USER_SETS: dict[str, str | list[list[float]]] = {
+    "two-opposed": "two-opposed",
+    "four-one-hot": [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]],
+}
+STUDY_ENCODER = {"encoder": "bundled-smollm2", "query_encoder": "lora", "lr": 1e-4, "batch_size": 4, "grad_accum": 8}
+FULL_STEPS = 300
+SIZES: dict[str, dict] = {
+    "tiny": {"corpus_prompts": 60, "max_train_per_user": 16, "max_test_per_user": 6, "pool_size": 8, "n_demos": 2,
+             "max_length": 64, "batch_size": 2, "grad_accum": 2, "steps": 4, "eval_every": 4, "probe_per_user": 6},
+    "full": {"corpus_prompts": 1500, "max_test_per_user": 128, "max_length": 256, "steps": FULL_STEPS,
+             "eval_every": 25},
+}
+# Per-step figures measured with `--dry-run` on a GPU, used to print a CUDA estimate where there is none.
+# (device, date, seconds per optimizer step of `full`, seconds per 256-text eval batch, setup s per run)
+MEASURED: dict[str, dict] = {}
+
+
+class StudyError(ValueError):
+    """A study request that does not validate; the message names the field."""
+
+
+class StudyConfig(BaseModel):
+    """A study job's config (``kind: study``); saved as config.json in the job's run directory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size: Literal["tiny", "full"] = Field("tiny", description="'tiny' (CPU pipeline check) or 'full' (GPU-sized).")
+    users: Literal["two-opposed", "four-one-hot"] = Field("two-opposed", description="Which user set to train on.")
+    methods: list[str] | None = Field(None, description="Presets to run (default: traditional, vpl, vpl-adaptive, and personal where it exists).")
+    seeds: list[int] = Field([0, 1, 2], min_length=1, max_length=10, description="Seeds, one run per method and seed.")
+    workers: int = Field(1, ge=1, le=16, description="Runs trained at once (child processes); >1 pays off on a GPU, whose small kernels leave it idle.")
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'.")
+    overrides: dict = Field({}, description="Extra TrainConfig fields for every run, e.g. {'steps': 100}.")
+
+
+def default_methods() -> list[str]:
+    from .config import PRESETS
+
+    return ["traditional", "vpl", "vpl-adaptive"] + (["personal"] if "personal" in PRESETS else [])
+
+
+def validate_study(raw: dict) -> StudyConfig:
+    raw = {k: v for k, v in dict(raw).items() if k != "kind"}
+    try:
+        cfg = StudyConfig(**raw)
+    except ValidationError as err:
+        problems = [f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']} (got {e.get('input')!r})"
+                    for e in err.errors()]
+        raise StudyError("; ".join(problems)) from None
+    for m in cfg.methods or []:
+        if m.startswith("fewshot-"):
+            raise StudyError(f"methods: {m!r} is not a trained method")
+    run_configs(cfg)  # every run's TrainConfig must validate too, before anything starts
+    return cfg
+
+
+def run_configs(cfg: StudyConfig) -> dict[str, dict]:
+    """{'<method>-s<seed>': validated TrainConfig as a dict} for the grid."""
+    from .config import ConfigError, build_config
+
+    out = {}
+    for method in cfg.methods or default_methods():
+        for seed in cfg.seeds:
+            raw = {"preset": method, **STUDY_ENCODER, **SIZES[cfg.size], "users": USER_SETS[cfg.users],
+                   "device": cfg.device, **cfg.overrides, "seed": seed}
+            try:
+                out[f"{method}-s{seed}"] = build_config(raw).model_dump(mode="json")
+            except ConfigError as err:
+                raise StudyError(f"{method}: {err}") from None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- running
+def warm_cache(train_cfg: dict, log: Callable[[str], None]) -> float:
+    """Encode every text the grid reads with the frozen encoder once, before parallel runs race for it."""
+    from .config import TrainConfig
+    from .train import Trainer
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(**{**train_cfg, "method": "btl"})
+        Trainer(cfg, RunDir(tmp).create(), log=log)  # data + frozen embeddings (cached); no training
+    return time.perf_counter() - t0
+
+
+def run_study(cfg: StudyConfig, out: str | Path, *, log: Callable[[str], None] = print,
+              progress: Callable[[int, int], None] | None = None) -> list[dict]:
+    """Train the grid into out/runs/ (finished runs are kept, partial ones resume) and write the table."""
+    from .experiments import run_row, summarize, write_table
+    from .train import train
+
+    out = Path(out)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    configs = run_configs(cfg)
+    (out / "study.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    todo = [name for name in configs if RunDir(out / "runs" / name).status().get("state") != "succeeded"]
+    log(f"study {cfg.size} / {cfg.users}: {len(configs)} runs ({len(configs) - len(todo)} already done), "
+        f"encoder {STUDY_ENCODER['encoder']} + {STUDY_ENCODER['query_encoder']}")
+    done = len(configs) - len(todo)
+    if progress:
+        progress(done, len(configs))
+    if todo:
+        log(f"frozen embeddings ready in {warm_cache(configs[todo[0]], log=lambda m: None):.1f}s")
+    if cfg.workers <= 1:
+        from .config import TrainConfig
+
+        for name in todo:
+            t0 = time.perf_counter()
+            train(TrainConfig(**configs[name]), out / "runs" / name, log=lambda m: None)
+            state = RunDir(out / "runs" / name).status().get("state")
+            if state != "succeeded":
+                raise StudyStopped(f"{name} ended {state}")
+            done += 1
+            row = run_row(out / "runs" / name)
+            log(f"{name}: accuracy {row['accuracy']:.3f} ({time.perf_counter() - t0:.1f}s)")
+            if progress:
+                progress(done, len(configs))
+    else:
+        _run_parallel({n: configs[n] for n in todo}, out, cfg.workers, log, progress, done, len(configs))
+    rows = [run_row(out / "runs" / name) for name in configs]
+    rows = [r for r in rows if r is not None]
+    table = summarize(rows)
+    write_table(table, out)
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(out / "runs.csv", index=False)
+    return table
+
+
+class StudyStopped(RuntimeError):
+    """A run of the grid was cancelled or failed; the study stops there (finished runs are kept)."""
+
+
+_CHILDREN: list[subprocess.Popen] = []
+
+
+def _run_parallel(configs: dict[str, dict], out: Path, workers: int, log, progress, done: int, total: int) -> None:
+    """Each run as ``python -m core.train`` in a child process, ``workers`` at a time."""
+    pending = list(configs)
+    running: dict[str, tuple[subprocess.Popen, float]] = {}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    repo = str(Path(__file__).resolve().parents[1])
+    try:
+        while pending or running:
+            while pending and len(running) < workers:
+                name = pending.pop(0)
+                run = RunDir(out / "runs" / name).create()
+                cfg_path = run.path / "train-config.json"
+                cfg_path.write_text(json.dumps(configs[name]))
+                with open(run.path / "log.txt", "ab") as fh:
+                    proc = subprocess.Popen([sys.executable, "-m", "core.train", "--config", str(cfg_path),
+                                             "--run-dir", str(run.path)], cwd=repo, stdout=fh,
+                                            stderr=subprocess.STDOUT, env=env)
+                _CHILDREN.append(proc)
+                running[name] = (proc, time.perf_counter())
+            time.sleep(0.5)
+            for name, (proc, t0) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                running.pop(name)
+                _CHILDREN.remove(proc)
+                state = RunDir(out / "runs" / name).status().get("state")
+                if state != "succeeded":
+                    raise StudyStopped(f"{name} ended {state} (exit {proc.returncode}); see {out / 'runs' / name / 'log.txt'}")
+                done += 1
+                from .experiments import run_row
+
+                log(f"{name}: accuracy {run_row(out / 'runs' / name)['accuracy']:.3f} ({time.perf_counter() - t0:.1f}s)")
+                if progress:
+                    progress(done, total)
+    finally:
+        for proc in list(_CHILDREN):  # cancel or failure: stop the rest (each checkpoints on SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        for proc in list(_CHILDREN):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=30)
+            _CHILDREN.remove(proc)
+
+
+# ---------------------------------------------------------------------------------------------- dry run
+def estimate(cfg: StudyConfig, log: Callable[[str], None] = print) -> dict:
+    """Measure one step, one eval batch and set-up on cfg.device; extrapolate the grid's wall time."""
+    import torch
+
+    from .config import TrainConfig
+    from .train import Trainer
+
+    configs = run_configs(cfg)
+    first = TrainConfig(**next(c for c in configs.values() if c["method"] == "vpl"))
+    micro = TrainConfig(**{**first.model_dump(), "grad_accum": 1})  # one micro-batch; a step is grad_accum of them
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        tr = Trainer(micro, RunDir(tmp).create(), log=lambda m: None)
+        setup_s = time.perf_counter() - t0
+        tr._t_start = time.perf_counter()
+        tr.train_step()  # warm-up (allocations, kernels)
+        sync = torch.cuda.synchronize if tr.device.type == "cuda" else (lambda: None)
+        sync()
+        n = 3
+        t0 = time.perf_counter()
+        for _ in range(n):
+            tr.train_step()
+        sync()
+        micro_s = (time.perf_counter() - t0) / n
+        test_pairs = len(tr.data.test)
+        import numpy as np
+
+        idx = np.arange(min(64, test_pairs))
+        with torch.no_grad():
+            tr.model.eval()
+            t0 = time.perf_counter()
+            tr.forward(tr.data.test, idx, train=False)
+            sync()
+            eval_pair_s = (time.perf_counter() - t0) / max(1, len(idx))
+        device = str(tr.device) + (f" ({torch.cuda.get_device_name(tr.device)})" if tr.device.type == "cuda" else "")
+    step_s = micro_s * first.grad_accum
+    evals = first.steps // first.eval_every + 2
+    per_run = setup_s + first.steps * step_s + evals * eval_pair_s * test_pairs
+    workers = max(1, cfg.workers)
+    total = per_run * len(configs)
+    figures = {"device": device, "size": cfg.size, "users": cfg.users, "runs": len(configs),
+               "step_s": round(step_s, 4), "eval_s": round(eval_pair_s * test_pairs, 3), "setup_s": round(setup_s, 2),
+               "steps": first.steps, "evals": evals, "per_run_s": round(per_run, 1),
+               "serial_total_min": round(total / 60, 2), "workers": workers,
+               "best_case_total_min": round(total / 60 / workers, 2)}
+    log(f"measured on {device}: {step_s:.3f} s per optimizer step (batch {first.batch_size} x {first.grad_accum}, "
+        f"{first.max_length} tokens), {eval_pair_s * test_pairs:.2f} s per evaluation ({test_pairs} test pairs), "
+        f"{setup_s:.1f} s set-up")
+    log(f"estimate for `{cfg.size}` ({len(configs)} runs x {first.steps} steps, {evals} evaluations each): "
+        f"{total / 60:.1f} min serially" + (f", about {total / 60 / workers:.1f} min at best with {workers} workers"
+                                            if workers > 1 else ""))
+    if not device.startswith("cuda"):
+        for name, m in MEASURED.items():
+            per = m["setup_s"] + first.steps * m["step_s"] + evals * m["eval_s"]
+            log(f"recorded on {name} ({m['date']}, {m['workers']} workers): {m['step_s']:.3f} s per step -> "
+                f"`{cfg.size}` about {per * len(configs) / 60:.1f} min serially"
+                + (f", {m['wall_min']:.1f} min measured with {m['workers']} workers" if m.get("wall_min") and cfg.size == "full" else ""))
+        if not MEASURED:
+            log("no CUDA measurement is recorded yet: run `--dry-run --device cuda` on a GPU machine")
+    return figures
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--size", choices=list(SIZES), default="tiny", help="tiny (CPU, CI) or full (GPU-sized)")
+    ap.add_argument("--users", choices=list(USER_SETS), default="two-opposed", help="user set")
+    ap.add_argument("--methods", nargs="+", help="presets (default: traditional vpl vpl-adaptive [+ personal])")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per method and seed")
+    ap.add_argument("--seed", type=int, help="shorthand for --seeds SEED")
+    ap.add_argument("--workers", type=int, default=1, help="runs trained at once (child processes)")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    ap.add_argument("--set", nargs="*", default=[], help="TrainConfig overrides for every run, key=value (JSON values)")
+    ap.add_argument("--dry-run", action="store_true", help="measure one step here and print the wall-time estimate")
+
+
+def config_from_args(args) -> StudyConfig:
+    from .experiments import _parse_set
+
+    return validate_study({"size": args.size, "users": args.users, "methods": args.methods,
+                           "seeds": [args.seed] if args.seed is not None else args.seeds, "workers": args.workers,
+                           "device": args.device, "overrides": _parse_set(args.set)})
+
+
+def cli(args, out: str | None) -> int:
+    """Shared by ``python -m core.experiments study`` (``out``) and the job entry point."""
+    try:
+        cfg = config_from_args(args)
+    except StudyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(json.dumps(estimate(cfg, log=lambda m: print(m, flush=True))))
+        return 0
+    if not out:
+        print("error: --out is required unless --dry-run", file=sys.stderr)
+        return 2
+    table = run_study(cfg, out, log=lambda m: print(m, flush=True))
+    for r in table:
+        print(json.dumps(r))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Job entry point: ``python -m core.study --config FILE --run-dir DIR`` (the run dir gets the table)."""
+    ap = argparse.ArgumentParser(prog="python -m core.study", description="Run the study's grid as a job.")
+    ap.add_argument("--config", required=True, help="JSON StudyConfig")
+    ap.add_argument("--run-dir", required=True, help="the job's run directory (runs/ and table.* go here)")
+    args = ap.parse_args(argv)
+    run = RunDir(args.run_dir).create()
+    try:
+        cfg = validate_study(json.loads(Path(args.config).read_text()))
+    except (StudyError, json.JSONDecodeError) as err:
+        run.mark_final("failed", error=f"config: {err}")
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    run.mark_running(kind="study")
+
+    def on_term(*_):
+        raise StudyStopped("cancelled")
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_term)
+    try:
+        run_study(cfg, run.path, log=lambda m: print(m, flush=True),
+                  progress=lambda d, t: run.set_progress(d, t))
+    except StudyStopped as err:
+        cancelled = "cancelled" in str(err)
+        run.mark_final("cancelled" if cancelled else "failed", error=str(err))
+        return 0 if cancelled else 1
+    except BaseException as err:
+        run.mark_final("failed", error=f"{type(err).__name__}: {err}")
+        raise
+    run.mark_final("succeeded")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
