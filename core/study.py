@@ -180,7 +180,10 @@ def _run_parallel(configs: dict[str, dict], out: Path, workers: int, log, progre
     """Each run as ``python -m core.train`` in a child process, ``workers`` at a time."""
     pending = list(configs)
     running: dict[str, tuple[subprocess.Popen, float]] = {}
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # one CPU share per child: torch's default of every core per process makes N children thrash
+    # (measured on 2 cores: two LoRA children took 250 s a run instead of 11 s)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     repo = str(Path(__file__).resolve().parents[1])
     try:
         while pending or running:
@@ -222,22 +225,36 @@ def _run_parallel(configs: dict[str, dict], out: Path, workers: int, log, progre
 
 # ---------------------------------------------------------------------------------------------- dry run
 def estimate(cfg: StudyConfig, log: Callable[[str], None] = print) -> dict:
-    """Measure one step, one eval batch and set-up on cfg.device; extrapolate the grid's wall time."""
+    """Measure set-up, one micro-batch step, an eval batch and the encoding rate on cfg.device (on a
+    60-question corpus, so a CPU can afford it: step cost does not depend on corpus size), count the
+    grid's real pairs and texts, and extrapolate its wall time."""
+    import numpy as np
     import torch
 
     from .config import TrainConfig
-    from .train import Trainer
+    from .dataset import build, used_text_ids
+    from .train import Trainer, load_table, load_users
 
     configs = run_configs(cfg)
     first = TrainConfig(**next(c for c in configs.values() if c["method"] == "vpl"))
-    micro = TrainConfig(**{**first.model_dump(), "grad_accum": 1})  # one micro-batch; a step is grad_accum of them
+    data = build(load_table(first), load_users(first), seed=first.seed, test_share=first.test_share,
+                 contested_only=first.contested_only, pool_size=first.pool_size, n_demos=first.n_demos,
+                 max_train_per_user=first.max_train_per_user, max_test_per_user=first.max_test_per_user)
+    n_texts, test_pairs = len(used_text_ids(data)), len(data.test)
+    small = {"corpus_prompts": 60, "max_train_per_user": 32, "max_test_per_user": 32, "pool_size": 20}
+    micro = TrainConfig(**{**first.model_dump(), **small, "grad_accum": 1})  # a step is grad_accum micro-batches
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         tr = Trainer(micro, RunDir(tmp).create(), log=lambda m: None)
         setup_s = time.perf_counter() - t0
+        sync = torch.cuda.synchronize if tr.device.type == "cuda" else (lambda: None)
+        texts = [tr.data.texts[i] for i in used_text_ids(tr.data)][:64]
+        t0 = time.perf_counter()
+        tr.encoder.encode(texts)
+        sync()
+        encode_rate = len(texts) / (time.perf_counter() - t0)  # texts/s, frozen
         tr._t_start = time.perf_counter()
         tr.train_step()  # warm-up (allocations, kernels)
-        sync = torch.cuda.synchronize if tr.device.type == "cuda" else (lambda: None)
         sync()
         n = 3
         t0 = time.perf_counter()
@@ -245,41 +262,40 @@ def estimate(cfg: StudyConfig, log: Callable[[str], None] = print) -> dict:
             tr.train_step()
         sync()
         micro_s = (time.perf_counter() - t0) / n
-        test_pairs = len(tr.data.test)
-        import numpy as np
-
-        idx = np.arange(min(64, test_pairs))
+        idx = np.arange(min(32, len(tr.data.test)))
         with torch.no_grad():
             tr.model.eval()
             t0 = time.perf_counter()
             tr.forward(tr.data.test, idx, train=False)
             sync()
             eval_pair_s = (time.perf_counter() - t0) / max(1, len(idx))
-        device = str(tr.device) + (f" ({torch.cuda.get_device_name(tr.device)})" if tr.device.type == "cuda" else "")
+        device = str(tr.device) + (f" ({torch.cuda.get_device_name(tr.device)})" if tr.device.type == "cuda"
+                                   else f" ({torch.get_num_threads()} threads)")
     step_s = micro_s * first.grad_accum
-    evals = first.steps // first.eval_every + 2
-    per_run = setup_s + first.steps * step_s + evals * eval_pair_s * test_pairs
+    evals = first.steps // first.eval_every + 1
+    eval_s = eval_pair_s * test_pairs
+    per_run = setup_s + first.steps * step_s + evals * eval_s
+    encode_s = n_texts / encode_rate
+    total = per_run * len(configs) + encode_s
     workers = max(1, cfg.workers)
-    total = per_run * len(configs)
     figures = {"device": device, "size": cfg.size, "users": cfg.users, "runs": len(configs),
-               "step_s": round(step_s, 4), "eval_s": round(eval_pair_s * test_pairs, 3), "setup_s": round(setup_s, 2),
-               "steps": first.steps, "evals": evals, "per_run_s": round(per_run, 1),
-               "serial_total_min": round(total / 60, 2), "workers": workers,
-               "best_case_total_min": round(total / 60 / workers, 2)}
+               "step_s": round(step_s, 4), "eval_s": round(eval_s, 3), "setup_s": round(setup_s, 2),
+               "steps": first.steps, "evals": evals, "test_pairs": test_pairs, "texts": n_texts,
+               "encode_s": round(encode_s, 1), "per_run_s": round(per_run, 1),
+               "serial_total_min": round(total / 60, 2), "workers": workers}
     log(f"measured on {device}: {step_s:.3f} s per optimizer step (batch {first.batch_size} x {first.grad_accum}, "
-        f"{first.max_length} tokens), {eval_pair_s * test_pairs:.2f} s per evaluation ({test_pairs} test pairs), "
-        f"{setup_s:.1f} s set-up")
-    log(f"estimate for `{cfg.size}` ({len(configs)} runs x {first.steps} steps, {evals} evaluations each): "
-        f"{total / 60:.1f} min serially" + (f", about {total / 60 / workers:.1f} min at best with {workers} workers"
-                                            if workers > 1 else ""))
+        f"{first.max_length} tokens), {eval_s:.2f} s per evaluation ({test_pairs} test pairs), {setup_s:.1f} s "
+        f"set-up, {encode_rate:.0f} texts/s frozen encoding")
+    log(f"estimate for `{cfg.size}` / {cfg.users} ({len(configs)} runs x {first.steps} steps, {evals} evaluations "
+        f"each, {n_texts} texts to encode once): {total / 60:.1f} min serially"
+        + (f"; with {workers} workers at most {workers}x faster" if workers > 1 else ""))
     if not device.startswith("cuda"):
-        for name, m in MEASURED.items():
-            per = m["setup_s"] + first.steps * m["step_s"] + evals * m["eval_s"]
-            log(f"recorded on {name} ({m['date']}, {m['workers']} workers): {m['step_s']:.3f} s per step -> "
-                f"`{cfg.size}` about {per * len(configs) / 60:.1f} min serially"
-                + (f", {m['wall_min']:.1f} min measured with {m['workers']} workers" if m.get("wall_min") and cfg.size == "full" else ""))
         if not MEASURED:
             log("no CUDA measurement is recorded yet: run `--dry-run --device cuda` on a GPU machine")
+        for name, m in MEASURED.items():
+            per = m["setup_s"] + first.steps * m["step_s"] + evals * m["eval_pair_s"] * test_pairs
+            log(f"recorded on {name} ({m['note']}): {m['step_s']:.3f} s per step, so `{cfg.size}` / {cfg.users} "
+                f"would take about {(per * len(configs) + n_texts / m['encode_rate']) / 60:.1f} min serially there")
     return figures
 
 
