@@ -11,8 +11,12 @@ daemon: every ``submit``/``status``/``list`` call first reconciles (a dead proce
 state becomes ``failed`` with its log tail) and then starts queued runs while slots are free.
 Scheduling holds an ``flock`` on ``root/.jobs.lock`` so two managers never start the same run.
 
+Job kinds: a registry of ``JobKind(name, module, validate)``. The built-ins are listed in core/kinds.py,
+imported on the first look-up, so this module imports no feature; ``register_kind`` adds one at run
+time. A config's ``kind`` (default ``train``) picks it; its module is recorded in status.json at submit.
+
 Launchers:
-- ``local``: ``python -m core.train|core.personas --config ... --run-dir ...`` as a child process in
+- ``local``: ``python -m <kind's module> --config ... --run-dir ...`` as a child process in
   its own session (process group), stdout+stderr to ``log.txt``. The status records the pid and the
   process's start time from /proc, so a reused pid is never mistaken for the run.
 - ``slurm``: the same CLI submitted through submitit. ``slurm_params`` configures it:
@@ -23,6 +27,7 @@ Launchers:
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import re
 import signal
@@ -30,12 +35,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .runs import FINAL_STATES, RunDir, file_lock, new_run_id, now_iso
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MODULES = {"train": "core.train", "personas": "core.personas"}
 _RUN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,80}$")
 
 # Popen handles of children started by this process, so finished children are reaped (no zombies).
@@ -46,6 +52,80 @@ _SUBMITIT_JOBS: dict[str, object] = {}
 
 class JobError(ValueError):
     """A run id that is not a run of this manager, or an operation that does not apply."""
+
+
+# --------------------------------------------------------------------------- job kinds
+@dataclass(frozen=True)
+class JobKind:
+    """What the job layer needs to know about one kind of job; it never imports the feature itself.
+
+    ``module`` is a CLI run as ``python -m MODULE --config FILE --run-dir DIR`` that writes the run-dir
+    contract (core.runs). ``validate`` turns the submitted dict into ``(full config dict (JSON-able),
+    label, run-id prefix)``, raising ValueError naming the bad field; it may also return a dict or a
+    pydantic model, whose label and prefix are then the kind's name. Give it as a callable or as a lazy
+    ``"package.module:function"`` string, resolved on first use.
+    """
+
+    name: str
+    module: str
+    validate: Callable[[dict], tuple[dict, str, str]] | str
+
+    def validator(self) -> Callable:
+        if callable(self.validate):
+            return self.validate
+        mod, _, func = self.validate.partition(":")
+        return getattr(importlib.import_module(mod), func)
+
+    def check(self, config: dict) -> tuple[dict, str, str]:
+        """(full config, label, prefix); ValueError (naming the field) for a bad config."""
+        out = self.validator()(config)
+        if isinstance(out, tuple):
+            full, label, prefix = out
+        else:
+            full = out.model_dump(mode="json") if hasattr(out, "model_dump") else dict(out)
+            label = prefix = self.name
+        return full, str(label), str(prefix)
+
+
+_KINDS: dict[str, JobKind] = {}
+_BUILTINS = "core.kinds"  # the one module that lists the built-in kinds; imported on first look-up
+_builtins_loaded = False
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True  # before the import: core.kinds calls register_kind
+    try:
+        importlib.import_module(_BUILTINS)
+    except BaseException:
+        _builtins_loaded = False
+        raise
+
+
+def register_kind(kind: JobKind) -> JobKind:
+    """Add a job kind, or replace the one of the same name (a built-in included). Returns it."""
+    if not isinstance(kind, JobKind):
+        raise TypeError("register_kind takes a JobKind")
+    if not isinstance(kind.name, str) or not re.match(r"^[a-z][a-z0-9_-]{0,31}$", kind.name):
+        raise ValueError(f"kind: {kind.name!r} is not a valid kind name (lowercase letters, digits, - and _)")
+    _load_builtins()  # first, so that a built-in never overwrites a kind registered before the first look-up
+    _KINDS[kind.name] = kind
+    return kind
+
+
+def job_kinds() -> dict[str, JobKind]:
+    """Every registered kind by name, the built-ins included."""
+    _load_builtins()
+    return dict(_KINDS)
+
+
+def get_kind(name: str) -> JobKind:
+    kinds = job_kinds()
+    if name not in kinds:
+        raise ValueError(f"kind: unknown job kind {name!r}; choose one of {', '.join(sorted(kinds))}")
+    return kinds[name]
 
 
 # --------------------------------------------------------------------------- process helpers
@@ -134,27 +214,15 @@ class JobManager:
         """Validate, create ``root/<generated id>/`` with config + queued status, start it if a slot is free."""
         if not isinstance(config, dict):
             raise TypeError("config must be a dict")
-        kind = config.get("kind") or "train"
-        if kind not in MODULES:
-            raise ValueError(f"kind: unknown job kind {kind!r}; choose one of {', '.join(MODULES)}")
-        if kind == "train":
-            from .config import build_config
-
-            cfg = build_config(config)  # raises ConfigError naming the field, before anything is created
-            full = cfg.model_dump(mode="json")
-            label = f"{cfg.preset or cfg.method}-s{cfg.seed}"
-            prefix = cfg.preset or cfg.method
-        else:
-            from .personas.config import validate_config
-
-            full = validate_config(config).model_dump(mode="json")
-            label, prefix = "personas", "personas"
+        kind = get_kind(config.get("kind") or "train")
+        full, label, prefix = kind.check(config)  # raises naming the field, before anything is created
         run_id = new_run_id(prefix)
         while (self.root / run_id).exists():  # same second, same random suffix: practically never
             run_id = new_run_id(prefix)
         run = RunDir(self.root / run_id).create()
         run.write_config(full)
-        run.update_status(state="queued", kind=kind, label=label, submitted=now_iso(),
+        # the module is recorded, so a queued run still launches if the registry changes meanwhile
+        run.update_status(state="queued", kind=kind.name, module=kind.module, label=label, submitted=now_iso(),
                           submitted_ts=time.time(), launcher=self.launcher, progress=None, error=None)
         self.schedule()
         return run_id
@@ -269,17 +337,17 @@ class JobManager:
             st["elapsed_s"] = (st.get("ended_ts") or time.time()) - start
         return st
 
-    def _command(self, run: RunDir, kind: str) -> list[str]:
-        return [sys.executable, "-m", MODULES[kind], "--config", str(run.config_path.resolve()),
+    def _command(self, run: RunDir, module: str) -> list[str]:
+        return [sys.executable, "-m", module, "--config", str(run.config_path.resolve()),
                 "--run-dir", str(run.path.resolve())]
 
     def _launch(self, run: RunDir, st: dict) -> None:
-        kind = st.get("kind") or "train"
+        module = st.get("module") or get_kind(st.get("kind") or "train").module
         if self.launcher == "slurm":
-            return self._launch_submitit(run, kind)
+            return self._launch_submitit(run, module)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(run.log_path, "ab") as log:
-            proc = subprocess.Popen(self._command(run, kind), cwd=str(REPO_ROOT), stdout=log,
+            proc = subprocess.Popen(self._command(run, module), cwd=str(REPO_ROOT), stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                     start_new_session=True)
         _CHILDREN[proc.pid] = proc
@@ -303,9 +371,9 @@ class JobManager:
             ex.update_parameters(**params)
         return ex
 
-    def _launch_submitit(self, run: RunDir, kind: str) -> None:
+    def _launch_submitit(self, run: RunDir, module: str) -> None:
         ex = self._executor()
-        job = ex.submit(_run_cli, MODULES[kind], str(run.config_path.resolve()), str(run.path.resolve()),
+        job = ex.submit(_run_cli, module, str(run.config_path.resolve()), str(run.path.resolve()),
                         str(REPO_ROOT))
         _SUBMITIT_JOBS[run.run_id] = job
         run.update_status(state="running", pid=None, launcher="slurm", job_id=str(job.job_id),
