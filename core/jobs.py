@@ -19,9 +19,13 @@ Launchers:
 - ``local``: ``python -m <kind's module> --config ... --run-dir ...`` as a child process in
   its own session (process group), stdout+stderr to ``log.txt``. The status records the pid and the
   process's start time from /proc, so a reused pid is never mistaken for the run.
-- ``slurm``: the same CLI submitted through submitit. ``slurm_params`` configures it:
-  ``{"executor": "slurm"|"local"|"auto", "folder": ..., <executor parameters>...}``; the ``local``
-  executor (submitit.LocalExecutor) is what tests use.
+- ``slurm``: the same CLI, submitted with ``sbatch`` through submitit at ``submit`` (Slurm is the
+  queue: ``max_concurrent`` bounds local runs only). ``slurm_params`` (see ``slurm_executor_params``):
+  partition, time_min, cpus, gpus, mem_gb, folder, plus any submitit SlurmExecutor parameter. A run is
+  ``queued`` while its job is pending, ``running`` once Slurm starts it (``node`` recorded). State comes
+  from the run's status.json first, then from core.slurm (sacct where accounting is on, else squeue);
+  a job that ended without a final state is ``failed`` with its job id and output tails. Cancel is
+  ``scancel`` (SIGTERM to the job's processes; the trainer checkpoints), then ``--signal=KILL``.
 """
 
 from __future__ import annotations
@@ -46,8 +50,6 @@ _RUN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,80}$")
 
 # Popen handles of children started by this process, so finished children are reaped (no zombies).
 _CHILDREN: dict[int, subprocess.Popen] = {}
-# submitit job handles submitted by this process, by run id.
-_SUBMITIT_JOBS: dict[str, object] = {}
 
 
 class JobError(ValueError):
@@ -171,6 +173,9 @@ def _run_cli(module: str, config_path: str, run_dir: str, cwd: str) -> int:
     """What a submitit job executes: the same CLI as the local launcher, as a subprocess."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(Path(run_dir) / "log.txt", "ab") as log:
+        if os.environ.get("SLURM_JOB_ID"):
+            log.write(f"[slurm job {os.environ['SLURM_JOB_ID']} on {socket.gethostname()}]\n".encode())
+            log.flush()
         proc = subprocess.Popen([sys.executable, "-m", module, "--config", config_path, "--run-dir", run_dir],
                                 cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
@@ -195,11 +200,68 @@ class RunList(list):
     skipped_names: list[str]
 
 
+SLURM_DEFAULTS = {"time_min": 60, "cpus": 1, "gpus": 0}
+_SLURM_CACHE_S = 1.0  # one squeue answer serves every run of one list()/status() call
+
+
+def slurm_executor_params(params: dict, run_id: str | None = None) -> tuple[Path | None, dict]:
+    """Our Slurm parameters -> (submitit folder or None, submitit.SlurmExecutor parameters).
+
+    ``partition``; ``time_min`` -> ``--time`` (minutes, default 60); ``cpus`` -> ``--cpus-per-task``
+    (default 1); ``gpus`` -> ``--gres=gpu:N`` (default 0: none); ``mem_gb`` -> ``--mem``; ``folder``:
+    where submitit writes its pickles and the job's stdout/stderr. Any other key is passed to
+    SlurmExecutor as is (``qos``, ``account``, ``constraint``, ``additional_parameters``, ...).
+    ValueError names a bad field.
+    """
+    p = {**SLURM_DEFAULTS, **dict(params or {})}
+    executor = p.pop("executor", "slurm")
+    if executor != "slurm":
+        raise ValueError(f"slurm_params.executor: only 'slurm' is supported (got {executor!r}); "
+                         "use launcher='local' for child processes on this machine")
+    folder = p.pop("folder", None)
+    out: dict = {}
+    for key, low in (("time_min", 1), ("cpus", 1), ("gpus", 0)):
+        value = p.pop(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"slurm_params.{key}: must be an integer >= {low}, got {value!r}")
+        p[key] = value
+    out["time"] = p.pop("time_min")
+    out["cpus_per_task"] = p.pop("cpus")
+    gpus = p.pop("gpus")
+    if gpus:
+        out["gres"] = f"gpu:{gpus}"
+    mem = p.pop("mem_gb", None)
+    if mem is not None:
+        if isinstance(mem, bool) or not isinstance(mem, int | float) or mem <= 0:
+            raise ValueError(f"slurm_params.mem_gb: must be a positive number, got {mem!r}")
+        out["mem"] = f"{int(mem * 1024)}MB"
+    partition = p.pop("partition", None)
+    if partition:
+        if not isinstance(partition, str) or not re.match(r"^[A-Za-z0-9_.-]{1,64}$", partition):
+            raise ValueError(f"slurm_params.partition: not a partition name: {partition!r}")
+        out["partition"] = partition
+    extra = dict(p.pop("additional_parameters", None) or {})
+    # cwd of the job = the repo, so the pickled _run_cli imports core.jobs; and SIGTERM (which the CLIs
+    # turn into a checkpoint + 'cancelled') a minute before the time limit instead of submitit's USR2,
+    # whose default action would kill the trainer without a final state.
+    extra.setdefault("chdir", str(REPO_ROOT))
+    extra.setdefault("signal", "TERM@60" if out["time"] >= 5 else "TERM@10")
+    out["additional_parameters"] = extra
+    if run_id:
+        out["job_name"] = f"preflens-{run_id}"
+    out.update(p)  # anything else is submitit's to judge
+    return (Path(folder) if folder else None), out
+
+
 class JobManager:
+    """Runs under ``root``. ``launcher``: ``local`` (child processes here, at most ``max_concurrent``
+    at a time, the rest ``queued`` in this manager's queue) or ``slurm`` (each run is handed to Slurm at
+    submit; Slurm is the queue, so ``max_concurrent`` does not hold Slurm runs back, nor do they take
+    local slots). ``submit`` may override the launcher and the Slurm parameters per run."""
+
     def __init__(self, root: str | Path = "checkpoints", max_concurrent: int = 1, launcher: str = "local",
                  slurm_params: dict | None = None, grace_s: float = 5.0):
-        if launcher not in ("local", "slurm"):
-            raise ValueError(f"launcher: must be 'local' or 'slurm', got {launcher!r}")
+        _check_launcher(launcher)
         if int(max_concurrent) < 1:
             raise ValueError("max_concurrent: must be at least 1")
         self.root = Path(root)
@@ -208,14 +270,21 @@ class JobManager:
         self.launcher = launcher
         self.slurm_params = dict(slurm_params or {})
         self.grace_s = float(grace_s)
+        self._slurm_seen: dict[str, tuple[float, object]] = {}  # job id -> (monotonic time, slurm.JobInfo)
 
     # ------------------------------------------------------------------ public API
-    def submit(self, config: dict) -> str:
-        """Validate, create ``root/<generated id>/`` with config + queued status, start it if a slot is free."""
+    def submit(self, config: dict, *, launcher: str | None = None, slurm_params: dict | None = None) -> str:
+        """Validate, create ``root/<generated id>/`` with config + queued status, then start it (a free
+        local slot) or hand it to Slurm. A bad config or Slurm parameter raises before anything is created."""
         if not isinstance(config, dict):
             raise TypeError("config must be a dict")
+        launcher = launcher or self.launcher
+        _check_launcher(launcher)
         kind = get_kind(config.get("kind") or "train")
         full, label, prefix = kind.check(config)  # raises naming the field, before anything is created
+        params = dict(self.slurm_params if slurm_params is None else slurm_params)
+        if launcher == "slurm":
+            slurm_executor_params(params)  # raises naming the field
         run_id = new_run_id(prefix)
         while (self.root / run_id).exists():  # same second, same random suffix: practically never
             run_id = new_run_id(prefix)
@@ -223,8 +292,15 @@ class JobManager:
         run.write_config(full)
         # the module is recorded, so a queued run still launches if the registry changes meanwhile
         run.update_status(state="queued", kind=kind.name, module=kind.module, label=label, submitted=now_iso(),
-                          submitted_ts=time.time(), launcher=self.launcher, progress=None, error=None)
-        self.schedule()
+                          submitted_ts=time.time(), launcher=launcher, progress=None, error=None)
+        if launcher == "slurm":
+            try:
+                self._submit_slurm(run, kind.module, params)
+            except Exception as err:  # noqa: BLE001 - recorded on the run, like a local launch failure
+                msg = str(err).strip() or type(err).__name__
+                run.mark_final("failed", error=f"could not submit to Slurm: {msg}")
+        else:
+            self.schedule()
         return run_id
 
     def status(self, run_id: str) -> dict:
@@ -233,8 +309,9 @@ class JobManager:
         return self._view(run)
 
     def cancel(self, run_id: str) -> dict:
-        """Queued -> cancelled at once. Running -> SIGTERM to its process group (the trainer checkpoints
-        and marks itself cancelled), SIGKILL after ``grace_s``; always ends ``cancelled`` and frees the slot."""
+        """Queued -> cancelled at once. Running -> SIGTERM (the trainer checkpoints and marks itself
+        cancelled), SIGKILL after ``grace_s``; always ends ``cancelled`` and frees the slot. A Slurm run
+        gets ``scancel`` (SIGTERM to every process of the job), then ``scancel --signal=KILL``."""
         run = self._run(run_id)
         with self._lock():
             st = run.status()
@@ -242,15 +319,21 @@ class JobManager:
             if state in FINAL_STATES:
                 return self._view(run)
             run.update_status(cancel_requested=now_iso())
-            if state != "running":
-                run.mark_final("cancelled", error="cancelled before it started")
+            if state != "running" and st.get("launcher") != "slurm":
+                run.mark_final("cancelled", error="cancelled before it started", if_state=("queued", "running"))
                 return self._view(run)
-        self._terminate(run, st)
+        if st.get("launcher") == "slurm":
+            self._cancel_slurm(run, st)
+        else:
+            self._terminate(run, st)
         st = run.status()
-        if st.get("state") != "cancelled" and st.get("state") != "succeeded":
+        if st.get("state") not in FINAL_STATES:
             # killed, or the child died on the signal before its handler was in place
             prev = st.get("error")
-            run.mark_final("cancelled", error="cancelled by the user" + (f" ({prev.splitlines()[0]})" if prev else ""))
+            started = st.get("state") == "running"
+            msg = "cancelled by the user" if started else "cancelled before it started"
+            run.mark_final("cancelled", error=msg + (f" ({prev.splitlines()[0]})" if prev else ""),
+                           if_state=("queued", "running"))
         self.schedule()
         return self._view(run)
 
@@ -279,21 +362,31 @@ class JobManager:
         return self._run(run_id)
 
     def poll(self) -> None:
-        """Reconcile every active run with its process (dead without a final state -> failed)."""
+        """Reconcile every active run: a local process gone without a final state -> failed; a Slurm
+        job -> queued/running/ended as Slurm says (one squeue or sacct call for all of them)."""
+        slurm_runs = []
         for path in self._folders():
             run = RunDir(path)
             st = run.status()
-            if st.get("state") == "running":
+            if st.get("launcher") == "slurm" and st.get("state") in ("queued", "running"):
+                slurm_runs.append((run, st))
+            elif st.get("state") == "running":
                 self._check_alive(run, st)
+        if slurm_runs:
+            infos = self._slurm_infos([st.get("job_id") for _, st in slurm_runs], fresh=True)
+            for run, st in slurm_runs:
+                self._reconcile_slurm(run, st, infos)
 
     def schedule(self) -> list[str]:
-        """poll(), then start queued runs (oldest first) while fewer than max_concurrent are running."""
+        """poll(), then start queued local runs (oldest first) while fewer than max_concurrent local runs
+        are running. Slurm runs are not counted: they were handed to Slurm at submit."""
         started = []
         with self._lock():
             self.poll()
             runs = [(RunDir(p), RunDir(p).status()) for p in self._folders()]
-            active = sum(1 for _, st in runs if st.get("state") == "running")
-            queued = sorted(((r, st) for r, st in runs if st.get("state") == "queued" and r.config_path.exists()),
+            local = [(r, st) for r, st in runs if st.get("launcher") != "slurm"]
+            active = sum(1 for _, st in local if st.get("state") == "running")
+            queued = sorted(((r, st) for r, st in local if st.get("state") == "queued" and r.config_path.exists()),
                             key=lambda x: (x[1].get("submitted_ts") or 0.0, x[0].run_id))
             for run, st in queued:
                 if active >= self.max_concurrent:
@@ -324,16 +417,16 @@ class JobManager:
 
     def _view(self, run: RunDir, st: dict | None = None) -> dict:
         st = dict(st if st is not None else run.status())
-        if st.get("state") == "running":
+        if st.get("launcher") == "slurm" and st.get("state") in ("queued", "running"):
+            st = self._reconcile_slurm(run, st, self._slurm_infos([st.get("job_id")]))
+        elif st.get("state") == "running":
             st = self._check_alive(run, st)
         st["run_id"] = run.run_id
         st["path"] = str(run.path)
         if st.get("state") != "running":
             st["pid"] = None if st.get("state") in FINAL_STATES else st.get("pid")
-        if st.get("state") in FINAL_STATES:  # a finished submitit handle is no longer needed (and its
-            _SUBMITIT_JOBS.pop(run.run_id, None)  # __del__ fails noisily if kept to interpreter exit)
         start = st.get("launched_ts")
-        if start:
+        if start and st.get("state") != "queued":
             st["elapsed_s"] = (st.get("ended_ts") or time.time()) - start
         return st
 
@@ -343,8 +436,6 @@ class JobManager:
 
     def _launch(self, run: RunDir, st: dict) -> None:
         module = st.get("module") or get_kind(st.get("kind") or "train").module
-        if self.launcher == "slurm":
-            return self._launch_submitit(run, module)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(run.log_path, "ab") as log:
             proc = subprocess.Popen(self._command(run, module), cwd=str(REPO_ROOT), stdout=log,
@@ -355,93 +446,130 @@ class JobManager:
                           host=socket.gethostname(), launcher="local", launched=now_iso(),
                           launched_ts=time.time())
 
-    def _executor(self):
+    # ------------------------------------------------------------------ Slurm
+    def _submit_slurm(self, run: RunDir, module: str, params: dict) -> None:
+        """sbatch through submitit. The job runs _run_cli (the same CLI as a local run) under srun. Its
+        state is read from squeue/sacct (core.slurm), never from submitit's sacct-only watcher, and the
+        submitit handle is not kept."""
         import submitit
 
-        params = dict(self.slurm_params)
-        kind = params.pop("executor", "auto")
-        folder = Path(params.pop("folder", self.root / ".submitit"))
-        if kind == "local":
-            ex = submitit.LocalExecutor(folder=folder)
-        elif kind == "slurm":
-            ex = submitit.SlurmExecutor(folder=folder)
-        else:
-            ex = submitit.AutoExecutor(folder=folder)
-        if params:
-            ex.update_parameters(**params)
-        return ex
+        folder, ex_params = slurm_executor_params(params, run.run_id)
+        folder = (folder or self.root / ".submitit").resolve()
+        ex = submitit.SlurmExecutor(folder=folder)
+        ex.update_parameters(**ex_params)
+        job = ex.submit(_run_cli, module, str(run.config_path.resolve()), str(run.path.resolve()), str(REPO_ROOT))
+        shown = {k: params.get(k, SLURM_DEFAULTS.get(k)) for k in ("partition", "time_min", "cpus", "gpus", "mem_gb")}
+        run.update_status(if_state=("queued",), job_id=str(job.job_id), slurm_state="PENDING",
+                          slurm={k: v for k, v in shown.items() if v is not None},
+                          slurm_stdout=str(job.paths.stdout), slurm_stderr=str(job.paths.stderr),
+                          submitit_folder=str(folder), pid=None, host=None)
 
-    def _launch_submitit(self, run: RunDir, module: str) -> None:
-        ex = self._executor()
-        job = ex.submit(_run_cli, module, str(run.config_path.resolve()), str(run.path.resolve()),
-                        str(REPO_ROOT))
-        _SUBMITIT_JOBS[run.run_id] = job
-        run.update_status(state="running", pid=None, launcher="slurm", job_id=str(job.job_id),
-                          submitit_folder=str(Path(job.paths.folder).resolve()), launched=now_iso(),
-                          launched_ts=time.time(), host=None)
+    def _slurm_infos(self, job_ids, fresh: bool = False) -> dict | None:
+        """{job id: slurm.JobInfo} from one squeue/sacct call; answers younger than a second are reused.
+        None when Slurm cannot be asked."""
+        from . import slurm
 
+        ids = [str(j) for j in job_ids if j]
+        now = time.monotonic()
+        cached = {j: self._slurm_seen[j][1] for j in ids
+                  if not fresh and j in self._slurm_seen and now - self._slurm_seen[j][0] < _SLURM_CACHE_S}
+        missing = [j for j in ids if j not in cached]
+        if missing:
+            got = slurm.job_states(missing)
+            if got is None:
+                return None
+            for j, info in got.items():
+                self._slurm_seen[j] = (now, info)
+            cached.update(got)
+        return cached
+
+    def _reconcile_slurm(self, run: RunDir, st: dict, infos: dict | None) -> dict:
+        """The run's own status.json comes first; Slurm fills in what it cannot say: pending (queued),
+        started (running, on which node), or ended without a final state (failed, with the job id and
+        the tails of log.txt and the job's stderr)."""
+        job_id = st.get("job_id")
+        if not job_id:
+            # created, but the submission never finished (the app died during sbatch)
+            if st.get("state") == "queued" and time.time() - float(st.get("submitted_ts") or 0) > 120:
+                return run.mark_final("failed", error="never reached Slurm (no job id recorded)",
+                                      if_state=("queued",))
+            return st
+        info = (infos or {}).get(str(job_id))
+        if info is None:
+            return st  # Slurm does not answer right now: keep what we know
+        if not info.ended:
+            changes = {}
+            if info.state != st.get("slurm_state"):
+                changes["slurm_state"] = info.state
+            if (info.reason or None) != st.get("slurm_reason"):
+                changes["slurm_reason"] = info.reason
+            if info.node and info.node != st.get("node"):
+                changes["node"] = info.node
+            if info.active and st.get("state") == "queued":
+                changes.update(state="running", launched=now_iso(), launched_ts=time.time())
+            if changes:
+                return run.update_status(if_state=("queued", "running"), **changes)
+            return st
+        time.sleep(0.05)  # the job's last write may be landing right now
+        fresh = run.status()
+        if fresh.get("state") in FINAL_STATES:
+            return fresh
+        if fresh.get("cancel_requested"):  # died on our scancel before its handler was in place
+            return run.mark_final("cancelled", error=f"cancelled by the user (Slurm job {job_id}, {info.state})",
+                                  slurm_state=info.state, ended_ts=time.time(), if_state=("queued", "running"))
+        if fresh.get("state") == "queued" and not fresh.get("started") and info.state == "CANCELLED":
+            return run.mark_final("cancelled", error=f"Slurm job {job_id} was cancelled before it started",
+                                  slurm_state=info.state, ended_ts=time.time(), if_state=("queued", "running"))
+        how = "is no longer known to Slurm" if info.state == "GONE" else f"ended ({info.state})"
+        tail = run.log_tail(30)
+        err_tail = _tail(fresh.get("slurm_stderr"), 10)
+        msg = f"Slurm job {job_id} {how} without a final state. Log tail:\n{tail}"
+        if err_tail:
+            msg += f"\nSlurm job stderr:\n{err_tail}"
+        return run.mark_final("failed", error=msg, slurm_state=info.state, ended_ts=time.time(),
+                              if_state=("queued", "running"))
+
+    def _cancel_slurm(self, run: RunDir, st: dict) -> None:
+        from . import slurm
+
+        job_id = st.get("job_id")
+        if not job_id:
+            return
+        slurm.cancel(job_id)  # SIGTERM to every process of the job; Slurm kills after its KillWait
+        deadline = time.time() + self.grace_s
+        while time.time() < deadline:
+            if run.status().get("state") in FINAL_STATES:
+                return
+            info = (slurm.job_states([job_id]) or {}).get(str(job_id))
+            if info is not None and info.ended:
+                return
+            time.sleep(0.2)
+        slurm.cancel(job_id, signal="KILL")
+
+    # ------------------------------------------------------------------ local processes
     def _check_alive(self, run: RunDir, st: dict) -> dict:
-        """A 'running' run whose process is gone and left no final state is persisted as failed."""
-        if self._is_alive(run, st):
+        """A 'running' local run whose process is gone and left no final state is persisted as failed."""
+        if self._is_alive(st):
             return st
         time.sleep(0.05)  # the child may be writing its final status right now
         fresh = run.status()
         if fresh.get("state") != "running":
             return fresh
         pid = fresh.get("pid")
+        if fresh.get("cancel_requested"):  # died on our SIGTERM before its handler was in place
+            return run.mark_final("cancelled", error="cancelled by the user", ended_ts=time.time(),
+                                  if_state=("running",))
         tail = run.log_tail(30)
-        who = f"process {pid}" if pid else f"job {fresh.get('job_id')}"
-        return run.mark_final("failed", error=f"{who} exited without a final state. Log tail:\n{tail}",
-                              ended_ts=time.time())
+        return run.mark_final("failed", error=f"process {pid} exited without a final state. Log tail:\n{tail}",
+                              ended_ts=time.time(), if_state=("running",))
 
-    def _is_alive(self, run: RunDir, st: dict) -> bool:
-        if st.get("launcher") == "slurm":
-            job = _SUBMITIT_JOBS.get(run.run_id)
-            if job is not None:
-                try:
-                    return not job.done()
-                except Exception:  # noqa: BLE001
-                    return True
-            # another manager (or a restart): trust the child's pid on this host, else ask Slurm
-            if st.get("host") == socket.gethostname() and st.get("pid"):
-                return pid_alive(st.get("pid"))
-            if st.get("host") is None and not st.get("pid") and st.get("job_id"):
-                try:
-                    import submitit
-
-                    state = submitit.SlurmJob(st["submitit_folder"], st["job_id"]).state
-                except Exception:  # noqa: BLE001 - no Slurm here: cannot tell, keep it running
-                    return True
-                return state.upper() in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "UNKNOWN",
-                                         "COMPLETING", "SUSPENDED")
-            return True
+    def _is_alive(self, st: dict) -> bool:
         if st.get("host") not in (None, socket.gethostname()):
             return True  # not ours to judge
         return pid_alive(st.get("pid"), st.get("pid_start"))
 
     def _terminate(self, run: RunDir, st: dict) -> None:
         deadline = time.time() + self.grace_s
-        if st.get("launcher") == "slurm":
-            job = _SUBMITIT_JOBS.get(run.run_id)
-            pid = run.status().get("pid")  # the CLI child's pid, once it has started
-            if pid and pid_alive(pid):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(int(pid), signal.SIGTERM)
-            elif job is not None:
-                with contextlib.suppress(Exception):
-                    job.cancel(check=False)
-            while time.time() < deadline and run.status().get("state") == "running":
-                if job is not None and job.done():
-                    break
-                time.sleep(0.1)
-            if run.status().get("state") == "running":
-                if pid and pid_alive(pid):
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.kill(int(pid), signal.SIGKILL)
-                if job is not None:
-                    with contextlib.suppress(Exception):
-                        job.cancel(check=False)
-            return
         pid, marker = st.get("pid"), st.get("pid_start")
         if not pid_alive(pid, marker):
             return
@@ -460,6 +588,24 @@ class JobManager:
         if child is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=1)
+
+
+def _check_launcher(launcher: str) -> None:
+    if launcher not in ("local", "slurm"):
+        raise ValueError(f"launcher: must be 'local' or 'slurm', got {launcher!r}")
+
+
+def _tail(path: str | None, n_lines: int) -> str:
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 8192))
+            data = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-n_lines:])
 
 
 def _mtime(path: Path) -> float:

@@ -144,19 +144,6 @@ def test_cancel_queued_run(tmp_path, warm_cache):
     assert not RunDir(tmp_path / rid).log_path.exists()  # never started
 
 
-@pytest.mark.slow
-def test_submitit_local_executor_completes_a_run(tmp_path, warm_cache):
-    jm = JobManager(tmp_path / "runs", launcher="slurm",
-                    slurm_params={"executor": "local", "folder": str(tmp_path / "submitit"), "timeout_min": 5})
-    rid = jm.submit(tiny(warm_cache))
-    assert jm.status(rid)["launcher"] == "slurm"
-    wait_for(lambda: jm.status(rid)["state"] in ("succeeded", "failed", "cancelled"), 120, "the submitit job")
-    st = jm.status(rid)
-    assert st["state"] == "succeeded", st.get("error")
-    records, _ = RunDir(tmp_path / "runs" / rid).metrics()
-    assert records[-1]["step"] == 2 and set(records[-1]["user_accuracy"]) == {"0", "1"}
-
-
 def _hammer_status(path: str, tag: str, n: int) -> None:
     from core.runs import RunDir
 
