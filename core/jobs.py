@@ -40,7 +40,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .runs import FINAL_STATES, RunDir, file_lock, new_run_id, now_iso
@@ -459,7 +459,8 @@ class JobManager:
         ex.update_parameters(**ex_params)
         job = ex.submit(_run_cli, module, str(run.config_path.resolve()), str(run.path.resolve()), str(REPO_ROOT))
         shown = {k: params.get(k, SLURM_DEFAULTS.get(k)) for k in ("partition", "time_min", "cpus", "gpus", "mem_gb")}
-        run.update_status(if_state=("queued",), job_id=str(job.job_id), slurm_state="PENDING",
+        run.update_status(if_state=("queued",), job_id=str(job.job_id), slurm_job_name=ex_params["job_name"],
+                          slurm_state="PENDING",
                           slurm={k: v for k, v in shown.items() if v is not None},
                           slurm_stdout=str(job.paths.stdout), slurm_stderr=str(job.paths.stderr),
                           submitit_folder=str(folder), pid=None, host=None)
@@ -497,6 +498,8 @@ class JobManager:
         info = (infos or {}).get(str(job_id))
         if info is None:
             return st  # Slurm does not answer right now: keep what we know
+        if info.name and st.get("slurm_job_name") and info.name != st["slurm_job_name"]:
+            info = replace(info, state="GONE")  # a restarted cluster reused the id for another job
         if not info.ended:
             changes = {}
             if info.state != st.get("slurm_state"):

@@ -37,6 +37,7 @@ class JobInfo:
     node: str | None = None
     reason: str | None = None  # why it is pending (Resources, Priority, ...)
     source: str = "squeue"
+    name: str | None = None  # the job name (a restarted cluster may reuse job ids: compare names)
 
     @property
     def pending(self) -> bool:
@@ -104,7 +105,7 @@ def accounting_enabled() -> bool:
 
 
 def _squeue(ids: list[str]) -> dict[str, JobInfo] | None:
-    out = _run(["squeue", "-h", "--states=all", "-j", ",".join(ids), "-o", "%i|%T|%N|%r"])
+    out = _run(["squeue", "-h", "--states=all", "-j", ",".join(ids), "-o", "%i|%T|%N|%r|%j"])
     if out is None:
         return None
     if out.returncode != 0:
@@ -115,25 +116,26 @@ def _squeue(ids: list[str]) -> dict[str, JobInfo] | None:
     found = {}
     for line in out.stdout.splitlines():
         parts = line.strip().split("|")
-        if len(parts) < 4:
+        if len(parts) < 5:
             continue
         jid, state, node, reason = parts[:4]
         found[jid] = JobInfo(jid, state.split()[0].upper(), node or None,
-                             None if reason in ("", "None") else reason, "squeue")
+                             None if reason in ("", "None") else reason, "squeue", "|".join(parts[4:]) or None)
     return found
 
 
 def _sacct(ids: list[str]) -> dict[str, JobInfo] | None:
-    out = _run(["sacct", "-n", "-X", "-P", "-o", "JobIDRaw,State,NodeList", "-j", ",".join(ids)])
+    out = _run(["sacct", "-n", "-X", "-P", "-o", "JobIDRaw,State,NodeList,JobName", "-j", ",".join(ids)])
     if out is None or out.returncode != 0:
         return None
     found = {}
     for line in out.stdout.splitlines():
         parts = line.strip().split("|")
-        if len(parts) < 3 or parts[0] not in ids:
+        if len(parts) < 4 or parts[0] not in ids:
             continue
         node = parts[2] if parts[2] not in ("", "None assigned") else None
-        found[parts[0]] = JobInfo(parts[0], parts[1].split()[0].upper(), node, None, "sacct")
+        found[parts[0]] = JobInfo(parts[0], parts[1].split()[0].upper(), node, None, "sacct",
+                                  "|".join(parts[3:]) or None)
     return found
 
 

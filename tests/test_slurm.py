@@ -78,6 +78,18 @@ def test_slurm_params_map_to_sbatch_options_and_bad_ones_name_the_field(tmp_path
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
 
 
+def test_where_slurm_cannot_be_asked_a_run_keeps_its_state(tmp_path, monkeypatch):
+    """No squeue here (a laptop reading a cluster's runs folder): not knowing is not 'dead'."""
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    assert slurm.partitions() is None and slurm.job_states(["5"]) is None
+    run = RunDir(tmp_path / "runs" / "vpl-20260101-000000-abcdef").create()
+    run.write_config({"preset": "vpl"})
+    run.update_status(state="running", kind="train", launcher="slurm", job_id="5", submitted_ts=time.time())
+    jm = JobManager(tmp_path / "runs")
+    assert jm.status(run.run_id)["state"] == "running"
+    assert [r["state"] for r in jm.list()] == ["running"]
+
+
 # ---------------------------------------------------------------------- the real cluster
 @pytest.mark.slow
 def test_slurm_run_succeeds_and_its_curve_reads_back(tmp_path, partition, warm_cache, no_submitit_warnings):
@@ -157,3 +169,20 @@ def test_slurm_runs_share_the_node_and_a_third_queues_until_one_ends(tmp_path, p
     assert jm.status(c)["state"] == "succeeded", jm.status(c).get("error")
     assert jm.status(b)["state"] == "running"  # untouched meanwhile
     assert jm.cancel(b)["state"] == "cancelled"
+
+
+def test_a_reused_job_id_is_not_the_run(tmp_path, partition):
+    """A cluster whose state was wiped restarts job ids at 1: a live job with our id but another name is
+    not our run, which ended unseen."""
+    other = subprocess.run(["sbatch", "--parsable", "-p", partition, "-J", "someone-else", "-o", "/dev/null",
+                            "--wrap", "sleep 60"], capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    try:
+        run = RunDir(tmp_path / "vpl-20260101-000000-abcdef").create()
+        run.write_config({"preset": "vpl"})
+        run.log("step     0 loss nan")
+        run.update_status(state="running", kind="train", launcher="slurm", job_id=other,
+                          slurm_job_name="preflens-vpl-20260101-000000-abcdef")
+        st = JobManager(tmp_path).status(run.run_id)
+        assert st["state"] == "failed" and f"Slurm job {other} is no longer known" in st["error"], st
+    finally:
+        subprocess.run(["scancel", other], timeout=30)
