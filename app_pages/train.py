@@ -9,7 +9,7 @@ import streamlit as st
 
 from core import slurm
 from core.config import PRESETS, ConfigError
-from core.jobs import SLURM_DEFAULTS, JobManager, default_root
+from core.jobs import JobManager, default_root
 from core.runs import RunDir
 from ui.state import current_users, run_label
 
@@ -44,9 +44,9 @@ def launcher_fields() -> tuple[str, dict | None]:
         return "local", None
     c1, c2, c3, c4 = st.columns(4)
     partition = c1.selectbox("Partition", parts, key="slurm_partition")
-    time_min = c2.number_input("Time limit (min)", 1, 7 * 24 * 60, SLURM_DEFAULTS["time_min"], key="slurm_time")
-    cpus = c3.number_input("CPUs per job", 1, 256, SLURM_DEFAULTS["cpus"], key="slurm_cpus")
-    gpus = c4.number_input("GPUs per job", 0, 16, SLURM_DEFAULTS["gpus"], key="slurm_gpus",
+    time_min = c2.number_input("Time limit (min)", 1, 7 * 24 * 60, slurm.DEFAULTS["time_min"], key="slurm_time")
+    cpus = c3.number_input("CPUs per job", 1, 256, slurm.DEFAULTS["cpus"], key="slurm_cpus")
+    gpus = c4.number_input("GPUs per job", 0, 16, slurm.DEFAULTS["gpus"], key="slurm_gpus",
                            help="Asked as --gres=gpu:N; 0 asks for none.")
     st.caption(f"The runs folder ({default_root()}) must be on a filesystem every node shares.")
     return "slurm", {"partition": partition, "time_min": int(time_min), "cpus": int(cpus), "gpus": int(gpus)}

@@ -20,7 +20,7 @@ Launchers:
   its own session (process group), stdout+stderr to ``log.txt``. The status records the pid and the
   process's start time from /proc, so a reused pid is never mistaken for the run.
 - ``slurm``: the same CLI, submitted with ``sbatch`` through submitit at ``submit`` (Slurm is the
-  queue: ``max_concurrent`` bounds local runs only). ``slurm_params`` (see ``slurm_executor_params``):
+  queue: ``max_concurrent`` bounds local runs only). ``slurm_params`` (see ``core.slurm.executor_params``):
   partition, time_min, cpus, gpus, mem_gb, folder, plus any submitit SlurmExecutor parameter. A run is
   ``queued`` while its job is pending, ``running`` once Slurm starts it (``node`` recorded). State comes
   from the run's status.json first, then from core.slurm (sacct where accounting is on, else squeue);
@@ -40,9 +40,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
+from . import slurm
 from .runs import FINAL_STATES, RunDir, file_lock, new_run_id, now_iso
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -169,29 +170,6 @@ def pid_alive(pid: int | None, marker: str | None = None) -> bool:
     return marker is None or str(marker) == now
 
 
-def _run_cli(module: str, config_path: str, run_dir: str, cwd: str) -> int:
-    """What a submitit job executes: the same CLI as the local launcher, as a subprocess."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(Path(run_dir) / "log.txt", "ab") as log:
-        if os.environ.get("SLURM_JOB_ID"):
-            log.write(f"[slurm job {os.environ['SLURM_JOB_ID']} on {socket.gethostname()}]\n".encode())
-            log.flush()
-        proc = subprocess.Popen([sys.executable, "-m", module, "--config", config_path, "--run-dir", run_dir],
-                                cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-        def forward(sig, _frame):
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
-
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
-            with contextlib.suppress(ValueError):
-                signal.signal(sig, forward)
-        rc = proc.wait()
-    if rc != 0:
-        raise RuntimeError(f"{module} exited with status {rc}")
-    return rc
-
-
 # --------------------------------------------------------------------------- the manager
 class RunList(list):
     """``JobManager.list()`` result: run mappings, newest first, plus ``skipped`` (folders not understood)."""
@@ -200,57 +178,7 @@ class RunList(list):
     skipped_names: list[str]
 
 
-SLURM_DEFAULTS = {"time_min": 60, "cpus": 1, "gpus": 0}
 _SLURM_CACHE_S = 1.0  # one squeue answer serves every run of one list()/status() call
-
-
-def slurm_executor_params(params: dict, run_id: str | None = None) -> tuple[Path | None, dict]:
-    """Our Slurm parameters -> (submitit folder or None, submitit.SlurmExecutor parameters).
-
-    ``partition``; ``time_min`` -> ``--time`` (minutes, default 60); ``cpus`` -> ``--cpus-per-task``
-    (default 1); ``gpus`` -> ``--gres=gpu:N`` (default 0: none); ``mem_gb`` -> ``--mem``; ``folder``:
-    where submitit writes its pickles and the job's stdout/stderr. Any other key is passed to
-    SlurmExecutor as is (``qos``, ``account``, ``constraint``, ``additional_parameters``, ...).
-    ValueError names a bad field.
-    """
-    p = {**SLURM_DEFAULTS, **dict(params or {})}
-    executor = p.pop("executor", "slurm")
-    if executor != "slurm":
-        raise ValueError(f"slurm_params.executor: only 'slurm' is supported (got {executor!r}); "
-                         "use launcher='local' for child processes on this machine")
-    folder = p.pop("folder", None)
-    out: dict = {}
-    for key, low in (("time_min", 1), ("cpus", 1), ("gpus", 0)):
-        value = p.pop(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"slurm_params.{key}: must be an integer >= {low}, got {value!r}")
-        p[key] = value
-    out["time"] = p.pop("time_min")
-    out["cpus_per_task"] = p.pop("cpus")
-    gpus = p.pop("gpus")
-    if gpus:
-        out["gres"] = f"gpu:{gpus}"
-    mem = p.pop("mem_gb", None)
-    if mem is not None:
-        if isinstance(mem, bool) or not isinstance(mem, int | float) or mem <= 0:
-            raise ValueError(f"slurm_params.mem_gb: must be a positive number, got {mem!r}")
-        out["mem"] = f"{int(mem * 1024)}MB"
-    partition = p.pop("partition", None)
-    if partition:
-        if not isinstance(partition, str) or not re.match(r"^[A-Za-z0-9_.-]{1,64}$", partition):
-            raise ValueError(f"slurm_params.partition: not a partition name: {partition!r}")
-        out["partition"] = partition
-    extra = dict(p.pop("additional_parameters", None) or {})
-    # cwd of the job = the repo, so the pickled _run_cli imports core.jobs; and SIGTERM (which the CLIs
-    # turn into a checkpoint + 'cancelled') a minute before the time limit instead of submitit's USR2,
-    # whose default action would kill the trainer without a final state.
-    extra.setdefault("chdir", str(REPO_ROOT))
-    extra.setdefault("signal", "TERM@60" if out["time"] >= 5 else "TERM@10")
-    out["additional_parameters"] = extra
-    if run_id:
-        out["job_name"] = f"preflens-{run_id}"
-    out.update(p)  # anything else is submitit's to judge
-    return (Path(folder) if folder else None), out
 
 
 class JobManager:
@@ -284,7 +212,7 @@ class JobManager:
         full, label, prefix = kind.check(config)  # raises naming the field, before anything is created
         params = dict(self.slurm_params if slurm_params is None else slurm_params)
         if launcher == "slurm":
-            slurm_executor_params(params)  # raises naming the field
+            slurm.executor_params(params)  # raises naming the field
         run_id = new_run_id(prefix)
         while (self.root / run_id).exists():  # same second, same random suffix: practically never
             run_id = new_run_id(prefix)
@@ -295,7 +223,7 @@ class JobManager:
                           submitted_ts=time.time(), launcher=launcher, progress=None, error=None)
         if launcher == "slurm":
             try:
-                self._submit_slurm(run, kind.module, params)
+                slurm.submit(run, kind.module, params, self.root / ".submitit")
             except Exception as err:  # noqa: BLE001 - recorded on the run, like a local launch failure
                 msg = str(err).strip() or type(err).__name__
                 run.mark_final("failed", error=f"could not submit to Slurm: {msg}")
@@ -323,7 +251,7 @@ class JobManager:
                 run.mark_final("cancelled", error="cancelled before it started", if_state=("queued", "running"))
                 return self._view(run)
         if st.get("launcher") == "slurm":
-            self._cancel_slurm(run, st)
+            slurm.cancel_run(run, st, self.grace_s)
         else:
             self._terminate(run, st)
         st = run.status()
@@ -375,7 +303,7 @@ class JobManager:
         if slurm_runs:
             infos = self._slurm_infos([st.get("job_id") for _, st in slurm_runs], fresh=True)
             for run, st in slurm_runs:
-                self._reconcile_slurm(run, st, infos)
+                slurm.reconcile(run, st, infos)
 
     def schedule(self) -> list[str]:
         """poll(), then start queued local runs (oldest first) while fewer than max_concurrent local runs
@@ -418,7 +346,7 @@ class JobManager:
     def _view(self, run: RunDir, st: dict | None = None) -> dict:
         st = dict(st if st is not None else run.status())
         if st.get("launcher") == "slurm" and st.get("state") in ("queued", "running"):
-            st = self._reconcile_slurm(run, st, self._slurm_infos([st.get("job_id")]))
+            st = slurm.reconcile(run, st, self._slurm_infos([st.get("job_id")]))
         elif st.get("state") == "running":
             st = self._check_alive(run, st)
         st["run_id"] = run.run_id
@@ -447,29 +375,9 @@ class JobManager:
                           launched_ts=time.time())
 
     # ------------------------------------------------------------------ Slurm
-    def _submit_slurm(self, run: RunDir, module: str, params: dict) -> None:
-        """sbatch through submitit. The job runs _run_cli (the same CLI as a local run) under srun. Its
-        state is read from squeue/sacct (core.slurm), never from submitit's sacct-only watcher, and the
-        submitit handle is not kept."""
-        import submitit
-
-        folder, ex_params = slurm_executor_params(params, run.run_id)
-        folder = (folder or self.root / ".submitit").resolve()
-        ex = submitit.SlurmExecutor(folder=folder)
-        ex.update_parameters(**ex_params)
-        job = ex.submit(_run_cli, module, str(run.config_path.resolve()), str(run.path.resolve()), str(REPO_ROOT))
-        shown = {k: params.get(k, SLURM_DEFAULTS.get(k)) for k in ("partition", "time_min", "cpus", "gpus", "mem_gb")}
-        run.update_status(if_state=("queued",), job_id=str(job.job_id), slurm_job_name=ex_params["job_name"],
-                          slurm_state="PENDING",
-                          slurm={k: v for k, v in shown.items() if v is not None},
-                          slurm_stdout=str(job.paths.stdout), slurm_stderr=str(job.paths.stderr),
-                          submitit_folder=str(folder), pid=None, host=None)
-
     def _slurm_infos(self, job_ids, fresh: bool = False) -> dict | None:
         """{job id: slurm.JobInfo} from one squeue/sacct call; answers younger than a second are reused.
         None when Slurm cannot be asked."""
-        from . import slurm
-
         ids = [str(j) for j in job_ids if j]
         now = time.monotonic()
         cached = {j: self._slurm_seen[j][1] for j in ids
@@ -483,71 +391,6 @@ class JobManager:
                 self._slurm_seen[j] = (now, info)
             cached.update(got)
         return cached
-
-    def _reconcile_slurm(self, run: RunDir, st: dict, infos: dict | None) -> dict:
-        """The run's own status.json comes first; Slurm fills in what it cannot say: pending (queued),
-        started (running, on which node), or ended without a final state (failed, with the job id and
-        the tails of log.txt and the job's stderr)."""
-        job_id = st.get("job_id")
-        if not job_id:
-            # created, but the submission never finished (the app died during sbatch)
-            if st.get("state") == "queued" and time.time() - float(st.get("submitted_ts") or 0) > 120:
-                return run.mark_final("failed", error="never reached Slurm (no job id recorded)",
-                                      if_state=("queued",))
-            return st
-        info = (infos or {}).get(str(job_id))
-        if info is None:
-            return st  # Slurm does not answer right now: keep what we know
-        if info.name and st.get("slurm_job_name") and info.name != st["slurm_job_name"]:
-            info = replace(info, state="GONE")  # a restarted cluster reused the id for another job
-        if not info.ended:
-            changes = {}
-            if info.state != st.get("slurm_state"):
-                changes["slurm_state"] = info.state
-            if (info.reason or None) != st.get("slurm_reason"):
-                changes["slurm_reason"] = info.reason
-            if info.node and info.node != st.get("node"):
-                changes["node"] = info.node
-            if info.active and st.get("state") == "queued":
-                changes.update(state="running", launched=now_iso(), launched_ts=time.time())
-            if changes:
-                return run.update_status(if_state=("queued", "running"), **changes)
-            return st
-        time.sleep(0.05)  # the job's last write may be landing right now
-        fresh = run.status()
-        if fresh.get("state") in FINAL_STATES:
-            return fresh
-        if fresh.get("cancel_requested"):  # died on our scancel before its handler was in place
-            return run.mark_final("cancelled", error=f"cancelled by the user (Slurm job {job_id}, {info.state})",
-                                  slurm_state=info.state, ended_ts=time.time(), if_state=("queued", "running"))
-        if fresh.get("state") == "queued" and not fresh.get("started") and info.state == "CANCELLED":
-            return run.mark_final("cancelled", error=f"Slurm job {job_id} was cancelled before it started",
-                                  slurm_state=info.state, ended_ts=time.time(), if_state=("queued", "running"))
-        how = "is no longer known to Slurm" if info.state == "GONE" else f"ended ({info.state})"
-        tail = run.log_tail(30)
-        err_tail = _tail(fresh.get("slurm_stderr"), 10)
-        msg = f"Slurm job {job_id} {how} without a final state. Log tail:\n{tail}"
-        if err_tail:
-            msg += f"\nSlurm job stderr:\n{err_tail}"
-        return run.mark_final("failed", error=msg, slurm_state=info.state, ended_ts=time.time(),
-                              if_state=("queued", "running"))
-
-    def _cancel_slurm(self, run: RunDir, st: dict) -> None:
-        from . import slurm
-
-        job_id = st.get("job_id")
-        if not job_id:
-            return
-        slurm.cancel(job_id)  # SIGTERM to every process of the job; Slurm kills after its KillWait
-        deadline = time.time() + self.grace_s
-        while time.time() < deadline:
-            if run.status().get("state") in FINAL_STATES:
-                return
-            info = (slurm.job_states([job_id]) or {}).get(str(job_id))
-            if info is not None and info.ended:
-                return
-            time.sleep(0.2)
-        slurm.cancel(job_id, signal="KILL")
 
     # ------------------------------------------------------------------ local processes
     def _check_alive(self, run: RunDir, st: dict) -> dict:
@@ -596,19 +439,6 @@ class JobManager:
 def _check_launcher(launcher: str) -> None:
     if launcher not in ("local", "slurm"):
         raise ValueError(f"launcher: must be 'local' or 'slurm', got {launcher!r}")
-
-
-def _tail(path: str | None, n_lines: int) -> str:
-    if not path:
-        return ""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 8192))
-            data = fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(data.splitlines()[-n_lines:])
 
 
 def _mtime(path: Path) -> float:

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from core import slurm
-from core.jobs import JobManager, slurm_executor_params
+from core.jobs import JobManager
 from core.runs import RunDir
 from tests.test_jobs import long_run, tiny, training, wait_for
 
@@ -61,13 +61,13 @@ def _job_ended(job_id: str) -> bool:
 
 # ---------------------------------------------------------------------- no cluster needed
 def test_slurm_params_map_to_sbatch_options_and_bad_ones_name_the_field(tmp_path):
-    folder, p = slurm_executor_params({"partition": "gpu", "time_min": 90, "cpus": 4, "gpus": 2, "mem_gb": 1.5,
+    folder, p = slurm.executor_params({"partition": "gpu", "time_min": 90, "cpus": 4, "gpus": 2, "mem_gb": 1.5,
                                        "qos": "high"}, "vpl-20260101-000000-abcdef")
     assert p["partition"] == "gpu" and p["time"] == 90 and p["cpus_per_task"] == 4 and p["gres"] == "gpu:2"
     assert p["mem"] == "1536MB" and p["qos"] == "high" and p["job_name"] == "preflens-vpl-20260101-000000-abcdef"
     assert p["additional_parameters"]["signal"] == "TERM@60"  # not submitit's USR2: the trainer checkpoints on TERM
     assert folder is None
-    _, p = slurm_executor_params({})
+    _, p = slurm.executor_params({})
     assert "gres" not in p and p["cpus_per_task"] == 1 and p["time"] == 60
     jm = JobManager(tmp_path, launcher="slurm")
     for bad, field in (({"cpus": 0}, "slurm_params.cpus"), ({"gpus": -1}, "slurm_params.gpus"),
