@@ -7,6 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from core import slurm
 from core.config import PRESETS, ConfigError
 from core.jobs import JobManager, default_root
 from core.runs import RunDir
@@ -24,6 +25,31 @@ def _manager(root: str) -> JobManager:
 
 def manager() -> JobManager:
     return _manager(str(default_root()))
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def slurm_partitions() -> list[str] | None:
+    """Partitions where sinfo answers (asked at most every 30 s: sinfo can hang on a dead controller)."""
+    return slurm.partitions()
+
+
+def launcher_fields() -> tuple[str, dict | None]:
+    """The launcher choice, shown only where Slurm answers: ('local', None) or ('slurm', params)."""
+    parts = slurm_partitions()
+    if not parts:
+        return "local", None
+    where = st.radio("Run on", ["This machine", "Slurm"], key="launcher", horizontal=True,
+                     help="Slurm: each run becomes a Slurm job; Slurm's queue decides when it starts.")
+    if where != "Slurm":
+        return "local", None
+    c1, c2, c3, c4 = st.columns(4)
+    partition = c1.selectbox("Partition", parts, key="slurm_partition")
+    time_min = c2.number_input("Time limit (min)", 1, 7 * 24 * 60, slurm.DEFAULTS["time_min"], key="slurm_time")
+    cpus = c3.number_input("CPUs per job", 1, 256, slurm.DEFAULTS["cpus"], key="slurm_cpus")
+    gpus = c4.number_input("GPUs per job", 0, 16, slurm.DEFAULTS["gpus"], key="slurm_gpus",
+                           help="Asked as --gres=gpu:N; 0 asks for none.")
+    st.caption(f"The runs folder ({default_root()}) must be on a filesystem every node shares.")
+    return "slurm", {"partition": partition, "time_min": int(time_min), "cpus": int(cpus), "gpus": int(gpus)}
 
 
 def users_field() -> tuple[dict, str]:
@@ -49,11 +75,12 @@ def parse_seeds(text: str) -> list[int]:
     return sorted(set(seeds))
 
 
-def submit_all(jm: JobManager, methods: list[str], seeds: list[int], extra: dict) -> list[str]:
+def submit_all(jm: JobManager, methods: list[str], seeds: list[int], extra: dict, launcher: str = "local",
+               slurm_params: dict | None = None) -> list[str]:
     ids = []
     for m in methods:
         for s in seeds:
-            ids.append(jm.submit({"preset": m, "seed": s, **extra}))
+            ids.append(jm.submit({"preset": m, "seed": s, **extra}, launcher=launcher, slurm_params=slurm_params))
     return ids
 
 
@@ -106,12 +133,22 @@ def curves(run_ids: list[str], runs_by_id: dict, alpha: float) -> tuple[go.Figur
 
 
 def runs_table(runs) -> None:
-    table = pd.DataFrame([{
-        "run": r["run_id"], "label": r.get("label") or r.get("method"), "state": r.get("state"),
-        "progress": float((r.get("progress") or {}).get("fraction") or (1.0 if r.get("state") == "succeeded" else 0.0)),
-        "step": (r.get("progress") or {}).get("done"), "started": r.get("started") or r.get("launched"),
-        "error": (r.get("error") or "").splitlines()[0] if r.get("error") else "",
-    } for r in runs])
+    on_slurm = any(r.get("launcher") == "slurm" for r in runs)
+    rows = []
+    for r in runs:
+        row = {"run": r["run_id"], "label": r.get("label") or r.get("method"), "state": r.get("state")}
+        if on_slurm:  # right after the state: a pending job says why it waits
+            row["slurm job"] = r.get("job_id")
+            row["node"] = r.get("node")
+            row["slurm"] = (f"{r.get('slurm_state')}" + (f" ({r['slurm_reason']})" if r.get("slurm_reason") else "")
+                            if r.get("job_id") and r.get("state") in ACTIVE else None)
+        row.update({
+            "progress": float((r.get("progress") or {}).get("fraction") or (1.0 if r.get("state") == "succeeded" else 0.0)),
+            "step": (r.get("progress") or {}).get("done"), "started": r.get("started") or r.get("launched"),
+            "error": (r.get("error") or "").splitlines()[0] if r.get("error") else "",
+        })
+        rows.append(row)
+    table = pd.DataFrame(rows)
     st.dataframe(table, hide_index=True, use_container_width=True, key="runs_table",
                  column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0)})
     if runs.skipped:
@@ -147,12 +184,13 @@ with st.expander("Launch runs", expanded=not runs):
     seeds_text = c2.text_input("Seed(s)", "0", key="seeds", help="e.g. 0 or 0,1,2 or 0-4")
     size = c3.radio("Size", ["Quick (400 questions)", "Study preset (1500 questions)"], key="size")
     steps = st.number_input("Steps", 1, 20000, 60 if size.startswith("Quick") else 400, key="steps")
+    launcher, slurm_params = launcher_fields()
     if st.button("Launch", key="launch", disabled=not methods):
         try:
             extra = {**user_cfg, "steps": int(steps)}
             if size.startswith("Quick"):
                 extra.update(corpus_prompts=QUICK["corpus_prompts"], eval_every=max(1, int(steps) // 12))
-            ids = submit_all(jm, methods, parse_seeds(seeds_text), extra)
+            ids = submit_all(jm, methods, parse_seeds(seeds_text), extra, launcher, slurm_params)
         except (ConfigError, ValueError) as err:
             st.error(f"Not launched: {err}")
         else:

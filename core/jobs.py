@@ -11,18 +11,27 @@ daemon: every ``submit``/``status``/``list`` call first reconciles (a dead proce
 state becomes ``failed`` with its log tail) and then starts queued runs while slots are free.
 Scheduling holds an ``flock`` on ``root/.jobs.lock`` so two managers never start the same run.
 
+Job kinds: a registry of ``JobKind(name, module, validate)``. The built-ins are listed in core/kinds.py,
+imported on the first look-up, so this module imports no feature; ``register_kind`` adds one at run
+time. A config's ``kind`` (default ``train``) picks it; its module is recorded in status.json at submit.
+
 Launchers:
-- ``local``: ``python -m core.train|core.personas --config ... --run-dir ...`` as a child process in
+- ``local``: ``python -m <kind's module> --config ... --run-dir ...`` as a child process in
   its own session (process group), stdout+stderr to ``log.txt``. The status records the pid and the
   process's start time from /proc, so a reused pid is never mistaken for the run.
-- ``slurm``: the same CLI submitted through submitit. ``slurm_params`` configures it:
-  ``{"executor": "slurm"|"local"|"auto", "folder": ..., <executor parameters>...}``; the ``local``
-  executor (submitit.LocalExecutor) is what tests use.
+- ``slurm``: the same CLI, submitted with ``sbatch`` through submitit at ``submit`` (Slurm is the
+  queue: ``max_concurrent`` bounds local runs only). ``slurm_params`` (see ``core.slurm.executor_params``):
+  partition, time_min, cpus, gpus, mem_gb, folder, plus any submitit SlurmExecutor parameter. A run is
+  ``queued`` while its job is pending, ``running`` once Slurm starts it (``node`` recorded). State comes
+  from the run's status.json first, then from core.slurm (sacct where accounting is on, else squeue);
+  a job that ended without a final state is ``failed`` with its job id and output tails. Cancel is
+  ``scancel`` (SIGTERM to the job's processes; the trainer checkpoints), then ``--signal=KILL``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import re
 import signal
@@ -30,22 +39,96 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from . import slurm
 from .runs import FINAL_STATES, RunDir, file_lock, new_run_id, now_iso
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MODULES = {"train": "core.train", "personas": "core.personas"}
 _RUN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,80}$")
 
 # Popen handles of children started by this process, so finished children are reaped (no zombies).
 _CHILDREN: dict[int, subprocess.Popen] = {}
-# submitit job handles submitted by this process, by run id.
-_SUBMITIT_JOBS: dict[str, object] = {}
 
 
 class JobError(ValueError):
     """A run id that is not a run of this manager, or an operation that does not apply."""
+
+
+# --------------------------------------------------------------------------- job kinds
+@dataclass(frozen=True)
+class JobKind:
+    """What the job layer needs to know about one kind of job; it never imports the feature itself.
+
+    ``module`` is a CLI run as ``python -m MODULE --config FILE --run-dir DIR`` that writes the run-dir
+    contract (core.runs). ``validate`` turns the submitted dict into ``(full config dict (JSON-able),
+    label, run-id prefix)``, raising ValueError naming the bad field; it may also return a dict or a
+    pydantic model, whose label and prefix are then the kind's name. Give it as a callable or as a lazy
+    ``"package.module:function"`` string, resolved on first use.
+    """
+
+    name: str
+    module: str
+    validate: Callable[[dict], tuple[dict, str, str]] | str
+
+    def validator(self) -> Callable:
+        if callable(self.validate):
+            return self.validate
+        mod, _, func = self.validate.partition(":")
+        return getattr(importlib.import_module(mod), func)
+
+    def check(self, config: dict) -> tuple[dict, str, str]:
+        """(full config, label, prefix); ValueError (naming the field) for a bad config."""
+        out = self.validator()(config)
+        if isinstance(out, tuple):
+            full, label, prefix = out
+        else:
+            full = out.model_dump(mode="json") if hasattr(out, "model_dump") else dict(out)
+            label = prefix = self.name
+        return full, str(label), str(prefix)
+
+
+_KINDS: dict[str, JobKind] = {}
+_BUILTINS = "core.kinds"  # the one module that lists the built-in kinds; imported on first look-up
+_builtins_loaded = False
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True  # before the import: core.kinds calls register_kind
+    try:
+        importlib.import_module(_BUILTINS)
+    except BaseException:
+        _builtins_loaded = False
+        raise
+
+
+def register_kind(kind: JobKind) -> JobKind:
+    """Add a job kind, or replace the one of the same name (a built-in included). Returns it."""
+    if not isinstance(kind, JobKind):
+        raise TypeError("register_kind takes a JobKind")
+    if not isinstance(kind.name, str) or not re.match(r"^[a-z][a-z0-9_-]{0,31}$", kind.name):
+        raise ValueError(f"kind: {kind.name!r} is not a valid kind name (lowercase letters, digits, - and _)")
+    _load_builtins()  # first, so that a built-in never overwrites a kind registered before the first look-up
+    _KINDS[kind.name] = kind
+    return kind
+
+
+def job_kinds() -> dict[str, JobKind]:
+    """Every registered kind by name, the built-ins included."""
+    _load_builtins()
+    return dict(_KINDS)
+
+
+def get_kind(name: str) -> JobKind:
+    kinds = job_kinds()
+    if name not in kinds:
+        raise ValueError(f"kind: unknown job kind {name!r}; choose one of {', '.join(sorted(kinds))}")
+    return kinds[name]
 
 
 # --------------------------------------------------------------------------- process helpers
@@ -87,26 +170,6 @@ def pid_alive(pid: int | None, marker: str | None = None) -> bool:
     return marker is None or str(marker) == now
 
 
-def _run_cli(module: str, config_path: str, run_dir: str, cwd: str) -> int:
-    """What a submitit job executes: the same CLI as the local launcher, as a subprocess."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(Path(run_dir) / "log.txt", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", module, "--config", config_path, "--run-dir", run_dir],
-                                cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-        def forward(sig, _frame):
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
-
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
-            with contextlib.suppress(ValueError):
-                signal.signal(sig, forward)
-        rc = proc.wait()
-    if rc != 0:
-        raise RuntimeError(f"{module} exited with status {rc}")
-    return rc
-
-
 # --------------------------------------------------------------------------- the manager
 class RunList(list):
     """``JobManager.list()`` result: run mappings, newest first, plus ``skipped`` (folders not understood)."""
@@ -115,11 +178,18 @@ class RunList(list):
     skipped_names: list[str]
 
 
+_SLURM_CACHE_S = 1.0  # one squeue answer serves every run of one list()/status() call
+
+
 class JobManager:
+    """Runs under ``root``. ``launcher``: ``local`` (child processes here, at most ``max_concurrent``
+    at a time, the rest ``queued`` in this manager's queue) or ``slurm`` (each run is handed to Slurm at
+    submit; Slurm is the queue, so ``max_concurrent`` does not hold Slurm runs back, nor do they take
+    local slots). ``submit`` may override the launcher and the Slurm parameters per run."""
+
     def __init__(self, root: str | Path = "checkpoints", max_concurrent: int = 1, launcher: str = "local",
                  slurm_params: dict | None = None, grace_s: float = 5.0):
-        if launcher not in ("local", "slurm"):
-            raise ValueError(f"launcher: must be 'local' or 'slurm', got {launcher!r}")
+        _check_launcher(launcher)
         if int(max_concurrent) < 1:
             raise ValueError("max_concurrent: must be at least 1")
         self.root = Path(root)
@@ -128,35 +198,37 @@ class JobManager:
         self.launcher = launcher
         self.slurm_params = dict(slurm_params or {})
         self.grace_s = float(grace_s)
+        self._slurm_seen: dict[str, tuple[float, object]] = {}  # job id -> (monotonic time, slurm.JobInfo)
 
     # ------------------------------------------------------------------ public API
-    def submit(self, config: dict) -> str:
-        """Validate, create ``root/<generated id>/`` with config + queued status, start it if a slot is free."""
+    def submit(self, config: dict, *, launcher: str | None = None, slurm_params: dict | None = None) -> str:
+        """Validate, create ``root/<generated id>/`` with config + queued status, then start it (a free
+        local slot) or hand it to Slurm. A bad config or Slurm parameter raises before anything is created."""
         if not isinstance(config, dict):
             raise TypeError("config must be a dict")
-        kind = config.get("kind") or "train"
-        if kind not in MODULES:
-            raise ValueError(f"kind: unknown job kind {kind!r}; choose one of {', '.join(MODULES)}")
-        if kind == "train":
-            from .config import build_config
-
-            cfg = build_config(config)  # raises ConfigError naming the field, before anything is created
-            full = cfg.model_dump(mode="json")
-            label = f"{cfg.preset or cfg.method}-s{cfg.seed}"
-            prefix = cfg.preset or cfg.method
-        else:
-            from .personas.config import validate_config
-
-            full = validate_config(config).model_dump(mode="json")
-            label, prefix = "personas", "personas"
+        launcher = launcher or self.launcher
+        _check_launcher(launcher)
+        kind = get_kind(config.get("kind") or "train")
+        full, label, prefix = kind.check(config)  # raises naming the field, before anything is created
+        params = dict(self.slurm_params if slurm_params is None else slurm_params)
+        if launcher == "slurm":
+            slurm.executor_params(params)  # raises naming the field
         run_id = new_run_id(prefix)
         while (self.root / run_id).exists():  # same second, same random suffix: practically never
             run_id = new_run_id(prefix)
         run = RunDir(self.root / run_id).create()
         run.write_config(full)
-        run.update_status(state="queued", kind=kind, label=label, submitted=now_iso(),
-                          submitted_ts=time.time(), launcher=self.launcher, progress=None, error=None)
-        self.schedule()
+        # the module is recorded, so a queued run still launches if the registry changes meanwhile
+        run.update_status(state="queued", kind=kind.name, module=kind.module, label=label, submitted=now_iso(),
+                          submitted_ts=time.time(), launcher=launcher, progress=None, error=None)
+        if launcher == "slurm":
+            try:
+                slurm.submit(run, kind.module, params, self.root / ".submitit")
+            except Exception as err:  # noqa: BLE001 - recorded on the run, like a local launch failure
+                msg = str(err).strip() or type(err).__name__
+                run.mark_final("failed", error=f"could not submit to Slurm: {msg}")
+        else:
+            self.schedule()
         return run_id
 
     def status(self, run_id: str) -> dict:
@@ -165,8 +237,9 @@ class JobManager:
         return self._view(run)
 
     def cancel(self, run_id: str) -> dict:
-        """Queued -> cancelled at once. Running -> SIGTERM to its process group (the trainer checkpoints
-        and marks itself cancelled), SIGKILL after ``grace_s``; always ends ``cancelled`` and frees the slot."""
+        """Queued -> cancelled at once. Running -> SIGTERM (the trainer checkpoints and marks itself
+        cancelled), SIGKILL after ``grace_s``; always ends ``cancelled`` and frees the slot. A Slurm run
+        gets ``scancel`` (SIGTERM to every process of the job), then ``scancel --signal=KILL``."""
         run = self._run(run_id)
         with self._lock():
             st = run.status()
@@ -174,15 +247,21 @@ class JobManager:
             if state in FINAL_STATES:
                 return self._view(run)
             run.update_status(cancel_requested=now_iso())
-            if state != "running":
-                run.mark_final("cancelled", error="cancelled before it started")
+            if state != "running" and st.get("launcher") != "slurm":
+                run.mark_final("cancelled", error="cancelled before it started", if_state=("queued", "running"))
                 return self._view(run)
-        self._terminate(run, st)
+        if st.get("launcher") == "slurm":
+            slurm.cancel_run(run, st, self.grace_s)
+        else:
+            self._terminate(run, st)
         st = run.status()
-        if st.get("state") != "cancelled" and st.get("state") != "succeeded":
+        if st.get("state") not in FINAL_STATES:
             # killed, or the child died on the signal before its handler was in place
             prev = st.get("error")
-            run.mark_final("cancelled", error="cancelled by the user" + (f" ({prev.splitlines()[0]})" if prev else ""))
+            started = st.get("state") == "running"
+            msg = "cancelled by the user" if started else "cancelled before it started"
+            run.mark_final("cancelled", error=msg + (f" ({prev.splitlines()[0]})" if prev else ""),
+                           if_state=("queued", "running"))
         self.schedule()
         return self._view(run)
 
@@ -211,21 +290,31 @@ class JobManager:
         return self._run(run_id)
 
     def poll(self) -> None:
-        """Reconcile every active run with its process (dead without a final state -> failed)."""
+        """Reconcile every active run: a local process gone without a final state -> failed; a Slurm
+        job -> queued/running/ended as Slurm says (one squeue or sacct call for all of them)."""
+        slurm_runs = []
         for path in self._folders():
             run = RunDir(path)
             st = run.status()
-            if st.get("state") == "running":
+            if st.get("launcher") == "slurm" and st.get("state") in ("queued", "running"):
+                slurm_runs.append((run, st))
+            elif st.get("state") == "running":
                 self._check_alive(run, st)
+        if slurm_runs:
+            infos = self._slurm_infos([st.get("job_id") for _, st in slurm_runs], fresh=True)
+            for run, st in slurm_runs:
+                slurm.reconcile(run, st, infos)
 
     def schedule(self) -> list[str]:
-        """poll(), then start queued runs (oldest first) while fewer than max_concurrent are running."""
+        """poll(), then start queued local runs (oldest first) while fewer than max_concurrent local runs
+        are running. Slurm runs are not counted: they were handed to Slurm at submit."""
         started = []
         with self._lock():
             self.poll()
             runs = [(RunDir(p), RunDir(p).status()) for p in self._folders()]
-            active = sum(1 for _, st in runs if st.get("state") == "running")
-            queued = sorted(((r, st) for r, st in runs if st.get("state") == "queued" and r.config_path.exists()),
+            local = [(r, st) for r, st in runs if st.get("launcher") != "slurm"]
+            active = sum(1 for _, st in local if st.get("state") == "running")
+            queued = sorted(((r, st) for r, st in local if st.get("state") == "queued" and r.config_path.exists()),
                             key=lambda x: (x[1].get("submitted_ts") or 0.0, x[0].run_id))
             for run, st in queued:
                 if active >= self.max_concurrent:
@@ -256,30 +345,28 @@ class JobManager:
 
     def _view(self, run: RunDir, st: dict | None = None) -> dict:
         st = dict(st if st is not None else run.status())
-        if st.get("state") == "running":
+        if st.get("launcher") == "slurm" and st.get("state") in ("queued", "running"):
+            st = slurm.reconcile(run, st, self._slurm_infos([st.get("job_id")]))
+        elif st.get("state") == "running":
             st = self._check_alive(run, st)
         st["run_id"] = run.run_id
         st["path"] = str(run.path)
         if st.get("state") != "running":
             st["pid"] = None if st.get("state") in FINAL_STATES else st.get("pid")
-        if st.get("state") in FINAL_STATES:  # a finished submitit handle is no longer needed (and its
-            _SUBMITIT_JOBS.pop(run.run_id, None)  # __del__ fails noisily if kept to interpreter exit)
         start = st.get("launched_ts")
-        if start:
+        if start and st.get("state") != "queued":
             st["elapsed_s"] = (st.get("ended_ts") or time.time()) - start
         return st
 
-    def _command(self, run: RunDir, kind: str) -> list[str]:
-        return [sys.executable, "-m", MODULES[kind], "--config", str(run.config_path.resolve()),
+    def _command(self, run: RunDir, module: str) -> list[str]:
+        return [sys.executable, "-m", module, "--config", str(run.config_path.resolve()),
                 "--run-dir", str(run.path.resolve())]
 
     def _launch(self, run: RunDir, st: dict) -> None:
-        kind = st.get("kind") or "train"
-        if self.launcher == "slurm":
-            return self._launch_submitit(run, kind)
+        module = st.get("module") or get_kind(st.get("kind") or "train").module
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(run.log_path, "ab") as log:
-            proc = subprocess.Popen(self._command(run, kind), cwd=str(REPO_ROOT), stdout=log,
+            proc = subprocess.Popen(self._command(run, module), cwd=str(REPO_ROOT), stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                     start_new_session=True)
         _CHILDREN[proc.pid] = proc
@@ -287,93 +374,48 @@ class JobManager:
                           host=socket.gethostname(), launcher="local", launched=now_iso(),
                           launched_ts=time.time())
 
-    def _executor(self):
-        import submitit
+    # ------------------------------------------------------------------ Slurm
+    def _slurm_infos(self, job_ids, fresh: bool = False) -> dict | None:
+        """{job id: slurm.JobInfo} from one squeue/sacct call; answers younger than a second are reused.
+        None when Slurm cannot be asked."""
+        ids = [str(j) for j in job_ids if j]
+        now = time.monotonic()
+        cached = {j: self._slurm_seen[j][1] for j in ids
+                  if not fresh and j in self._slurm_seen and now - self._slurm_seen[j][0] < _SLURM_CACHE_S}
+        missing = [j for j in ids if j not in cached]
+        if missing:
+            got = slurm.job_states(missing)
+            if got is None:
+                return None
+            for j, info in got.items():
+                self._slurm_seen[j] = (now, info)
+            cached.update(got)
+        return cached
 
-        params = dict(self.slurm_params)
-        kind = params.pop("executor", "auto")
-        folder = Path(params.pop("folder", self.root / ".submitit"))
-        if kind == "local":
-            ex = submitit.LocalExecutor(folder=folder)
-        elif kind == "slurm":
-            ex = submitit.SlurmExecutor(folder=folder)
-        else:
-            ex = submitit.AutoExecutor(folder=folder)
-        if params:
-            ex.update_parameters(**params)
-        return ex
-
-    def _launch_submitit(self, run: RunDir, kind: str) -> None:
-        ex = self._executor()
-        job = ex.submit(_run_cli, MODULES[kind], str(run.config_path.resolve()), str(run.path.resolve()),
-                        str(REPO_ROOT))
-        _SUBMITIT_JOBS[run.run_id] = job
-        run.update_status(state="running", pid=None, launcher="slurm", job_id=str(job.job_id),
-                          submitit_folder=str(Path(job.paths.folder).resolve()), launched=now_iso(),
-                          launched_ts=time.time(), host=None)
-
+    # ------------------------------------------------------------------ local processes
     def _check_alive(self, run: RunDir, st: dict) -> dict:
-        """A 'running' run whose process is gone and left no final state is persisted as failed."""
-        if self._is_alive(run, st):
+        """A 'running' local run whose process is gone and left no final state is persisted as failed."""
+        if self._is_alive(st):
             return st
         time.sleep(0.05)  # the child may be writing its final status right now
         fresh = run.status()
         if fresh.get("state") != "running":
             return fresh
         pid = fresh.get("pid")
+        if fresh.get("cancel_requested"):  # died on our SIGTERM before its handler was in place
+            return run.mark_final("cancelled", error="cancelled by the user", ended_ts=time.time(),
+                                  if_state=("running",))
         tail = run.log_tail(30)
-        who = f"process {pid}" if pid else f"job {fresh.get('job_id')}"
-        return run.mark_final("failed", error=f"{who} exited without a final state. Log tail:\n{tail}",
-                              ended_ts=time.time())
+        return run.mark_final("failed", error=f"process {pid} exited without a final state. Log tail:\n{tail}",
+                              ended_ts=time.time(), if_state=("running",))
 
-    def _is_alive(self, run: RunDir, st: dict) -> bool:
-        if st.get("launcher") == "slurm":
-            job = _SUBMITIT_JOBS.get(run.run_id)
-            if job is not None:
-                try:
-                    return not job.done()
-                except Exception:  # noqa: BLE001
-                    return True
-            # another manager (or a restart): trust the child's pid on this host, else ask Slurm
-            if st.get("host") == socket.gethostname() and st.get("pid"):
-                return pid_alive(st.get("pid"))
-            if st.get("host") is None and not st.get("pid") and st.get("job_id"):
-                try:
-                    import submitit
-
-                    state = submitit.SlurmJob(st["submitit_folder"], st["job_id"]).state
-                except Exception:  # noqa: BLE001 - no Slurm here: cannot tell, keep it running
-                    return True
-                return state.upper() in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "UNKNOWN",
-                                         "COMPLETING", "SUSPENDED")
-            return True
+    def _is_alive(self, st: dict) -> bool:
         if st.get("host") not in (None, socket.gethostname()):
             return True  # not ours to judge
         return pid_alive(st.get("pid"), st.get("pid_start"))
 
     def _terminate(self, run: RunDir, st: dict) -> None:
         deadline = time.time() + self.grace_s
-        if st.get("launcher") == "slurm":
-            job = _SUBMITIT_JOBS.get(run.run_id)
-            pid = run.status().get("pid")  # the CLI child's pid, once it has started
-            if pid and pid_alive(pid):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(int(pid), signal.SIGTERM)
-            elif job is not None:
-                with contextlib.suppress(Exception):
-                    job.cancel(check=False)
-            while time.time() < deadline and run.status().get("state") == "running":
-                if job is not None and job.done():
-                    break
-                time.sleep(0.1)
-            if run.status().get("state") == "running":
-                if pid and pid_alive(pid):
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.kill(int(pid), signal.SIGKILL)
-                if job is not None:
-                    with contextlib.suppress(Exception):
-                        job.cancel(check=False)
-            return
         pid, marker = st.get("pid"), st.get("pid_start")
         if not pid_alive(pid, marker):
             return
@@ -392,6 +434,11 @@ class JobManager:
         if child is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=1)
+
+
+def _check_launcher(launcher: str) -> None:
+    if launcher not in ("local", "slurm"):
+        raise ValueError(f"launcher: must be 'local' or 'slurm', got {launcher!r}")
 
 
 def _mtime(path: Path) -> float:

@@ -134,25 +134,29 @@ class RunDir:
         st = read_json(self.status_path, default=None)
         return st if isinstance(st, dict) else {}
 
-    def update_status(self, **fields) -> dict:
+    def update_status(self, *, if_state: tuple[str, ...] | None = None, **fields) -> dict:
         """Merge ``fields`` into status.json. The app and the run's own process both write here, so the
-        read-modify-write holds an exclusive lock (``.status.lock``) and neither loses the other's field."""
+        read-modify-write holds an exclusive lock (``.status.lock``) and neither loses the other's field.
+        With ``if_state``, write only while the state is one of those (a watcher's verdict never
+        overwrites the final state the run wrote meanwhile); the status as it is on disk is returned."""
         with file_lock(self.path / ".status.lock"):
             st = self.status()
+            if if_state is not None and st.get("state") not in if_state:
+                return st
             st.update(fields)
             st.setdefault("run_id", self.run_id)
             write_json_atomic(self.status_path, st)
         return st
 
-
     def mark_running(self, **extra) -> dict:
         return self.update_status(state="running", pid=os.getpid(), host=socket.gethostname(),
                                   started=now_iso(), ended=None, error=None, **extra)
 
-    def mark_final(self, state: str, error: str | None = None, **extra) -> dict:
+    def mark_final(self, state: str, error: str | None = None, *, if_state: tuple[str, ...] | None = None,
+                   **extra) -> dict:
         if state not in FINAL_STATES:
             raise ValueError(f"final state must be one of {FINAL_STATES}, got {state!r}")
-        return self.update_status(state=state, ended=now_iso(), error=error, **extra)
+        return self.update_status(if_state=if_state, state=state, ended=now_iso(), error=error, **extra)
 
     def set_progress(self, done: int, total: int, **extra) -> None:
         self.update_status(progress={"done": int(done), "total": int(total),

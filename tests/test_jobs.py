@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
 from core.config import ConfigError
-from core.jobs import JobError, JobManager, pid_alive
+from core.jobs import JobError, JobKind, JobManager, job_kinds, pid_alive, register_kind
 from core.runs import RunDir
 
 TINY = {"corpus_prompts": 60, "eval_every": 1, "max_train_per_user": 40, "max_test_per_user": 20,
@@ -143,19 +144,6 @@ def test_cancel_queued_run(tmp_path, warm_cache):
     assert not RunDir(tmp_path / rid).log_path.exists()  # never started
 
 
-@pytest.mark.slow
-def test_submitit_local_executor_completes_a_run(tmp_path, warm_cache):
-    jm = JobManager(tmp_path / "runs", launcher="slurm",
-                    slurm_params={"executor": "local", "folder": str(tmp_path / "submitit"), "timeout_min": 5})
-    rid = jm.submit(tiny(warm_cache))
-    assert jm.status(rid)["launcher"] == "slurm"
-    wait_for(lambda: jm.status(rid)["state"] in ("succeeded", "failed", "cancelled"), 120, "the submitit job")
-    st = jm.status(rid)
-    assert st["state"] == "succeeded", st.get("error")
-    records, _ = RunDir(tmp_path / "runs" / rid).metrics()
-    assert records[-1]["step"] == 2 and set(records[-1]["user_accuracy"]) == {"0", "1"}
-
-
 def _hammer_status(path: str, tag: str, n: int) -> None:
     from core.runs import RunDir
 
@@ -184,3 +172,52 @@ def test_status_updates_from_two_processes_are_not_lost(tmp_path):
     missing = [f"{t}{i}" for t in "ab" for i in range(150) if f"{t}{i}" not in st]
     assert not missing, f"{len(missing)} updates lost, e.g. {missing[:5]}"
     assert st["state"] == "running"
+
+
+DUMMY = JobKind("dummy", "tests.dummy_kind", "tests.dummy_kind:validate")
+
+
+def test_a_registered_kind_runs_through_the_manager_without_touching_jobs_py(tmp_path, monkeypatch):
+    register_kind(DUMMY)
+    assert {"train", "personas", "dummy"} <= set(job_kinds())
+    jm = JobManager(tmp_path, max_concurrent=1)
+    with pytest.raises(ValueError, match="n: must be"):
+        jm.submit({"kind": "dummy", "n": 0})
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]  # the validator ran first
+    # occupy the only slot so the dummy run waits in the queue
+    busy = RunDir(tmp_path / "train-20260101-000000-000001").create()
+    busy.write_config({})
+    from core.jobs import proc_start_marker
+
+    busy.update_status(state="running", pid=os.getpid(), pid_start=proc_start_marker(os.getpid()),
+                       launcher="local", submitted_ts=1.0)
+    rid = jm.submit({"kind": "dummy", "n": 4})
+    st = jm.status(rid)
+    assert st["state"] == "queued" and st["kind"] == "dummy" and st["label"] == "dummy-4"
+    assert st["module"] == "tests.dummy_kind" and rid.startswith("dummy-")
+    # the registry changes (say the app restarted without the plug-in): the queued run still launches,
+    # from the module recorded in its status
+    monkeypatch.delitem(__import__("core.jobs", fromlist=["_KINDS"])._KINDS, "dummy")
+    busy.mark_final("succeeded")
+    wait_for(lambda: JobManager(tmp_path).status(rid)["state"] in ("succeeded", "failed"), 60, "the dummy run")
+    st = jm.status(rid)
+    assert st["state"] == "succeeded", (st.get("error"), jm.log(rid))
+    records, _ = RunDir(tmp_path / rid).metrics()
+    assert [r["square"] for r in records] == [0, 1, 4, 9]
+    assert "dummy: wrote 4 records" in jm.log(rid)
+    with pytest.raises(ValueError, match="kind: unknown job kind 'dummy'"):
+        jm.submit({"kind": "dummy"})
+
+
+def test_jobs_py_imports_no_feature():
+    import ast
+
+    import core.jobs
+
+    tree = ast.parse(Path(core.jobs.__file__).read_text())
+    imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    feature = {m for m in imported if any(w in m for w in ("config", "personas", "train", "kinds", "experiments"))}
+    assert not feature, feature
+    assert job_kinds()["train"].module == "core.train"
+    assert job_kinds()["personas"].module == "core.personas"
