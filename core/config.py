@@ -72,6 +72,7 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(4, ge=1, description="Pairs per micro-batch.")
     grad_accum: int = Field(8, ge=1, description="Micro-batches per optimizer step.")
     steps: int = Field(400, ge=1, description="Optimizer steps.")
+    fused_accumulation: bool | None = Field(None, description="Run the grad_accum micro-batches as one forward (same mean loss, fewer kernel launches). None = auto: on for a trained query encoder on CUDA. Ignored with MGDA/PCGrad or a contrastive loss, which need the micro-batches apart.")
     max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping norm (0 = off).")
     sampler: Literal["uniform", "adaptive"] = Field("uniform", description="How batches draw users: uniform, or the study's adaptive 1:2:4 phases.")
     adaptive_order: list[int] | None = Field(None, description="Order in which users become 'training' (default: 0, 1, ...).")

@@ -14,7 +14,9 @@ Sizes:
 - ``tiny``: a pipeline check that fits 2 CPU cores in a few minutes (CI runs it): 60 questions, 4
   steps, the last 64 tokens of each text, batch 2 x 2. Its accuracies mean nothing.
 - ``full``: 1500 questions, 256 tokens, batch 4 x 8, ``FULL_STEPS`` steps; sized from per-step times
-  measured on a GPU (``MEASURED`` below) to finish within 10 minutes on one H100-class GPU.
+  measured on an H200 (``MEASURED`` below: 0.149 s a step, so 9 runs take about 7.6 min one after
+  another there), to finish within 10 minutes on one H100-class GPU. The default 3 workers on CUDA
+  can only shorten that (how much was not measured on the fused path).
 
 ``--dry-run`` measures one optimizer step, one evaluation batch and the encoder's load on the chosen
 device and prints the wall-time estimate of the chosen size there; on a machine without CUDA it also
@@ -45,16 +47,21 @@ USER_SETS: dict[str, str | list[list[float]]] = {
     "four-one-hot": [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]],
 }
 STUDY_ENCODER = {"encoder": "bundled-smollm2", "query_encoder": "lora", "lr": 1e-4, "batch_size": 4, "grad_accum": 8}
-FULL_STEPS = 300
+FULL_STEPS = 250
 SIZES: dict[str, dict] = {
     "tiny": {"corpus_prompts": 60, "max_train_per_user": 16, "max_test_per_user": 6, "pool_size": 8, "n_demos": 2,
              "max_length": 64, "batch_size": 2, "grad_accum": 2, "steps": 4, "eval_every": 4, "probe_per_user": 6},
     "full": {"corpus_prompts": 1500, "max_test_per_user": 128, "max_length": 256, "steps": FULL_STEPS,
              "eval_every": 25},
 }
-# Per-step figures measured with `--dry-run` on a GPU, used to print a CUDA estimate where there is none.
-# (device, date, seconds per optimizer step of `full`, seconds per 256-text eval batch, setup s per run)
-MEASURED: dict[str, dict] = {}
+# Figures measured with `--dry-run --device cuda` on a GPU (SmolLM2-shaped weights, `full` settings:
+# 256 tokens, batch 4 x 8, fused micro-batches, cuDNN attention off), used to print a CUDA estimate on
+# machines without one. step_s: s per optimizer step; eval_pair_s: s per test pair; setup_s: per run;
+# encode_rate: frozen texts/s.
+MEASURED: dict[str, dict] = {
+    "NVIDIA H200": {"note": "2026-11-27, torch 2.11 + cu130, one process", "step_s": 0.149,
+                    "eval_pair_s": 0.426 / 256, "setup_s": 9.1, "encode_rate": 647.0},
+}
 
 
 class StudyError(ValueError):
@@ -70,7 +77,7 @@ class StudyConfig(BaseModel):
     users: Literal["two-opposed", "four-one-hot"] = Field("two-opposed", description="Which user set to train on.")
     methods: list[str] | None = Field(None, description="Presets to run (default: traditional, vpl, vpl-adaptive, and personal where it exists).")
     seeds: list[int] = Field([0, 1, 2], min_length=1, max_length=10, description="Seeds, one run per method and seed.")
-    workers: int = Field(1, ge=1, le=16, description="Runs trained at once (child processes); >1 pays off on a GPU, whose small kernels leave it idle.")
+    workers: int = Field(0, ge=0, le=16, description="Runs trained at once (child processes). 0 = auto: 3 on CUDA, whose small kernels leave the GPU idle between launches; 1 on a CPU, where runs would only fight for cores.")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'.")
     overrides: dict = Field({}, description="Extra TrainConfig fields for every run, e.g. {'steps': 100}.")
 
@@ -94,6 +101,20 @@ def validate_study(raw: dict) -> StudyConfig:
             raise StudyError(f"methods: {m!r} is not a trained method")
     run_configs(cfg)  # every run's TrainConfig must validate too, before anything starts
     return cfg
+
+
+def resolved_workers(cfg: StudyConfig) -> int:
+    if cfg.workers:
+        return cfg.workers
+    from .train import resolve_device
+
+    return 3 if resolve_device(cfg.device).type == "cuda" else 1
+
+
+def validate_study_job(raw: dict) -> tuple[dict, str, str]:
+    """The job layer's validator: (config dict, label like 'study-tiny-two-opposed', run-id prefix)."""
+    cfg = validate_study(raw)
+    return cfg.model_dump(mode="json"), f"study-{cfg.size}-{cfg.users}", "study"
 
 
 def run_configs(cfg: StudyConfig) -> dict[str, dict]:
@@ -143,7 +164,8 @@ def run_study(cfg: StudyConfig, out: str | Path, *, log: Callable[[str], None] =
         progress(done, len(configs))
     if todo:
         log(f"frozen embeddings ready in {warm_cache(configs[todo[0]], log=lambda m: None):.1f}s")
-    if cfg.workers <= 1:
+    workers = resolved_workers(cfg)
+    if workers <= 1:
         from .config import TrainConfig
 
         for name in todo:
@@ -158,7 +180,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, log: Callable[[str], None] =
             if progress:
                 progress(done, len(configs))
     else:
-        _run_parallel({n: configs[n] for n in todo}, out, cfg.workers, log, progress, done, len(configs))
+        _run_parallel({n: configs[n] for n in todo}, out, workers, log, progress, done, len(configs))
     rows = [run_row(out / "runs" / name) for name in configs]
     rows = [r for r in rows if r is not None]
     table = summarize(rows)
@@ -242,7 +264,11 @@ def estimate(cfg: StudyConfig, log: Callable[[str], None] = print) -> dict:
                  max_train_per_user=first.max_train_per_user, max_test_per_user=first.max_test_per_user)
     n_texts, test_pairs = len(used_text_ids(data)), len(data.test)
     small = {"corpus_prompts": 60, "max_train_per_user": 32, "max_test_per_user": 32, "pool_size": 20}
-    micro = TrainConfig(**{**first.model_dump(), **small, "grad_accum": 1})  # a step is grad_accum micro-batches
+    from .train import resolve_device
+
+    # a CPU times one micro-batch (a step is grad_accum of them); CUDA times whole (possibly fused) steps
+    accum = first.grad_accum if resolve_device(first.device).type == "cuda" else 1
+    micro = TrainConfig(**{**first.model_dump(), **small, "grad_accum": accum})
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         tr = Trainer(micro, RunDir(tmp).create(), log=lambda m: None)
@@ -271,13 +297,13 @@ def estimate(cfg: StudyConfig, log: Callable[[str], None] = print) -> dict:
             eval_pair_s = (time.perf_counter() - t0) / max(1, len(idx))
         device = str(tr.device) + (f" ({torch.cuda.get_device_name(tr.device)})" if tr.device.type == "cuda"
                                    else f" ({torch.get_num_threads()} threads)")
-    step_s = micro_s * first.grad_accum
+    step_s = micro_s * first.grad_accum / accum
     evals = first.steps // first.eval_every + 1
     eval_s = eval_pair_s * test_pairs
     per_run = setup_s + first.steps * step_s + evals * eval_s
     encode_s = n_texts / encode_rate
     total = per_run * len(configs) + encode_s
-    workers = max(1, cfg.workers)
+    workers = resolved_workers(cfg)
     figures = {"device": device, "size": cfg.size, "users": cfg.users, "runs": len(configs),
                "step_s": round(step_s, 4), "eval_s": round(eval_s, 3), "setup_s": round(setup_s, 2),
                "steps": first.steps, "evals": evals, "test_pairs": test_pairs, "texts": n_texts,
@@ -306,7 +332,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--methods", nargs="+", help="presets (default: traditional vpl vpl-adaptive [+ personal])")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per method and seed")
     ap.add_argument("--seed", type=int, help="shorthand for --seeds SEED")
-    ap.add_argument("--workers", type=int, default=1, help="runs trained at once (child processes)")
+    ap.add_argument("--workers", type=int, default=0, help="runs trained at once (child processes); 0 = 3 on CUDA, 1 on CPU")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     ap.add_argument("--set", nargs="*", default=[], help="TrainConfig overrides for every run, key=value (JSON values)")
     ap.add_argument("--dry-run", action="store_true", help="measure one step here and print the wall-time estimate")

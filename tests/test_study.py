@@ -1,0 +1,204 @@
+"""The study's own setting: SmolLM2 (decoder-only) + LoRA, its switches, the healing cache, and the grid."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.config import build_config
+from core.encoders import EmbeddingCache, TextEncoder
+from core.models import VPLRewardModel
+from core.runs import RunDir
+from core.study import StudyError, validate_study
+from core.train import Trainer, train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_DATA = {"corpus_prompts": 60, "max_train_per_user": 16, "max_test_per_user": 6, "pool_size": 8, "n_demos": 2}
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    enc = TextEncoder.load("bundled-smollm2", max_length=64)
+    enc.model  # noqa: B018 - load (and dequantize once) here, not inside a timed test
+    return enc
+
+
+def test_smollm2_is_a_last_token_encoder_whose_embedding_ignores_padding_side(smollm2):
+    texts = ["Question: name a colour.\nAnswer: Blue.", "Hi", "A longer text, with several words, to pad the others."]
+    assert smollm2.causal and smollm2.pooling == "last" and smollm2.dim == 576
+    tok = smollm2.tokenizer
+    side = tok.padding_side
+    try:
+        tok.padding_side = "right"
+        right = smollm2.encode(texts)
+        tok.padding_side = "left"
+        left = smollm2.encode(texts)
+    finally:
+        tok.padding_side = side
+    alone = np.stack([smollm2.encode([t])[0] for t in texts])
+    assert np.abs(left - right).max() < 1e-3 and np.abs(left - alone).max() < 1e-3
+    # the embeddings are the pretrained model's, not a random init: related texts sit closer
+    x = smollm2.encode(["The cat sat on the mat.", "A cat is sitting on a mat.", "Quarterly revenue fell 4%."])
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    assert x[0] @ x[1] > x[0] @ x[2]
+
+
+@pytest.mark.slow
+def test_smollm2_lora_moves_only_adapters_and_heads_and_learns_a_tiny_set(tmp_path, smollm2, cache_root):
+    cfg = build_config({"preset": "traditional", "users": [[1.0, 0.0, 0.0, 0.0]], "contested_only": False,
+                        **TINY_DATA, "max_train_per_user": 8, "encoder": "bundled-smollm2", "query_encoder": "lora",
+                        "query_head": "linear", "max_length": 64, "lr": 2e-3, "batch_size": 4, "grad_accum": 2,
+                        "steps": 12, "eval_every": 100, "cache_dir": cache_root, "warmup_ratio": 0.0})
+    tr = Trainer(cfg, RunDir(tmp_path / "run").create(), log=lambda m: None)
+    named = dict(tr.query_encoder.model.named_parameters())
+    trainable = {n for n, p in named.items() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    before = {n: p.detach().clone() for n, p in named.items()}
+    head_before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
+    train_idx = np.arange(len(tr.data.train))
+
+    def train_loss() -> float:
+        tr.model.eval()
+        tr.query_encoder.model.eval()
+        with torch.no_grad():
+            loss, _, _, _ = tr.forward(tr.data.train, train_idx, train=False)
+        return float(loss.mean())
+
+    start = train_loss()
+    tr._t_start = time.perf_counter()
+    for _ in range(cfg.steps):
+        tr.train_step()
+    end = train_loss()
+    assert end < start - 0.05, (start, end)
+    moved = {n for n, p in named.items() if not torch.equal(p.detach(), before[n])}
+    assert moved and moved <= trainable, sorted(moved - trainable)[:5]
+    assert any("lora_B" in n for n in moved) and any("lora_A" in n for n in moved)
+    for n, p in tr.model.named_parameters():  # the reward head and the fresh query head both train
+        assert not torch.equal(p.detach(), head_before[n]), n
+    assert "query_head.weight" in head_before
+
+
+def test_vpl_z_mode_matches_the_reference_code_and_sample_mode_stays_plain():
+    torch.manual_seed(0)
+    m = VPLRewardModel(16, z_mode="vpl")
+    mu, logvar = torch.randn(5, 8) * 3, torch.randn(5, 8) * 3
+    z = m.latent(mu.clamp(-1, 1), logvar.clamp(-1, 1), train=True)
+    assert torch.allclose(z.norm(dim=-1), torch.full((5,), 8 ** 0.5), atol=1e-5)  # on the sqrt(L) sphere
+    ctx = torch.randn(5, 3, 16)
+    mu_c, lv_c = m.posterior(ctx, ctx)
+    assert mu_c.abs().max() <= 1 and lv_c.abs().max() <= 1
+    assert torch.equal(m.latent(mu_c, lv_c, train=False), mu_c)  # the raw mean at evaluation
+    plain = VPLRewardModel(16)
+    z2 = plain.latent(mu, logvar, train=True, generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(z2.norm(dim=-1), torch.full((5,), 8 ** 0.5))
+    with pytest.raises(ValueError, match="z_mode"):
+        VPLRewardModel(16, z_mode="other")
+
+
+def test_fused_accumulation_gives_the_gradient_of_the_micro_batch_loop(tmp_path, small_corpus_embeddings, cache_root):
+    grads = {}
+    for fused in (False, True):
+        cfg = build_config({"preset": "traditional", "corpus_prompts": 400, "steps": 5, "cache_dir": cache_root,
+                            "fused_accumulation": fused, "max_grad_norm": 0.0})
+        tr = Trainer(cfg, RunDir(tmp_path / str(fused)).create(), log=lambda m: None)
+        assert tr.fused is fused
+        tr._t_start = time.perf_counter()
+        tr.optimizer.step = lambda: None  # keep the weights: compare the first step's gradient only
+        tr.train_step()
+        grads[fused] = torch.cat([p.grad.flatten() for p in tr.model.parameters()])
+    assert torch.allclose(grads[False], grads[True], rtol=1e-4, atol=1e-7)
+
+
+def _frozen_cfg(cache: str) -> dict:
+    return {"preset": "vpl", **TINY_DATA, "steps": 2, "eval_every": 1, "cache_dir": cache}
+
+
+@pytest.mark.parametrize("damage", ["truncated-npy", "broken-keys"])
+def test_a_damaged_cache_shard_is_set_aside_logged_and_reencoded(tmp_path, minilm, damage):
+    cache_dir = tmp_path / "cache"
+    cfg = build_config(_frozen_cfg(str(cache_dir)))
+    train(cfg, tmp_path / "first", log=lambda m: None)
+    shard_dir = cache_dir / minilm.identity()
+    npys = sorted(shard_dir.glob("shard-*.npy"))
+    assert npys
+    victim = npys[0]
+    if damage == "truncated-npy":
+        data = victim.read_bytes()
+        victim.write_bytes(data[: len(data) // 3])
+    else:
+        victim.with_name(victim.name.replace(".npy", ".keys.json")).write_text('["abc", "de')
+    lines: list[str] = []
+    hist = train(build_config({**_frozen_cfg(str(cache_dir)), "seed": 1}), tmp_path / "second", log=lines.append)
+    assert RunDir(tmp_path / "second").status()["state"] == "succeeded" and hist
+    aside = sorted(p.name for p in shard_dir.glob("*.broken-*"))
+    assert any(n.startswith(victim.name) for n in aside), aside
+    logged = [ln for ln in lines if "set aside" in ln]
+    assert any(str(victim) in ln for ln in logged), logged  # the damaged file is named by path
+    assert any("not cached yet" in ln and not ln.startswith("embeddings: 0 ") for ln in lines if "embeddings:" in ln)
+    # and the re-encoded texts are whole again for the next reader
+    again = EmbeddingCache(cache_dir, minilm)
+    assert not again.set_aside and len(again) > 0
+
+
+def test_study_config_errors_name_the_field():
+    with pytest.raises(StudyError, match="size"):
+        validate_study({"size": "huge"})
+    with pytest.raises(StudyError, match="users"):
+        validate_study({"users": "everyone"})
+    with pytest.raises(StudyError, match="methods"):
+        validate_study({"methods": ["fewshot-k2"]})
+    with pytest.raises(StudyError, match="vpl-nope"):
+        validate_study({"methods": ["vpl-nope"]})
+
+
+@pytest.mark.slow
+def test_study_tiny_cli_writes_the_grid_with_an_encoder_column_and_the_dry_run_estimates(tmp_path, smollm2,
+                                                                                        cache_root):
+    env = {"PREFLENS_CACHE": cache_root, "PYTHONUNBUFFERED": "1"}
+    import os
+
+    env = {**os.environ, **env}
+    out = tmp_path / "study"
+    proc = subprocess.run([sys.executable, "-m", "core.experiments", "study", "--size", "tiny", "--out", str(out)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = json.loads((out / "table.json").read_text())
+    assert [r["method"] for r in table] == ["traditional", "vpl", "vpl-adaptive"]
+    assert all(r["runs"] == 3 and r["encoder"] == "bundled-smollm2 + lora" for r in table)
+    header = (out / "table.csv").read_text().splitlines()[0].split(",")
+    assert "encoder" in header
+    cfg = RunDir(out / "runs" / "vpl-s1").config()
+    assert cfg["encoder"] == "bundled-smollm2" and cfg["query_encoder"] == "lora" and cfg["lr"] == 1e-4
+    dry = subprocess.run([sys.executable, "-m", "core.experiments", "study", "--size", "tiny", "--dry-run",
+                          "--device", "cpu"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert "measured on cpu" in dry.stdout and "estimate for `tiny`" in dry.stdout
+    assert "recorded on NVIDIA H200" in dry.stdout  # the CUDA estimate from the recorded GPU figures
+    figures = json.loads(dry.stdout.strip().splitlines()[-1])
+    assert figures["runs"] == 9 and figures["step_s"] > 0 and figures["serial_total_min"] > 0
+
+
+@pytest.mark.slow
+def test_study_runs_as_a_job_kind_through_the_job_manager(tmp_path, smollm2, cache_root, monkeypatch):
+    from core.jobs import JobManager
+
+    monkeypatch.setenv("PREFLENS_CACHE", cache_root)
+    jm = JobManager(tmp_path / "runs")
+    with pytest.raises(ValueError, match="size"):
+        jm.submit({"kind": "study", "size": "enormous"})
+    rid = jm.submit({"kind": "study", "size": "tiny", "methods": ["traditional"], "seeds": [0]})
+    deadline = time.time() + 300
+    while time.time() < deadline and jm.status(rid)["state"] in ("queued", "running"):
+        time.sleep(1)
+    st = jm.status(rid)
+    assert st["state"] == "succeeded", jm.log(rid)[-2000:]
+    assert st["label"] == "study-tiny-two-opposed" and st["progress"]["done"] == 1
+    table = json.loads((tmp_path / "runs" / rid / "table.json").read_text())
+    assert table[0]["method"] == "traditional" and table[0]["encoder"] == "bundled-smollm2 + lora"
