@@ -138,3 +138,21 @@ if go_:
         st.error(f"Not queued: {err}")
     else:
         st.success(f"Queued {len(ids)} run(s); they run one at a time. Watch them on the Train page.")
+
+st.subheader("The study's own setting (SmolLM2 + LoRA)")
+st.caption("The seed's grid with a decoder-only LM whose LoRA adapters train, as the study did with GPT-2: "
+           "traditional, vpl and vpl-adaptive over seeds. `tiny` checks the pipeline on a CPU in a few minutes "
+           "(its accuracies mean nothing); `full` is sized for one GPU. Its runs appear in the tables above.")
+with st.form("study"):
+    c1, c2, c3 = st.columns(3)
+    size = c1.selectbox("Size", ["tiny", "full"], key="study_size")
+    study_users = c2.selectbox("Users", ["two-opposed", "four-one-hot"], key="study_users")
+    study_seeds = c3.number_input("Seeds (0..N-1)", 1, 5, 3, key="study_seeds")
+    go_study = st.form_submit_button("Queue the study")
+if go_study:
+    try:
+        sid = jm.submit({"kind": "study", "size": size, "users": study_users, "seeds": list(range(int(study_seeds)))})
+    except ValueError as err:
+        st.error(f"Not queued: {err}")
+    else:
+        st.success(f"Queued study run {sid}. Its progress shows on the Train page; its table lands here.")
