@@ -158,3 +158,12 @@ def active_units(mu: torch.Tensor, threshold: float = 0.01) -> float:
     if mu.shape[0] < 2:
         return 0.0
     return float((mu.var(dim=0) > threshold).float().mean())
+
+
+def model_from_config(cfg, encoder_dim: int) -> nn.Module:
+    """The reward model a TrainConfig describes (BTL or VPL, widths scaled from the encoder's)."""
+    if cfg.method == "btl":
+        return BTLRewardModel(encoder_dim, hidden=cfg.decoder_hidden or None, query_head=cfg.query_head)
+    dims = VPLDims.scaled(encoder_dim, pair_hidden=cfg.pair_hidden, pair_out=cfg.pair_out, latent=cfg.latent,
+                          decoder_hidden=cfg.decoder_hidden)
+    return VPLRewardModel(encoder_dim, dims, query_head=cfg.query_head, z_mode=cfg.z_mode)

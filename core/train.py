@@ -27,13 +27,11 @@ from .config import ConfigError, TrainConfig, build_config, load_config_file
 from .dataset import PrefData, build, used_text_ids
 from .encoders import EmbeddingCache, TextEncoder, default_cache_root
 from .models import (
-    BTLRewardModel,
-    VPLDims,
-    VPLRewardModel,
     active_units,
     btl_loss,
     contrastive_loss,
     kl_to_standard_normal,
+    model_from_config,
 )
 from .runs import RunDir
 from .samplers import AdaptiveSampler, UniformSampler
@@ -64,6 +62,13 @@ def load_users(cfg: TrainConfig) -> np.ndarray:
     return preset(cfg.users, seed=cfg.user_seed) if isinstance(cfg.users, str) else np.asarray(cfg.users, float)
 
 
+def lora_targets(model: torch.nn.Module) -> list[str] | None:
+    """The attention projections LoRA goes on (BERT: query/key/value; Llama: q/k/v_proj; GPT-2: c_attn);
+    poolers and MLPs stay untouched. None lets peft pick when none of these names exist."""
+    names = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    return [t for t in ("query", "key", "value", "q_proj", "k_proj", "v_proj", "c_attn") if t in names] or None
+
+
 class Trainer:
     """A small generic loop (minGPT-style) with callbacks: ``on_eval(trainer, record)``, ``on_step(trainer)``."""
 
@@ -89,14 +94,7 @@ class Trainer:
             # small heads on cached embeddings: one thread is ~70x faster than two fighting a busy core
             threads = cfg.cpu_threads or (1 if cfg.query_encoder == "frozen" else torch.get_num_threads())
             torch.set_num_threads(threads)
-        D = self.encoder.dim
-        if cfg.method == "btl":
-            self.model = BTLRewardModel(D, hidden=cfg.decoder_hidden or None, query_head=cfg.query_head)
-        else:
-            dims = VPLDims.scaled(D, pair_hidden=cfg.pair_hidden, pair_out=cfg.pair_out, latent=cfg.latent,
-                                  decoder_hidden=cfg.decoder_hidden)
-            self.model = VPLRewardModel(D, dims, query_head=cfg.query_head, z_mode=cfg.z_mode)
-        self.model.to(self.device)
+        self.model = model_from_config(cfg, self.encoder.dim).to(self.device)
         self.query_encoder = self._setup_query_encoder()
         # Micro-batches of equal size under a plain sum give the same gradient as one batch of all of
         # them; fusing them pays off where a step is launch-bound (a trained encoder on CUDA: measured
@@ -161,11 +159,8 @@ class Trainer:
         if mode == "lora":
             from peft import LoraConfig, get_peft_model
 
-            names = {n.split(".")[-1] for n, m in enc.model.named_modules() if isinstance(m, torch.nn.Linear)}
-            # attention projections only (the usual LoRA placement); BERT-style poolers stay untouched
-            targets = [t for t in ("query", "key", "value", "q_proj", "k_proj", "v_proj", "c_attn") if t in names]
-            peft_cfg = LoraConfig(r=self.cfg.lora_r, lora_alpha=self.cfg.lora_alpha, target_modules=targets or None,
-                                  lora_dropout=0.0)
+            peft_cfg = LoraConfig(r=self.cfg.lora_r, lora_alpha=self.cfg.lora_alpha,
+                                  target_modules=lora_targets(enc.model), lora_dropout=0.0)
             enc.model = get_peft_model(enc.model, peft_cfg)
         else:
             for p in enc.model.parameters():

@@ -1,0 +1,186 @@
+"""A finished run as a reward function: place a visitor, predict their choices, score text, TRL GRPO."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.config import build_config
+from core.reward import PersonalRewardModel, RewardModelError, ask_pairs
+from core.runs import RunDir
+from core.train import train
+from core.users import user_scores
+
+REPO = Path(__file__).resolve().parents[1]
+LESSON = {"corpus_prompts": 400, "steps": 150, "eval_every": 25}
+HONESTY, HELPFULNESS = [0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, cache_root, small_corpus_embeddings):
+    root = tmp_path_factory.mktemp("reward-runs")
+    train(build_config({"preset": "vpl-adaptive", **LESSON, "cache_dir": cache_root}), root / "vpl", log=lambda m: None)
+    train(build_config({"preset": "traditional", **LESSON, "steps": 20, "cache_dir": cache_root}), root / "btl",
+          log=lambda m: None)
+    return root
+
+
+@pytest.fixture(scope="module")
+def rm(runs):
+    return PersonalRewardModel.from_run(runs / "vpl", device="cpu")
+
+
+def answer(table, w, pair):
+    """A scripted visitor with weights w answers the A/B pair: (prompt, chosen, rejected)."""
+    q, i, j = pair
+    s = user_scores(table, np.asarray([w]))[0, q]
+    a, b = (i, j) if s[i] > s[j] else (j, i)
+    return table.prompts[q], table.responses[q][a], table.responses[q][b]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("w, user", [(HONESTY, 1), (HELPFULNESS, 0)])
+def test_a_one_hot_visitor_is_placed_by_its_user_and_predicted(rm, w, user):
+    table = rm.table()
+    asked = ask_pairs(table, rm.W, 8, how="random", seed=3)
+    me = rm.infer_user([answer(table, w, p) for p in asked])
+    assert me.nearest[0]["user"] == user and me.n_demos == 8
+    assert me.nearest[0]["distance"] < me.nearest[1]["distance"] / 3
+    aspect = "honesty" if user == 1 else "helpfulness"
+    assert max(me.weights, key=me.weights.get) == aspect and abs(sum(me.weights.values()) - 1) < 1e-6
+    nxt = ask_pairs(table, rm.W, 16, how="random", seed=11, exclude=[p[0] for p in asked])
+    hits = 0
+    for q, i, j in nxt:
+        r = rm.score(table.prompts[q], [table.responses[q][i], table.responses[q][j]], user=me)
+        s = user_scores(table, np.asarray([w]))[0, q]
+        hits += (r[0] > r[1]) == (s[i] > s[j])
+    assert hits / len(nxt) >= 0.8, hits
+    # the simulated user of the same taste scores the same way as the visitor's estimate
+    q, i, j = nxt[0]
+    as_user = rm.score(table.prompts[q], [table.responses[q][i], table.responses[q][j]], user=user)
+    as_me = rm.score(table.prompts[q], [table.responses[q][i], table.responses[q][j]], user=me)
+    assert (as_user[0] > as_user[1]) == (as_me[0] > as_me[1])
+
+
+def test_infogain_pairs_are_contested_and_distinct(rm):
+    table = rm.table()
+    pairs = ask_pairs(table, rm.W, 6, how="infogain")
+    assert len(pairs) == 6 and len({q for q, _, _ in pairs}) == 6
+    s = user_scores(table, rm.W)  # (U, Q, C)
+    for q, i, j in pairs:  # the two users disagree on every pair asked
+        assert (s[0, q, i] > s[0, q, j]) != (s[1, q, i] > s[1, q, j])
+
+
+@pytest.mark.slow
+def test_errors_are_named_not_crashed_on(runs, rm, tmp_path):
+    table = rm.table()
+    demo = answer(table, HONESTY, ask_pairs(table, rm.W, 1, how="random")[0])
+    btl = PersonalRewardModel.from_run(runs / "btl", device="cpu")
+    with pytest.raises(RewardModelError, match="not conditional"):
+        btl.infer_user([demo])
+    assert len(btl.score("A question?", ["one", "two"], user=None)) == 2
+    with pytest.raises(RewardModelError, match="^demos: give at least one"):
+        rm.infer_user([])
+    with pytest.raises(RewardModelError, match=r"^demos\[1\]\.chosen: empty text"):
+        rm.infer_user([demo, (demo[0], "  ", demo[2])])
+    with pytest.raises(RewardModelError, match="^user: index 2 is out of range for a run with 2 users"):
+        rm.score("Q?", ["a"], user=2)
+    with pytest.raises(RewardModelError, match="^user: this model is conditional"):
+        rm.score("Q?", ["a"], user=None)
+    with pytest.raises(RewardModelError, match="^run_dir: no training run"):
+        PersonalRewardModel.from_run(tmp_path / "nothing")
+    unfinished = RunDir(tmp_path / "unfinished").create()
+    unfinished.write_config(RunDir(runs / "vpl").config())
+    unfinished.update_status(state="running")
+    with pytest.raises(RewardModelError, match="'running', not finished"):
+        PersonalRewardModel.from_run(unfinished.path)
+
+
+@pytest.mark.slow
+def test_cli_scores_and_ranks_with_json_out(runs, rm, tmp_path, cache_root):
+    import os
+
+    table = rm.table()
+    asked = ask_pairs(table, rm.W, 8, how="random", seed=3)
+    demos = [dict(zip(("prompt", "chosen", "rejected"), answer(table, HONESTY, p), strict=True)) for p in asked]
+    (tmp_path / "demos.json").write_text(json.dumps(demos))
+    q, i, j = ask_pairs(table, rm.W, 1, how="random", seed=99, exclude=[p[0] for p in asked])[0]
+    files = []
+    for n, c in enumerate((i, j)):
+        f = tmp_path / f"r{n}.txt"
+        f.write_text(table.responses[q][c])
+        files.append(str(f))
+    (tmp_path / "cands.jsonl").write_text("".join(json.dumps({"response": table.responses[q][c]}) + "\n"
+                                                  for c in range(len(table.responses[q]))))
+    env = {**os.environ, "PREFLENS_CACHE": cache_root}
+    base = [sys.executable, "-m", "core.reward"]
+    score = subprocess.run(base + ["score", "--run", str(runs / "vpl"), "--demos", str(tmp_path / "demos.json"),
+                                   "--prompt", table.prompts[q], "--responses", *files, "--out", str(tmp_path / "s.json")],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert score.returncode == 0, score.stderr[-1500:]
+    out = json.loads((tmp_path / "s.json").read_text())
+    honest_first = user_scores(table, np.asarray([HONESTY]))[0, q]
+    expect = files[0] if honest_first[i] > honest_first[j] else files[1]
+    assert out["best"] == expect and out["user"]["nearest"][0]["user"] == 1
+    assert "rank" in score.stdout and "reward" in score.stdout
+    rank = subprocess.run(base + ["rank", "--run", str(runs / "vpl"), "--user", "0", "--prompt", table.prompts[q],
+                                  "--candidates", str(tmp_path / "cands.jsonl"), "--out", str(tmp_path / "r.json")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert rank.returncode == 0, rank.stderr[-1500:]
+    ranked = json.loads((tmp_path / "r.json").read_text())
+    rewards = [r["reward"] for r in ranked["ranking"]]
+    assert len(rewards) == len(table.responses[q]) and rewards == sorted(rewards, reverse=True)
+    assert ranked["best"] in table.responses[q]
+    bad = subprocess.run(base + ["score", "--run", str(runs / "vpl"), "--user", "7", "--prompt", "Q?",
+                                 "--responses", files[0]], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "user: index 7 is out of range" in bad.stderr
+
+
+@pytest.mark.slow
+def test_trl_grpo_trains_two_steps_on_this_reward(rm, tmp_path):
+    """A tiny random policy (SmolLM2's tokenizer, a 1-layer Llama) and GRPOTrainer, rewarded by the run."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from trl import GRPOConfig, GRPOTrainer
+
+    from core.bundled import bundled_smollm2_folder
+
+    tok = AutoTokenizer.from_pretrained(bundled_smollm2_folder())
+    tok.pad_token = tok.pad_token or tok.eos_token
+    policy_dir = tmp_path / "policy"
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)).save_pretrained(policy_dir)
+    tok.save_pretrained(policy_dir)
+    table = rm.table()
+    reward = rm.as_reward_function(1)  # as the honesty user
+    seen: list[float] = []
+
+    def preflens_honesty(prompts, completions, **kw):
+        out = reward(prompts, completions, **kw)
+        seen.extend(out)
+        return out
+
+    data = Dataset.from_dict({"prompt": [f"Question: {p}\nAnswer:" for p in table.prompts[:8]]})
+    args = GRPOConfig(output_dir=str(tmp_path / "grpo"), per_device_train_batch_size=4, num_generations=4,
+                      max_completion_length=8, max_steps=2, logging_steps=1, report_to=[], save_strategy="no",
+                      use_cpu=True, bf16=False, learning_rate=1e-3, seed=0)
+    before = {n: p.detach().clone() for n, p in LlamaForCausalLM.from_pretrained(policy_dir).named_parameters()}
+    trainer = GRPOTrainer(model=str(policy_dir), reward_funcs=[preflens_honesty], args=args, train_dataset=data,
+                          processing_class=tok)
+    trainer.train()
+    assert trainer.state.global_step == 2
+    logged = [h["rewards/preflens_honesty/mean"] for h in trainer.state.log_history
+              if "rewards/preflens_honesty/mean" in h]
+    assert len(logged) == 2 and len(seen) >= 8
+    assert np.isclose(np.mean(seen[:len(seen) // 2]), logged[0], atol=1e-4)  # the logged rewards are ours
+    assert np.std(seen) > 0  # different completions, different rewards
+    moved = [n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach().cpu(), before[n])]
+    assert moved  # the policy was updated by these rewards
