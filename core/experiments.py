@@ -94,7 +94,6 @@ def summarize(rows: Iterable[dict]) -> list[dict]:
         encoders = sorted({str(r.get("encoder")) for r in rs if r.get("encoder")})
         out.append({
             "method": method,
-            "encoder": ", ".join(encoders) or None,
             "runs": len(rs),
             "accuracy_mean": float(acc.mean()) if len(acc) else None,
             "accuracy_std": float(acc.std()) if len(acc) else None,
@@ -103,6 +102,7 @@ def summarize(rows: Iterable[dict]) -> list[dict]:
             "epochs_to_converge": mean("epochs_to_converge"),
             "wall_to_converge_s": mean("wall_to_converge_s"),
             "wall_s": mean("wall_s", rs),
+            "encoder": ", ".join(encoders) or None,  # last: the CSV's first columns stay as they were
         })
     return out
 

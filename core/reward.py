@@ -271,6 +271,11 @@ class PersonalRewardModel:
         zz = None if z is None else z[None].expand(len(texts), -1)  # (R, L)
         return [float(r) for r in self.model.reward(q, zz).float().cpu()]
 
+    def preference(self, prompt: str, a: str, b: str, user=None) -> float:
+        """P(the user prefers a over b) = sigmoid(r(a) - r(b)) (BTL)."""
+        ra, rb = self.score(prompt, [a, b], user=user)
+        return float(1.0 / (1.0 + np.exp(-(ra - rb))))
+
     def as_reward_function(self, user=None) -> Callable[..., list[float]]:
         """A callable with TRL's ``reward_funcs`` signature: ``(prompts, completions, **kwargs) -> list[float]``."""
         z = self._z(user)

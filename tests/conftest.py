@@ -42,3 +42,21 @@ def small_corpus_embeddings(small_corpus, minilm, cache_root):
     from core.encoders import EmbeddingCache
 
     return EmbeddingCache(cache_root, minilm).get(all_texts(small_corpus))
+
+
+LESSON_IDS = {"vpl-adaptive": "vpl-adaptive-20260101-000000-aaaaaa", "traditional": "traditional-20260101-000000-bbbbbb"}
+
+
+@pytest.fixture(scope="session")
+def lesson_runs_root(tmp_path_factory, cache_root, small_corpus_embeddings):
+    """A runs root with a finished two-opposed vpl-adaptive run (400 questions, 150 steps) and a
+    traditional run on the same data (20 steps), under generated-looking run ids."""
+    from core.config import build_config
+    from core.train import train
+
+    root = tmp_path_factory.mktemp("lesson-runs")
+    lesson = {"corpus_prompts": 400, "steps": 150, "eval_every": 25, "cache_dir": cache_root}
+    train(build_config({"preset": "vpl-adaptive", **lesson}), root / LESSON_IDS["vpl-adaptive"], log=lambda m: None)
+    train(build_config({"preset": "traditional", **lesson, "steps": 20}), root / LESSON_IDS["traditional"],
+          log=lambda m: None)
+    return root

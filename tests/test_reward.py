@@ -10,24 +10,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.config import build_config
 from core.reward import PersonalRewardModel, RewardModelError, ask_pairs
 from core.runs import RunDir
-from core.train import train
 from core.users import user_scores
 
 REPO = Path(__file__).resolve().parents[1]
-LESSON = {"corpus_prompts": 400, "steps": 150, "eval_every": 25}
 HONESTY, HELPFULNESS = [0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, cache_root, small_corpus_embeddings):
-    root = tmp_path_factory.mktemp("reward-runs")
-    train(build_config({"preset": "vpl-adaptive", **LESSON, "cache_dir": cache_root}), root / "vpl", log=lambda m: None)
-    train(build_config({"preset": "traditional", **LESSON, "steps": 20, "cache_dir": cache_root}), root / "btl",
-          log=lambda m: None)
-    return root
+def runs(lesson_runs_root):
+    """runs / "vpl" and runs / "btl": the session's lesson runs (tests/conftest.py)."""
+    from tests.conftest import LESSON_IDS
+
+    class Root:
+        def __truediv__(self, name):
+            return lesson_runs_root / LESSON_IDS["vpl-adaptive" if name == "vpl" else "traditional"]
+
+    return Root()
 
 
 @pytest.fixture(scope="module")
