@@ -1,0 +1,67 @@
+"""Many users: reference ceilings, the z-shuffle diagnostic, decoders that condition multiplicatively."""
+
+import numpy as np
+import pytest
+
+from core.config import build_config
+from core.dataset import build
+from core.references import reference_accuracy, shuffled_contexts, user_groups
+from core.runs import RunDir
+from core.train import train
+from core.users import preset
+
+SMALL = {"corpus_prompts": 400, "cache_dir": None}
+
+
+def test_user_groups_follow_preset_clusters_and_equal_custom_weights():
+    g = user_groups("cluster", preset("cluster"))
+    assert np.bincount(g).tolist() in ([49, 30, 20, 1], sorted([49, 30, 20, 1]))  # any label order
+    assert sorted(np.bincount(g).tolist()) == [1, 20, 30, 49]
+    custom = [[1, 0, 0, 0], [0, 1, 0, 0], [1, 0, 0, 0]]
+    g = user_groups(custom, np.array(custom, float))
+    assert g[0] == g[2] != g[1]
+
+
+def test_shuffled_contexts_always_borrow_another_users_demonstrations(small_corpus):
+    W = preset("four-one-hot")
+    data = build(small_corpus, W, seed=0, pool_size=30, n_demos=4)
+    shuf = shuffled_contexts(data.test, seed=1)
+    # which user's pool each demonstration row came from
+    owner = {}
+    for s in (data.train, data.test):
+        for u, row in zip(s.user, s.ctx_chosen, strict=True):
+            owner.setdefault(tuple(row), set()).add(int(u))
+    for u, row in zip(shuf.user, shuf.ctx_chosen, strict=True):
+        assert int(u) not in owner[tuple(row)]
+    assert np.array_equal(shuf.chosen, data.test.chosen)  # the pairs themselves are untouched
+    assert shuffled_contexts(data.test.take(np.flatnonzero(data.test.user == 0)), seed=1) is None
+
+
+def test_reference_ceilings_on_two_opposed_users(small_corpus, small_corpus_embeddings):
+    W = preset("two-opposed")
+    data = build(small_corpus, W, seed=0)
+    emb = np.zeros((len(data.texts), small_corpus_embeddings.shape[1]), np.float32)
+    emb[: len(small_corpus_embeddings)] = small_corpus_embeddings
+    ref = reference_accuracy(data, small_corpus.ratings, W, user_groups("two-opposed", W), emb)
+    # each user is their own group, and every kept pair is a strict preference: the group oracle is exact
+    assert ref["user"]["group"] == {"0": 1.0, "1": 1.0}
+    # one averaged taste cannot serve two users who disagree on every pair
+    assert ref["global"] < 0.75 and min(ref["user"]["global"].values()) < 0.6
+    # the frozen MiniLM features let a linear head read each user's taste (the corpus probe's promise)
+    assert min(ref["user"]["probe"].values()) > 0.85
+    assert ref["probe"] == pytest.approx(np.mean(list(ref["user"]["probe"].values())))
+
+
+def test_records_carry_references_at_step_0_and_z_shuffle_at_every_vpl_eval(tmp_path, small_corpus_embeddings,
+                                                                             cache_root):
+    cfg = build_config({"preset": "vpl", **SMALL, "users": "four-one-hot", "steps": 4, "eval_every": 2,
+                        "cache_dir": cache_root})
+    hist = train(cfg, tmp_path / "v", log=lambda m: None)
+    assert [r["step"] for r in hist] == [0, 2, 4]
+    assert all(0.0 <= r["z_shuffled_accuracy"] <= 1.0 for r in hist)
+    ref = hist[0]["reference_accuracy"]
+    assert set(ref["user"]["probe"]) == {"0", "1", "2", "3"} and "reference_accuracy" not in hist[-1]
+    assert RunDir(tmp_path / "v").metrics()[0][0]["reference_accuracy"] == ref  # written, not only returned
+    btl = train(build_config({"preset": "traditional", **SMALL, "users": "four-one-hot", "steps": 2,
+                              "eval_every": 2, "cache_dir": cache_root}), tmp_path / "b", log=lambda m: None)
+    assert "z_shuffled_accuracy" not in btl[-1] and btl[0]["reference_accuracy"]["group"] == pytest.approx(1.0)
