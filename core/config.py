@@ -64,6 +64,7 @@ class TrainConfig(BaseModel):
     pair_out: int = Field(0, ge=0, description="Pair-encoder output width (0 = auto).")
     latent: int = Field(0, ge=0, description="Latent z width (0 = auto).")
     decoder_hidden: int = Field(0, ge=0, description="Decoder hidden width (0 = auto).")
+    decoder: Literal["concat", "bilinear", "film", "hyper"] = Field("concat", description="How the VPL decoder joins the response embedding e and the user latent z. 'concat': the study's MLP([e, z]). 'bilinear': MLP([e, z]) + <U e, V z>. 'film': z scales and shifts the hidden features of e. 'hyper': z writes the weights of a reward head over features of e. See core.models.")
     beta: float = Field(0.0, ge=0.0, description="Weight of the KL term (the study: 0 or tiny).")
     # optimization
     lr: float = Field(1e-4, gt=0.0, le=1.0, description="Peak learning rate (AdamW).")

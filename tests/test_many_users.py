@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
+import torch
 
-from core.config import build_config
+from core.config import ConfigError, build_config
 from core.dataset import build
+from core.models import DECODERS, VPLDims, VPLRewardModel
 from core.references import reference_accuracy, shuffled_contexts, user_groups
 from core.runs import RunDir
 from core.train import train
@@ -65,3 +67,27 @@ def test_records_carry_references_at_step_0_and_z_shuffle_at_every_vpl_eval(tmp_
     btl = train(build_config({"preset": "traditional", **SMALL, "users": "four-one-hot", "steps": 2,
                               "eval_every": 2, "cache_dir": cache_root}), tmp_path / "b", log=lambda m: None)
     assert "z_shuffled_accuracy" not in btl[-1] and btl[0]["reference_accuracy"]["group"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("kind", DECODERS)
+def test_every_decoder_lets_z_change_which_response_wins(kind):
+    """The reward difference of one pair must be able to flip sign with z: fit two z's to opposite labels."""
+    torch.manual_seed(0)
+    model = VPLRewardModel(16, VPLDims.scaled(16), decoder=kind)
+    e_a, e_b = torch.randn(8, 16), torch.randn(8, 16)
+    z = torch.cat([torch.full((8, 8), 1.0), torch.full((8, 8), -1.0)])
+    want = torch.cat([torch.ones(8), -torch.ones(8)])  # user 1 prefers a, user 2 prefers b
+    opt = torch.optim.Adam(model.decoder.parameters(), lr=1e-2)
+    for _ in range(300):
+        margin = model.reward(torch.cat([e_a, e_a]), z) - model.reward(torch.cat([e_b, e_b]), z)
+        loss = torch.nn.functional.softplus(-want * margin).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert ((margin > 0) == (want > 0)).all(), kind
+
+
+def test_unknown_decoder_names_the_field():
+    with pytest.raises(ConfigError, match=r"^decoder: "):
+        build_config({"preset": "vpl", "decoder": "concatenate"})
+    assert build_config({"preset": "vpl"}).decoder == "concat"  # the study's presets keep the study's decoder
