@@ -91,3 +91,34 @@ def test_unknown_decoder_names_the_field():
     with pytest.raises(ConfigError, match=r"^decoder: "):
         build_config({"preset": "vpl", "decoder": "concatenate"})
     assert build_config({"preset": "vpl"}).decoder == "concat"  # the study's presets keep the study's decoder
+
+
+def test_compare_takes_users_by_preset_name_or_json_file_and_names_what_is_wrong(tmp_path, capsys):
+    from core.experiments import main as experiments_main
+    from core.experiments import parse_users_arg
+
+    assert parse_users_arg("four-one-hot") == "four-one-hot"
+    good = tmp_path / "users.json"
+    good.write_text('{"users": [[2, 0, 0, 0], [0, 1, 1, 0]]}')
+    assert parse_users_arg(str(good)) == [[1.0, 0.0, 0.0, 0.0], [0.0, 0.5, 0.5, 0.0]]
+    cases = {
+        "nobody": "neither a user preset",
+        "bad.json": "not JSON",
+        "neg.json": "user 1: weight 'truthfulness' is negative",
+        "short.json": "user 0: weights must have 4 numbers",
+        "obj.json": "without a 'users' list",
+    }
+    (tmp_path / "bad.json").write_text("[[1, 0, 0, 0],")
+    (tmp_path / "neg.json").write_text("[[1, 0, 0, 0], [0, 1, 0, -1]]")
+    (tmp_path / "short.json").write_text("[[1, 0, 0]]")
+    (tmp_path / "obj.json").write_text('{"weights": []}')
+    for name, message in cases.items():
+        arg = name if name == "nobody" else str(tmp_path / name)
+        code = experiments_main(["compare", "--presets", "vpl", "--seeds", "0", "--out", str(tmp_path / "o"),
+                                 "--users", arg, "--dry-run"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: --users: ") and message in err, (name, err)
+    assert not (tmp_path / "o").exists()  # nothing was trained
+    assert experiments_main(["compare", "--presets", "vpl", "--seeds", "0", "--out", str(tmp_path / "ok"),
+                             "--users", str(good), "--dry-run"]) == 0
+    assert RunDir(tmp_path / "ok" / "runs" / "vpl-s0").config()["users"] == [[1.0, 0.0, 0.0, 0.0], [0.0, 0.5, 0.5, 0.0]]
