@@ -123,8 +123,12 @@ class Trainer:
                                                          cfg.steps)
         users = self.data.train.user
         if cfg.sampler == "adaptive":
+            unit = cfg.adaptive_unit
+            if unit == "auto":
+                unit = "user" if self.data.n_users <= 8 else "group"
             self.sampler = AdaptiveSampler(users, cfg.steps, order=cfg.adaptive_order, weights=cfg.adaptive_weights,
-                                           steps_per_phase=cfg.steps_per_phase, seed=cfg.seed)
+                                           steps_per_phase=cfg.steps_per_phase, seed=cfg.seed,
+                                           unit_of_user=user_groups(cfg.users, self.W) if unit == "group" else None)
         else:
             self.sampler = UniformSampler(users, seed=cfg.seed)
         self.z_gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
