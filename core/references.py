@@ -35,6 +35,19 @@ def user_groups(users: str | list, W: np.ndarray) -> np.ndarray:
     return np.asarray(idx, dtype=np.int64).reshape(-1)
 
 
+def group_labels(users: str | list, user_seed: int = 0) -> list[str]:
+    """A readable group name per user of a run's ``users`` config (preset name or weight list)."""
+    from .users import PRESET_GROUPS, preset_groups, validate_users
+
+    if isinstance(users, str):
+        if users in PRESET_GROUPS or users in ("two-opposed", "four-one-hot"):
+            return preset_groups(users)
+        raise ValueError(f"users: unknown preset {users!r}")
+    W = validate_users(users)
+    idx = user_groups(list(W), W)
+    return [f"group {int(g) + 1}" for g in idx]
+
+
 def _rating_diff(split: Split, ratings: np.ndarray) -> np.ndarray:
     """float (N, 4): ratings of the chosen minus the rejected response (N/A read as 0)."""
     flat = np.nan_to_num(ratings.reshape(-1, ratings.shape[2]).astype(float))
@@ -82,16 +95,22 @@ def weight_references(data: PrefData, ratings: np.ndarray, W: np.ndarray, groups
     return out
 
 
-def probe_reference(data: PrefData, embeddings: np.ndarray, C: float = 1.0) -> dict[str, float]:
-    """Per-user linear probe on frozen embedding differences: fit on train pairs, score test pairs."""
+def probe_reference(data: PrefData, embeddings: np.ndarray, C: float = 1.0, max_fit: int = 2000,
+                    seed: int = 0) -> dict[str, float]:
+    """Per-user linear probe on frozen embedding differences: fit on (at most ``max_fit``, drawn by
+    seed) train pairs of the user, score all their test pairs. The cap keeps 100 users to seconds;
+    a 384-d linear probe gains little beyond a few thousand pairs."""
     from sklearn.linear_model import LogisticRegression
 
     E = np.asarray(embeddings, dtype=np.float32)
+    rng = np.random.default_rng(seed)
     out = {}
     for u in range(data.n_users):
-        tr, te = data.train.user == u, data.test.user == u
+        tr, te = np.flatnonzero(data.train.user == u), data.test.user == u
         if not te.any():
             continue
+        if len(tr) > max_fit:
+            tr = np.sort(rng.choice(tr, size=max_fit, replace=False))
         d = E[data.train.chosen[tr]] - E[data.train.rejected[tr]]
         # both orientations, so the classes are balanced and the fit needs no intercept
         x = np.concatenate([d, -d])
