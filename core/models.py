@@ -147,16 +147,17 @@ class VPLRewardModel(nn.Module):
     conditional = True
 
     def __init__(self, encoder_dim: int, dims: VPLDims | None = None, n_heads: int = 4, dropout: float = 0.0,
-                 query_head: str = "none", z_mode: str = "sample", decoder: str = "concat"):
+                 query_head: str = "none", z_mode: str = "sample", decoder: str = "concat", pair_diff: bool = False):
         super().__init__()
         d = dims or VPLDims.scaled(encoder_dim)
         self.dims = d
-        if z_mode not in ("sample", "vpl"):
+        if z_mode not in ("sample", "vpl", "mean"):
             raise ValueError(f"z_mode: unknown mode {z_mode!r}")
         self.z_mode = z_mode
         self.query_head = query_projection(encoder_dim, query_head)
-        # pair encoder: [e_chosen, e_rejected] -> one vector per demonstration
-        self.pair_encoder = mlp(2 * encoder_dim, d.pair_hidden, d.pair_out, dropout)
+        # pair encoder: [e_chosen, e_rejected] (+ their difference with pair_diff) -> one vector per demonstration
+        self.pair_diff = pair_diff
+        self.pair_encoder = mlp((3 if pair_diff else 2) * encoder_dim, d.pair_hidden, d.pair_out, dropout)
         # sequence encoder: self-attention across the K demonstrations, then mean-pool
         heads = n_heads if d.pair_out % n_heads == 0 else 1
         self.attn = nn.MultiheadAttention(d.pair_out, heads, dropout=dropout, batch_first=True)
@@ -169,7 +170,8 @@ class VPLRewardModel(nn.Module):
 
     def encode_user(self, ctx_chosen: torch.Tensor, ctx_rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, K, D) x 2 -> mu, logvar (B, L)."""
-        h = self.pair_encoder(torch.cat([ctx_chosen, ctx_rejected], dim=-1))  # (B, K, P)
+        parts = [ctx_chosen, ctx_rejected] + ([ctx_chosen - ctx_rejected] if self.pair_diff else [])
+        h = self.pair_encoder(torch.cat(parts, dim=-1))  # (B, K, P)
         a, _ = self.attn(h, h, h, need_weights=False)  # (B, K, P)
         pooled = self.norm(h + a).mean(dim=1)  # (B, P)
         return self.to_mu(pooled), self.to_logvar(pooled).clamp(-10.0, 10.0)
@@ -185,7 +187,7 @@ class VPLRewardModel(nn.Module):
                generator: torch.Generator | None = None) -> torch.Tensor:
         """z (B, L): a reparameterized sample in training, mu at evaluation. 'vpl' puts the training
         sample on the sphere of radius sqrt(L) (but not mu at evaluation: the reference code's mismatch)."""
-        if not train:
+        if not train or self.z_mode == "mean":
             return mu
         z = self.sample(mu, logvar, generator)
         if self.z_mode == "vpl":

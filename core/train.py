@@ -97,7 +97,7 @@ class Trainer:
             dims = VPLDims.scaled(D, pair_hidden=cfg.pair_hidden, pair_out=cfg.pair_out, latent=cfg.latent,
                                   decoder_hidden=cfg.decoder_hidden)
             self.model = VPLRewardModel(D, dims, query_head=cfg.query_head, z_mode=cfg.z_mode,
-                                        decoder=cfg.decoder)
+                                        decoder=cfg.decoder, pair_diff=cfg.pair_diff)
         self.model.to(self.device)
         self.query_encoder = self._setup_query_encoder()
         # Micro-batches of equal size under a plain sum give the same gradient as one batch of all of

@@ -122,3 +122,18 @@ def test_compare_takes_users_by_preset_name_or_json_file_and_names_what_is_wrong
     assert experiments_main(["compare", "--presets", "vpl", "--seeds", "0", "--out", str(tmp_path / "ok"),
                              "--users", str(good), "--dry-run"]) == 0
     assert RunDir(tmp_path / "ok" / "runs" / "vpl-s0").config()["users"] == [[1.0, 0.0, 0.0, 0.0], [0.0, 0.5, 0.5, 0.0]]
+
+
+@pytest.mark.slow
+def test_z_shuffle_tells_a_model_that_reads_the_user_from_one_that_stalls(tmp_path, small_corpus_embeddings,
+                                                                          cache_root):
+    """Four one-hot users at CPU size: the study's concat decoder stalls and ignores z; personal uses it."""
+    out = {}
+    for p in ("vpl", "personal"):
+        cfg = build_config({"preset": p, **SMALL, "users": "four-one-hot", "steps": 400, "eval_every": 100,
+                            "cache_dir": cache_root})
+        out[p] = train(cfg, tmp_path / p, log=lambda m: None)[-1]
+    stalled, personal = out["vpl"], out["personal"]
+    assert abs(stalled["accuracy"] - stalled["z_shuffled_accuracy"]) < 0.05, stalled
+    assert personal["z_shuffled_accuracy"] < personal["accuracy"] - 0.10, personal
+    assert personal["accuracy"] > stalled["accuracy"] + 0.05
