@@ -61,6 +61,12 @@ def run_row(path: str | Path) -> dict | None:
         "wall_s": last.get("wall_s"),
         "skipped_lines": skipped,
     }
+    ref = records[0].get("reference_accuracy") if records[0].get("step") == 0 else None
+    if isinstance(ref, dict):  # the ceilings on this run's own test pairs (core.references)
+        for k in ("global", "group", "probe"):
+            row[f"ref_{k}"] = ref.get(k)
+    if "z_shuffled_accuracy" in last:
+        row["z_shuffled_accuracy"] = last["z_shuffled_accuracy"]
     if "uniform_k0_accuracy" in last:  # few-shot runs carry the study's Figure 4 reference line
         row["uniform_k0_accuracy"] = last["uniform_k0_accuracy"]
     for u, a in (last.get("user_accuracy") or {}).items():
@@ -104,6 +110,9 @@ def summarize(rows: Iterable[dict]) -> list[dict]:
             "wall_to_converge_s": mean("wall_to_converge_s"),
             "wall_s": mean("wall_s", rs),
         })
+        for key in ("z_shuffled_accuracy", "ref_global", "ref_group", "ref_probe"):
+            if any(r.get(key) is not None for r in rs):
+                out[-1][key] = mean(key, [r for r in rs if key in r])
     return out
 
 
