@@ -239,7 +239,8 @@ if not runs:
             "*Four users* (one per aspect): the study's VPL decoder, which only appends z to the response "
             "embedding, stalls near the traditional model: it barely uses who the user is (its *z shuffled* "
             "accuracy stays close to its accuracy). PrefLens's `personal` preset lets z multiply the response "
-            "features and serves all four. A few minutes on a laptop CPU.")
+            "features: it uses z (its z-shuffled accuracy falls) and does better, but does not yet serve all "
+            "four users well. A few minutes on a laptop CPU.")
     c1, c2 = st.columns(2)
     if c1.button("Run the two-opposed lesson", type="primary", key="lesson"):
         ids = submit_all(jm, ["traditional", "vpl-adaptive"], [0], {"users": "two-opposed", **QUICK})
