@@ -10,6 +10,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.jobs import JobManager, default_root
+from core.references import group_labels
+from core.runs import RunDir
 from ui.state import run_label
 
 STEP_RE = re.compile(r"^step-(\d+)\.npz$")
@@ -100,10 +102,19 @@ st.query_params["run"] = run_id
 files = latent_files(by_id[run_id]["path"])
 steps = list(files)
 
-c1, c2, c3 = st.columns([3, 1, 1])
+c1, c2, c3, c4 = st.columns([3, 1, 1, 1])
 step = c1.select_slider("Evaluation step", options=steps, value=steps[-1], key="latent_step")
 perplexity = c2.slider("Perplexity", 2, 50, 15, key="latent_perplexity")
 seed = c3.number_input("t-SNE seed", 0, 10_000, 0, key="latent_seed")
+try:
+    _cfg = RunDir(by_id[run_id]["path"]).config() or {}
+    groups = group_labels(_cfg["users"], int(_cfg.get("user_seed", 0)))
+except (KeyError, TypeError, ValueError):
+    groups = None
+many = groups is not None and len(groups) > 8
+colour_by = c4.radio("Colour by", ["user", "group"], index=1 if many else 0, key="latent_colour",
+                     disabled=groups is None, help="group: the preset's clusters (custom users with equal weights "
+                     "share a group). With 100 users, 100 colours say little; groups show whether clusters separate.")
 
 path = files[step]
 data = load_latents(path, mtime(path))
@@ -116,10 +127,21 @@ with left:
         mu, user = data
         xy = tsne(path, mtime(path), float(perplexity), int(seed))
         fig = go.Figure()
-        for u in np.unique(user):
-            m = user == u
-            fig.add_trace(go.Scattergl(x=xy[m, 0], y=xy[m, 1], mode="markers", name=f"user {u}",
-                                       marker={"size": 7, "opacity": 0.8}, meta={"user": int(u)}))
+        if colour_by == "group" and groups is not None and int(user.max()) < len(groups):
+            g_of = np.asarray(groups)[user]
+            for g in dict.fromkeys(groups):
+                m = g_of == g
+                if m.any():
+                    fig.add_trace(go.Scattergl(x=xy[m, 0], y=xy[m, 1], mode="markers",
+                                               name=f"{g} ({len(np.unique(user[m]))} users)",
+                                               marker={"size": 6, "opacity": 0.7}, meta={"group": g},
+                                               text=[f"user {u}" for u in user[m]]))
+        else:
+            for u in np.unique(user):
+                m = user == u
+                fig.add_trace(go.Scattergl(x=xy[m, 0], y=xy[m, 1], mode="markers", name=f"user {u}",
+                                           marker={"size": 7, "opacity": 0.8}, meta={"user": int(u)},
+                                           showlegend=len(np.unique(user)) <= 12))
         fig.update_layout(title=f"t-SNE of latent means at step {step} ({len(mu)} probe queries, "
                                 f"{mu.shape[1]}-d)", height=460, margin={"t": 40},
                           xaxis={"showticklabels": False}, yaxis={"showticklabels": False})

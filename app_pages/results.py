@@ -61,11 +61,25 @@ else:
     show["accuracy"] = [f"{m:.3f} ± {s:.3f}" if m is not None and pd.notna(m) else "n/a"
                         for m, s in zip(summary["accuracy_mean"], summary["accuracy_std"], strict=True)]
     st.subheader("By method")
+    refs = [c for c in ("z_shuffled_accuracy", "ref_global", "ref_group", "ref_probe") if c in show]
     st.dataframe(show[["method", "runs", "accuracy", "converged_share", "steps_to_converge",
-                       "epochs_to_converge", "wall_to_converge_s", "wall_s"]], hide_index=True,
+                       "epochs_to_converge", "wall_to_converge_s", "wall_s", *refs]], hide_index=True,
                  use_container_width=True, key="results_summary",
                  column_config={"converged_share": st.column_config.ProgressColumn(
-                     "converged share", min_value=0.0, max_value=1.0, format="%.2f")})
+                     "converged share", min_value=0.0, max_value=1.0, format="%.2f"),
+                     "z_shuffled_accuracy": st.column_config.NumberColumn(
+                         "z shuffled", format="%.3f", help="Accuracy when each test pair is read with another "
+                         "user's demonstrations; close to accuracy = the model ignores who the user is."),
+                     "ref_global": st.column_config.NumberColumn(
+                         "ref: global", format="%.3f", help="Mean of all users' weights on the true ratings."),
+                     "ref_group": st.column_config.NumberColumn(
+                         "ref: group", format="%.3f", help="Each user's group-mean weights on the true ratings."),
+                     "ref_probe": st.column_config.NumberColumn(
+                         "ref: probe", format="%.3f", help="A linear probe per user on the frozen embeddings.")})
+    if refs:
+        st.caption("Reference columns are computed at step 0 on each run's own test pairs (means over its runs): "
+                   "what one global taste, each user's group taste, and a per-user linear reader of the frozen "
+                   "features reach. A personalized model should sit between global and probe.")
     bar = go.Figure(go.Bar(x=summary["method"], y=summary["accuracy_mean"],
                            error_y={"type": "data", "array": summary["accuracy_std"].fillna(0).tolist()},
                            text=[f"n={n}" for n in summary["runs"]], name="mean accuracy"))

@@ -10,10 +10,13 @@ import streamlit as st
 from core import slurm
 from core.config import PRESETS, ConfigError
 from core.jobs import JobManager, default_root
+from core.references import group_labels
 from core.runs import RunDir
+from core.users import PRESETS as USER_PRESETS
 from ui.state import current_users, run_label
 
 QUICK = {"corpus_prompts": 400, "steps": 60, "eval_every": 5}
+FOUR = {"corpus_prompts": 400, "steps": 400, "eval_every": 25}  # the four-users lesson (bench/bench_decoders.py)
 ACTIVE = ("queued", "running")
 REFRESH_S = 2.0
 
@@ -54,7 +57,7 @@ def launcher_fields() -> tuple[str, dict | None]:
 
 def users_field() -> tuple[dict, str]:
     name, seed, W = current_users()
-    if name in ("two-opposed", "random", "cluster"):
+    if name in USER_PRESETS:
         return {"users": name, "user_seed": int(seed)}, f"preset **{name}** (seed {seed}, {len(W)} users)"
     return {"users": np.asarray(W).tolist()}, f"**{len(W)} custom users** from the Users page"
 
@@ -97,9 +100,37 @@ def smooth(y: list, alpha: float) -> list:
     return out
 
 
-def curves(run_ids: list[str], runs_by_id: dict, alpha: float) -> tuple[go.Figure, go.Figure, list[str]]:
+MANY = 8  # above this many users a run's curves default to group means with min-max bands
+REF_STYLE = {"global": ("global mean weights", "#d62728"), "group": ("group mean weights", "#2ca02c"),
+             "probe": ("per-user probe", "#9467bd")}
+
+
+def run_groups(info: dict, users: list[str]) -> list[str]:
+    """Group name per user (in ``users`` order) from the run's config; one group per user if unknown."""
+    cfg = RunDir(info.get("path", "")).config() if info else None
+    try:
+        labels = group_labels(cfg["users"], int(cfg.get("user_seed", 0)))
+        return [labels[int(u)] for u in users]
+    except (TypeError, KeyError, ValueError, IndexError):
+        return [f"user {u}" for u in users]
+
+
+def _hex_rgba(color: str, alpha: float) -> str:
+    color = color.lstrip("#")
+    r, g, b = (int(color[i:i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+
+
+def curves(run_ids: list[str], runs_by_id: dict, alpha: float, view: str = "groups",
+           references: bool = True) -> tuple[go.Figure, go.Figure, list[str]]:
+    """Accuracy and loss figures. Runs with more than MANY users show group means with min-max bands
+    (``view='groups'``) or every user thinly (``view='users'``); the step-0 reference ceilings are lines."""
     acc, loss, notes = go.Figure(), go.Figure(), []
     dashes = ["solid", "dash", "dot", "dashdot", "longdash"]
+    refs_drawn: dict[tuple[str, float], str] = {}
     for i, rid in enumerate(run_ids):
         info = runs_by_id.get(rid, {})
         records, skipped = RunDir(info.get("path", "")).metrics() if info else ([], 0)
@@ -109,21 +140,56 @@ def curves(run_ids: list[str], runs_by_id: dict, alpha: float) -> tuple[go.Figur
         records = [r for r in records if isinstance(r.get("step"), int | float)]
         steps = [r["step"] for r in records]
         users = sorted({u for r in records for u in (r.get("user_accuracy") or {})}, key=lambda u: int(u) if str(u).isdigit() else 0)
-        many = len(users) > 8
-        for u in users:
-            ys = [(r.get("user_accuracy") or {}).get(u) for r in records]
-            ls = [(r.get("user_loss") or {}).get(u) for r in records]
-            name = f"{label} · user {u}"
-            acc.add_trace(go.Scatter(x=steps, y=smooth(ys, alpha), mode="lines+markers" if len(steps) < 40 else "lines",
-                                     name=name, line={"dash": dashes[i % len(dashes)], "width": 1 if many else 2},
-                                     showlegend=not many, legendgroup=rid, meta={"run_id": rid, "user": u}))
-            loss.add_trace(go.Scatter(x=steps, y=smooth(ls, alpha), mode="lines", name=name,
-                                      line={"dash": dashes[i % len(dashes)]}, showlegend=not many,
-                                      meta={"run_id": rid, "user": u}))
+        many = len(users) > MANY
+        dash = dashes[i % len(dashes)]
+        if many and view == "groups":
+            groups = run_groups(info, users)
+            for k, g in enumerate(dict.fromkeys(groups)):
+                members = [u for u, gu in zip(users, groups, strict=True) if gu == g]
+                color = PALETTE[k % len(PALETTE)]
+                for fig, key in ((acc, "user_accuracy"), (loss, "user_loss")):
+                    vals = [[(r.get(key) or {}).get(u) for u in members] for r in records]
+                    vals = [[v for v in row if v is not None] for row in vals]
+                    lo = smooth([min(v) if v else None for v in vals], alpha)
+                    hi = smooth([max(v) if v else None for v in vals], alpha)
+                    mid = smooth([float(np.mean(v)) if v else None for v in vals], alpha)
+                    name = f"{label} · {g} ({len(members)})"
+                    fig.add_trace(go.Scatter(x=steps, y=hi, mode="lines", line={"width": 0, "color": color},
+                                             showlegend=False, hoverinfo="skip", legendgroup=f"{rid}-{g}",
+                                             meta={"run_id": rid, "group": g, "stat": "max"}))
+                    fig.add_trace(go.Scatter(x=steps, y=lo, mode="lines", line={"width": 0, "color": color},
+                                             fill="tonexty", fillcolor=_hex_rgba(color, 0.18), showlegend=False,
+                                             hoverinfo="skip", legendgroup=f"{rid}-{g}",
+                                             meta={"run_id": rid, "group": g, "stat": "min"}))
+                    fig.add_trace(go.Scatter(x=steps, y=mid, mode="lines", name=name, legendgroup=f"{rid}-{g}",
+                                             line={"color": color, "dash": dash, "width": 2},
+                                             showlegend=fig is acc, meta={"run_id": rid, "group": g, "stat": "mean"}))
+        else:
+            for u in users:
+                ys = [(r.get("user_accuracy") or {}).get(u) for r in records]
+                ls = [(r.get("user_loss") or {}).get(u) for r in records]
+                name = f"{label} · user {u}"
+                acc.add_trace(go.Scatter(x=steps, y=smooth(ys, alpha), mode="lines+markers" if len(steps) < 40 else "lines",
+                                         name=name, line={"dash": dash, "width": 1 if many else 2},
+                                         showlegend=not many, legendgroup=rid, meta={"run_id": rid, "user": u}))
+                loss.add_trace(go.Scatter(x=steps, y=smooth(ls, alpha), mode="lines", name=name,
+                                          line={"dash": dash}, showlegend=not many,
+                                          meta={"run_id": rid, "user": u}))
         if many:
             mean = [r.get("accuracy") for r in records]
             acc.add_trace(go.Scatter(x=steps, y=smooth(mean, alpha), mode="lines", name=f"{label} · mean of users",
-                                     line={"width": 4, "dash": dashes[i % len(dashes)]}, meta={"run_id": rid, "user": "mean"}))
+                                     line={"width": 4, "dash": dash, "color": "black"},
+                                     meta={"run_id": rid, "user": "mean"}))
+        ref = (records[0].get("reference_accuracy") or {}) if records and records[0].get("step") == 0 else {}
+        for key in REF_STYLE:
+            if references and isinstance(ref.get(key), int | float):
+                refs_drawn.setdefault((key, round(float(ref[key]), 4)), label)
+    for (key, value), label in refs_drawn.items():
+        text, color = REF_STYLE[key]
+        suffix = f" ({label})" if len({lab for _, lab in refs_drawn.items()}) > 1 else ""
+        acc.add_hline(y=value, line_dash="dash", line_color=color, line_width=1,
+                      annotation_text=f"{text} {value:.2f}{suffix}", annotation_position="bottom right",
+                      annotation_font_color=color)
     acc.update_layout(title="Eval accuracy per user", xaxis_title="step", yaxis_title="accuracy",
                       yaxis_range=[0, 1.02], height=380, margin={"t": 40})
     acc.add_hline(y=0.5, line_dash="dot", line_color="grey", annotation_text="chance")
@@ -167,12 +233,21 @@ user_cfg, user_text = users_field()
 
 # ---------------------------------------------------------------- the lesson, one click
 if not runs:
-    st.info("**The lesson in one click.** Two users who want opposite things (helpfulness vs honesty). "
-            "A traditional reward model can only average them and stays near chance for both; the "
-            "personalized (VPL) model with adaptive sampling reads each user from a few examples and "
-            "serves both. About a minute on a laptop CPU.")
-    if st.button("Run the two-opposed lesson", type="primary", key="lesson"):
+    st.info("**The lessons in one click.** *Two opposed users* (helpfulness vs honesty): a traditional reward "
+            "model can only average them and stays near chance for both; the personalized (VPL) model with "
+            "adaptive sampling reads each user from a few examples and serves both. About a minute on a laptop CPU.\n\n"
+            "*Four users* (one per aspect): the study's VPL decoder, which only appends z to the response "
+            "embedding, stalls near the traditional model: it barely uses who the user is (its *z shuffled* "
+            "accuracy stays close to its accuracy). PrefLens's `personal` preset lets z multiply the response "
+            "features: it uses z (its z-shuffled accuracy falls) and does better, but does not yet serve all "
+            "four users well. A few minutes on a laptop CPU.")
+    c1, c2 = st.columns(2)
+    if c1.button("Run the two-opposed lesson", type="primary", key="lesson"):
         ids = submit_all(jm, ["traditional", "vpl-adaptive"], [0], {"users": "two-opposed", **QUICK})
+        st.query_params["runs"] = ",".join(ids)
+        st.rerun()
+    if c2.button("Run the four-users lesson", key="lesson4"):
+        ids = submit_all(jm, ["traditional", "vpl", "personal"], [0], {"users": "four-one-hot", **FOUR})
         st.query_params["runs"] = ",".join(ids)
         st.rerun()
 
@@ -204,7 +279,14 @@ url_runs = [r for r in (st.query_params.get("runs") or "").split(",") if r in ru
 default = url_runs or [r["run_id"] for r in runs[:2]]
 shown = st.multiselect("Runs to show (overlay to compare)", list(runs_by_id), default=default, key="shown",
                        format_func=lambda rid: run_label(runs_by_id[rid]))
-alpha = st.slider("Smoothing (EMA)", 0.0, 0.95, 0.0, 0.05, key="smooth")
+c1, c2, c3 = st.columns([2, 2, 1])
+alpha = c1.slider("Smoothing (EMA)", 0.0, 0.95, 0.0, 0.05, key="smooth")
+view = c2.radio("Many users (more than 8)", ["Group means with min-max band", "Every user"], key="user_view",
+                horizontal=True, help="For runs with many users: one line per group (the mean of its users, "
+                "shaded from its lowest to its highest user), or a thin line per user.")
+show_refs = c3.toggle("Reference lines", value=True, key="refs",
+                      help="Computed at step 0 on the run's own test pairs: a model using the global mean weights, "
+                           "the group mean weights, and a linear probe per user on the frozen embeddings.")
 
 active_ids = [r["run_id"] for r in runs if r["state"] in ACTIVE]
 if active_ids:
@@ -233,7 +315,7 @@ def live():
                        f"{(fresh.get(r, {}).get('progress') or {}).get('total', '?')})" for r in shown)
     if states:
         st.markdown(states)
-    acc, loss, notes = curves(shown, fresh, alpha)
+    acc, loss, notes = curves(shown, fresh, alpha, "users" if view == "Every user" else "groups", show_refs)
     st.plotly_chart(acc, key="train_accuracy", use_container_width=True)
     st.plotly_chart(loss, key="train_loss", use_container_width=True)
     for n in notes:

@@ -1,7 +1,7 @@
 """Compare methods over seeds and summarize runs like the study's Tables 2-4.
 
     python -m core.experiments compare --presets traditional vpl vpl-adaptive --seeds 0 1 2 --out DIR
-        [--steps N] [--set key=value ...] [--dry-run]
+        [--users NAME_OR_JSON_FILE] [--steps N] [--set key=value ...] [--dry-run]
     python -m core.experiments study --size tiny|full [--users two-opposed|four-one-hot] --out DIR [--dry-run]
         (the study's decoder-only + LoRA setting; see core.study)
 
@@ -61,6 +61,12 @@ def run_row(path: str | Path) -> dict | None:
         "wall_s": last.get("wall_s"),
         "skipped_lines": skipped,
     }
+    ref = records[0].get("reference_accuracy") if records[0].get("step") == 0 else None
+    if isinstance(ref, dict):  # the ceilings on this run's own test pairs (core.references)
+        for k in ("global", "group", "probe"):
+            row[f"ref_{k}"] = ref.get(k)
+    if "z_shuffled_accuracy" in last:
+        row["z_shuffled_accuracy"] = last["z_shuffled_accuracy"]
     if "uniform_k0_accuracy" in last:  # few-shot runs carry the study's Figure 4 reference line
         row["uniform_k0_accuracy"] = last["uniform_k0_accuracy"]
     for u, a in (last.get("user_accuracy") or {}).items():
@@ -104,6 +110,9 @@ def summarize(rows: Iterable[dict]) -> list[dict]:
             "wall_s": mean("wall_s", rs),
             "encoder": ", ".join(encoders) or None,  # last: the CSV's first columns stay as they were
         })
+        for key in ("z_shuffled_accuracy", "ref_global", "ref_group", "ref_probe"):
+            if any(r.get(key) is not None for r in rs):
+                out[-1][key] = mean(key, [r for r in rs if key in r])
     return out
 
 
@@ -157,6 +166,40 @@ def compare(presets: list[str], seeds: list[int], out: str | Path, overrides: di
     return table
 
 
+class UsersArgError(ValueError):
+    """--users names neither a preset nor a readable file of valid weight vectors."""
+
+
+def parse_users_arg(value: str) -> list[list[float]] | str:
+    """A user preset name, or a JSON file holding a list of 4-number weight vectors (or {"users": [...]}).
+
+    Errors name the flag, the file and, for a bad vector, the user and the aspect.
+    """
+    from .users import PRESETS, UserError, validate_users
+
+    if value in PRESETS:
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise UsersArgError(f"--users: {value!r} is neither a user preset ({', '.join(PRESETS)}) nor a file")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsersArgError(f"--users: cannot read {value}: {err}") from None
+    except json.JSONDecodeError as err:
+        raise UsersArgError(f"--users: {value} is not JSON ({err.msg} at line {err.lineno})") from None
+    if isinstance(raw, dict):
+        if "users" not in raw:
+            raise UsersArgError(f"--users: {value} holds an object without a 'users' list")
+        raw = raw["users"]
+    if not isinstance(raw, list):
+        raise UsersArgError(f"--users: {value} must hold a list of weight vectors, got {type(raw).__name__}")
+    try:
+        return validate_users(raw).tolist()
+    except UserError as err:
+        raise UsersArgError(f"--users: {value}: {err}") from None
+
+
 def _parse_set(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -178,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     c.add_argument("--out", required=True)
     c.add_argument("--steps", type=int, help="override every preset's steps")
+    c.add_argument("--users", help="user preset name or a JSON file with a list of 4-number weight vectors")
     c.add_argument("--set", nargs="*", default=[], help="extra config overrides, key=value (JSON values)")
     c.add_argument("--judge", default="default", help="few-shot judge: default (bundled GGUF), a model id/folder/.gguf, or openai[:model]")
     c.add_argument("--fewshot-how", choices=["infogain", "random"], default="infogain", help="how demonstrations are chosen")
@@ -194,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return cli(args, args.out)
     over = _parse_set(args.set)
+    if args.users:
+        try:
+            over["users"] = parse_users_arg(args.users)
+        except UsersArgError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     if args.steps:
         over["steps"] = args.steps
     if args.dry_run:

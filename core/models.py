@@ -9,7 +9,16 @@ Shapes (B = batch of queries, K = demonstrations per query, D = encoder width, L
     reward        (B,)
 
 BTL:  r(x, y) = MLP(e(x, y));   p(y_w > y_l) = sigmoid(r_w - r_l)
-VPL:  z ~ q(z | demos) (mean at evaluation);  r(x, y, z) = MLP([e(x, y), z])
+VPL:  z ~ q(z | demos) (mean at evaluation);  r(x, y, z) = decoder(e(x, y), z), where the decoder is
+
+    concat    MLP([e, z])                                the study's; z only shifts the MLP's input
+    bilinear  MLP([e, z]) + <U e, V z> / sqrt(H)         adds a term where z multiplies e
+    film      w . (GELU(A e) * (1 + G z) + B z)          z scales and shifts every hidden feature of e
+    hyper     <GELU(A e), w0 + MLP(z)> / sqrt(H)         z writes the weights of a reward head over e
+
+With the concat decoder a reward difference r(y_w) - r(y_l) depends on z only through the MLP's
+curvature, which at these sizes is too weak to give many users opposite readings of the same
+response (DESIGN §5); the multiplicative decoders make z choose a direction in e directly.
 """
 
 from __future__ import annotations
@@ -68,34 +77,101 @@ class BTLRewardModel(nn.Module):
         return self.head(self.query_head(query_emb)).squeeze(-1)  # (B,)
 
 
+DECODERS = ("concat", "bilinear", "film", "hyper")
+
+
+class ConcatDecoder(nn.Sequential):
+    """The study's decoder MLP([e, z]); a Sequential so its weights keep the names older runs saved."""
+
+    def __init__(self, d_e: int, d_z: int, hidden: int, dropout: float = 0.0):
+        super().__init__(*mlp(d_e + d_z, hidden, 1, dropout))
+
+    def forward(self, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # (B, D), (B, L) -> (B,)
+        return super().forward(torch.cat([e, z], dim=-1)).squeeze(-1)
+
+
+class BilinearDecoder(nn.Module):
+    """MLP([e, z]) + <U e, V z> / sqrt(H): the concat decoder plus a low-rank bilinear term."""
+
+    def __init__(self, d_e: int, d_z: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.mlp = ConcatDecoder(d_e, d_z, hidden, dropout)
+        self.U = nn.Linear(d_e, hidden, bias=False)
+        self.V = nn.Linear(d_z, hidden, bias=False)
+        self.scale = hidden ** -0.5
+
+    def forward(self, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.mlp(e, z) + (self.U(e) * self.V(z)).sum(-1) * self.scale
+
+
+class FiLMDecoder(nn.Module):
+    """Feature-wise modulation: each hidden feature of e is scaled by (1 + G z) and shifted by B z."""
+
+    def __init__(self, d_e: int, d_z: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.inp = nn.Linear(d_e, hidden)
+        self.gamma = nn.Linear(d_z, hidden)
+        self.beta = nn.Linear(d_z, hidden)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        h = F.gelu(self.inp(e)) * (1.0 + self.gamma(z)) + self.beta(z)
+        return self.out(self.drop(h)).squeeze(-1)
+
+
+class HyperDecoder(nn.Module):
+    """A reward head over features of e whose weights z writes: <GELU(A e), w0 + MLP(z)> / sqrt(H)."""
+
+    def __init__(self, d_e: int, d_z: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.inp = nn.Linear(d_e, hidden)
+        self.w0 = nn.Parameter(torch.zeros(hidden))
+        self.weights = mlp(d_z, hidden, hidden, dropout)
+        self.scale = hidden ** -0.5
+
+    def forward(self, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return (F.gelu(self.inp(e)) * (self.w0 + self.weights(z))).sum(-1) * self.scale
+
+
+def make_decoder(kind: str, d_e: int, d_z: int, hidden: int, dropout: float = 0.0) -> nn.Module:
+    table = {"concat": ConcatDecoder, "bilinear": BilinearDecoder, "film": FiLMDecoder, "hyper": HyperDecoder}
+    if kind not in table:
+        raise ValueError(f"decoder: unknown kind {kind!r}; choose one of {', '.join(DECODERS)}")
+    return table[kind](d_e, d_z, hidden, dropout)
+
+
 class VPLRewardModel(nn.Module):
     """VAE conditional reward model (after Poddar et al. 2024), with the study's sub-modules."""
 
     conditional = True
 
     def __init__(self, encoder_dim: int, dims: VPLDims | None = None, n_heads: int = 4, dropout: float = 0.0,
-                 query_head: str = "none", z_mode: str = "sample"):
+                 query_head: str = "none", z_mode: str = "sample", decoder: str = "concat", pair_diff: bool = False):
         super().__init__()
         d = dims or VPLDims.scaled(encoder_dim)
         self.dims = d
-        if z_mode not in ("sample", "vpl"):
+        if z_mode not in ("sample", "vpl", "mean"):
             raise ValueError(f"z_mode: unknown mode {z_mode!r}")
         self.z_mode = z_mode
         self.query_head = query_projection(encoder_dim, query_head)
-        # pair encoder: [e_chosen, e_rejected] -> one vector per demonstration
-        self.pair_encoder = mlp(2 * encoder_dim, d.pair_hidden, d.pair_out, dropout)
+        # pair encoder: [e_chosen, e_rejected] (+ their difference with pair_diff) -> one vector per demonstration
+        self.pair_diff = pair_diff
+        self.pair_encoder = mlp((3 if pair_diff else 2) * encoder_dim, d.pair_hidden, d.pair_out, dropout)
         # sequence encoder: self-attention across the K demonstrations, then mean-pool
         heads = n_heads if d.pair_out % n_heads == 0 else 1
         self.attn = nn.MultiheadAttention(d.pair_out, heads, dropout=dropout, batch_first=True)
         self.norm = nn.LayerNorm(d.pair_out)
         self.to_mu = nn.Linear(d.pair_out, d.latent)
         self.to_logvar = nn.Linear(d.pair_out, d.latent)
-        # decoder: [e(x, y), z] -> reward
-        self.decoder = mlp(encoder_dim + d.latent, d.decoder_hidden, 1, dropout)
+        # decoder: (e(x, y), z) -> reward
+        self.decoder_kind = decoder
+        self.decoder = make_decoder(decoder, encoder_dim, d.latent, d.decoder_hidden, dropout)
 
     def encode_user(self, ctx_chosen: torch.Tensor, ctx_rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, K, D) x 2 -> mu, logvar (B, L)."""
-        h = self.pair_encoder(torch.cat([ctx_chosen, ctx_rejected], dim=-1))  # (B, K, P)
+        parts = [ctx_chosen, ctx_rejected] + ([ctx_chosen - ctx_rejected] if self.pair_diff else [])
+        h = self.pair_encoder(torch.cat(parts, dim=-1))  # (B, K, P)
         a, _ = self.attn(h, h, h, need_weights=False)  # (B, K, P)
         pooled = self.norm(h + a).mean(dim=1)  # (B, P)
         return self.to_mu(pooled), self.to_logvar(pooled).clamp(-10.0, 10.0)
@@ -111,7 +187,7 @@ class VPLRewardModel(nn.Module):
                generator: torch.Generator | None = None) -> torch.Tensor:
         """z (B, L): a reparameterized sample in training, mu at evaluation. 'vpl' puts the training
         sample on the sphere of radius sqrt(L) (but not mu at evaluation: the reference code's mismatch)."""
-        if not train:
+        if not train or self.z_mode == "mean":
             return mu
         z = self.sample(mu, logvar, generator)
         if self.z_mode == "vpl":
@@ -125,7 +201,7 @@ class VPLRewardModel(nn.Module):
         return mu + torch.exp(0.5 * logvar) * eps
 
     def reward(self, query_emb: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(torch.cat([self.query_head(query_emb), z], dim=-1)).squeeze(-1)  # (B,)
+        return self.decoder(self.query_head(query_emb), z)  # (B,)
 
 
 def btl_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
@@ -166,4 +242,5 @@ def model_from_config(cfg, encoder_dim: int) -> nn.Module:
         return BTLRewardModel(encoder_dim, hidden=cfg.decoder_hidden or None, query_head=cfg.query_head)
     dims = VPLDims.scaled(encoder_dim, pair_hidden=cfg.pair_hidden, pair_out=cfg.pair_out, latent=cfg.latent,
                           decoder_hidden=cfg.decoder_hidden)
-    return VPLRewardModel(encoder_dim, dims, query_head=cfg.query_head, z_mode=cfg.z_mode)
+    return VPLRewardModel(encoder_dim, dims, query_head=cfg.query_head, z_mode=cfg.z_mode, decoder=cfg.decoder,
+                          pair_diff=cfg.pair_diff)

@@ -7,6 +7,12 @@ order[p] is "training" (group B), the users before it are "finished" (C) and tho
 within the group, then one of that user's pairs uniformly. As the study states it, with two users
 phase 1 is A:B = 1:2 and phase 2 is B:C = 2:4, so the first user gets 2/3 of every batch in both
 phases. That is implemented as written, not "fixed".
+
+Many users: with 100 users, one phase per user leaves a few steps each and the schedule means
+nothing. Given ``unit_of_user`` (a group index per user, e.g. the preset's clusters), the phases go
+over groups instead: in each phase one *group* of users is B, earlier groups C, later groups A, and a
+sample picks a letter by weight, then a user uniformly among that letter's users. Without it (or
+with one group per user) the sampler is the per-user one above, draw for draw.
 """
 
 from __future__ import annotations
@@ -40,12 +46,22 @@ class AdaptiveSampler:
     """The 1:2:4 continual-learning schedule over users (see module docstring)."""
 
     def __init__(self, pair_user: np.ndarray, total_steps: int, order: Sequence[int] | None = None,
-                 weights: Sequence[float] = (1.0, 2.0, 4.0), steps_per_phase: int | None = None, seed: int = 0):
+                 weights: Sequence[float] = (1.0, 2.0, 4.0), steps_per_phase: int | None = None, seed: int = 0,
+                 unit_of_user: Sequence[int] | None = None):
         pair_user = np.asarray(pair_user)
         self.users = np.unique(pair_user)
-        self.order = [int(u) for u in (order if order is not None else self.users)]
-        if sorted(self.order) != sorted(int(u) for u in self.users):
-            raise ValueError(f"order must list every user exactly once: users {self.users.tolist()}, got {self.order}")
+        if unit_of_user is None:  # one unit per user: today's schedule
+            self.members = {int(u): [int(u)] for u in self.users}
+        else:
+            unit_of_user = np.asarray(unit_of_user)
+            self.members = {}
+            for u in self.users:
+                self.members.setdefault(int(unit_of_user[u]), []).append(int(u))
+        units = sorted(self.members)
+        self.order = [int(u) for u in (order if order is not None else units)]
+        what = "user" if unit_of_user is None else "group"
+        if sorted(self.order) != units:
+            raise ValueError(f"order must list every {what} exactly once: {what}s {units}, got {self.order}")
         if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
             raise ValueError(f"weights must be three non-negative numbers (A, B, C), got {list(weights)}")
         self.weights = tuple(float(w) for w in weights)
@@ -59,7 +75,10 @@ class AdaptiveSampler:
 
     def groups(self, phase: int) -> tuple[list[int], list[int], list[int]]:
         """(A: to be trained, B: training, C: finished) users in this phase."""
-        return self.order[phase + 1:], [self.order[phase]], self.order[:phase]
+        def users(units):
+            return [u for unit in units for u in self.members[unit]]
+
+        return users(self.order[phase + 1:]), users([self.order[phase]]), users(self.order[:phase])
 
     def group_probs(self, phase: int) -> np.ndarray:
         """Probability of drawing from A, B, C in this phase, (3,)."""

@@ -33,6 +33,7 @@ from .models import (
     kl_to_standard_normal,
     model_from_config,
 )
+from .references import reference_accuracy, shuffled_contexts, user_groups
 from .runs import RunDir
 from .samplers import AdaptiveSampler, UniformSampler
 
@@ -119,8 +120,12 @@ class Trainer:
                                                          cfg.steps)
         users = self.data.train.user
         if cfg.sampler == "adaptive":
+            unit = cfg.adaptive_unit
+            if unit == "auto":
+                unit = "user" if self.data.n_users <= 8 else "group"
             self.sampler = AdaptiveSampler(users, cfg.steps, order=cfg.adaptive_order, weights=cfg.adaptive_weights,
-                                           steps_per_phase=cfg.steps_per_phase, seed=cfg.seed)
+                                           steps_per_phase=cfg.steps_per_phase, seed=cfg.seed,
+                                           unit_of_user=user_groups(cfg.users, self.W) if unit == "group" else None)
         else:
             self.sampler = UniformSampler(users, seed=cfg.seed)
         self.z_gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
@@ -129,6 +134,8 @@ class Trainer:
         self.samples_seen = 0
         self.loss_sum, self.loss_n = 0.0, 0
         self.probe = self._probe_indices()
+        # the test split with every pair's demonstrations taken from another user (fixed by seed)
+        self.shuffled_test = shuffled_contexts(self.data.test, cfg.seed + 11) if cfg.method == "vpl" else None
 
     # ------------------------------------------------------------------ setup helpers
     def _embed_frozen(self) -> torch.Tensor:
@@ -261,20 +268,30 @@ class Trainer:
         jac_to_grad(params, MGDA() if self.cfg.grad_strategy == "mgda" else PCGrad())
 
     # ------------------------------------------------------------------ evaluation
+    def _score(self, split) -> tuple[np.ndarray, np.ndarray]:
+        """Per-pair loss and correctness (1 when r_chosen > r_rejected) over a whole split, in chunks."""
+        losses, correct = [], []
+        for s in range(0, len(split), 256):
+            idx = np.arange(s, min(s + 256, len(split)))
+            loss, margin, _, _ = self.forward(split, idx, train=False)
+            losses.append(loss.cpu())
+            correct.append((margin > 0).float().cpu())
+        loss = torch.cat(losses).numpy() if losses else np.zeros(0)
+        corr = torch.cat(correct).numpy() if correct else np.zeros(0)
+        return loss, corr
+
+    def references(self) -> dict:
+        """Reference ceilings (global / group / per-user probe) on this run's own test pairs."""
+        groups = user_groups(self.cfg.users, self.W)
+        return reference_accuracy(self.data, self.table.ratings, self.W, groups, self.embeddings.float().cpu().numpy())
+
     @torch.no_grad()
     def evaluate(self) -> dict:
         self.model.eval()
         if self.query_encoder is not None:
             self.query_encoder.model.eval()
         test = self.data.test
-        losses, correct = [], []
-        for s in range(0, len(test), 256):
-            idx = np.arange(s, min(s + 256, len(test)))
-            loss, margin, _, _ = self.forward(test, idx, train=False)
-            losses.append(loss.cpu())
-            correct.append((margin > 0).float().cpu())
-        loss = torch.cat(losses).numpy() if losses else np.zeros(0)
-        corr = torch.cat(correct).numpy() if correct else np.zeros(0)
+        loss, corr = self._score(test)
         user_acc, user_loss = {}, {}
         for u in range(self.data.n_users):
             m = test.user == u
@@ -294,6 +311,13 @@ class Trainer:
             "phase": self.sampler.phase(max(0, self.step - 1)),
             "samples": self.samples_seen,
         }
+        if self.shuffled_test is not None:
+            # the same pairs, each read with another user's demonstrations: near `accuracy` = z is ignored
+            _, shuf = self._score(self.shuffled_test)
+            per = [float(shuf[test.user == u].mean()) for u in range(self.data.n_users) if (test.user == u).any()]
+            record["z_shuffled_accuracy"] = float(np.mean(per))
+        if self.step == 0:
+            record["reference_accuracy"] = self.references()
         if self.cfg.method == "vpl" and len(self.probe):
             s = test.take(self.probe)
             E = self.embeddings

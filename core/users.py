@@ -18,7 +18,7 @@ from .data.filters import pairs_from_scores
 from .data.table import ASPECTS, PreferenceTable
 
 UNIFORM = np.full(4, 0.25)
-PRESETS = ("two-opposed", "random", "cluster")
+PRESETS = ("two-opposed", "four-one-hot", "random", "cluster")
 # (count, Dirichlet alpha) groups of each preset, from the study; each preset adds a uniform user.
 PRESET_GROUPS: dict[str, list[tuple[int, tuple[float, ...]]]] = {
     "random": [(99, (1.0, 1.0, 1.0, 1.0))],
@@ -58,9 +58,12 @@ def validate_users(W) -> np.ndarray:
 
 
 def preset(name: str, *, seed: int = 0) -> np.ndarray:
-    """The study's user sets as float (U, 4): ``two-opposed`` (2), ``random`` (100), ``cluster`` (100)."""
+    """The study's user sets as float (U, 4): ``two-opposed`` (2), ``random`` (100), ``cluster`` (100),
+    and ``four-one-hot`` (4): one user per aspect, the smallest set the study's concat decoder fails on."""
     if name == "two-opposed":
         return np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    if name == "four-one-hot":
+        return np.eye(len(ASPECTS))
     if name not in PRESET_GROUPS:
         raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     rng = np.random.default_rng(seed)
@@ -72,6 +75,8 @@ def preset_groups(name: str) -> list[str]:
     """A group label per user of a preset, in the order ``preset`` returns them."""
     if name == "two-opposed":
         return ["helpfulness only", "honesty only"]
+    if name == "four-one-hot":
+        return [f"{a.replace('_', ' ')} only" for a in ASPECTS]
     if name not in PRESET_GROUPS:
         raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     labels = []

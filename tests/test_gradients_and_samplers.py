@@ -64,3 +64,26 @@ def test_sampler_inputs_are_validated_and_state_round_trips():
     a = u.sample(0, 8)
     u.load_state(st)
     assert (u.sample(0, 8) == a).all()
+
+
+def test_adaptive_phases_over_groups_of_users():
+    users = _users([20] * 6)
+    unit = np.array([0, 0, 0, 1, 1, 2])  # three groups of users: {0,1,2}, {3,4}, {5}
+    s = AdaptiveSampler(users, total_steps=30, unit_of_user=unit, order=[1, 2, 0], seed=0)
+    assert s.steps_per_phase == 10  # one phase per group, not per user
+    assert s.groups(0) == ([5, 0, 1, 2], [3, 4], [])
+    assert s.groups(2) == ([], [0, 1, 2], [3, 4, 5])
+    probs = s.user_probs(1)  # A = group 0 (1/7), B = group 2 (2/7), C = group 1 (4/7)
+    assert probs[5] == pytest.approx(2 / 7) and probs[3] == pytest.approx(2 / 7) and probs[0] == pytest.approx(1 / 21)
+    draws = users[np.concatenate([s.sample(15, 64) for _ in range(200)])]
+    assert np.isin(draws, [3, 4]).mean() == pytest.approx(4 / 7, abs=0.03)
+    with pytest.raises(ValueError, match="every group exactly once"):
+        AdaptiveSampler(users, total_steps=30, unit_of_user=unit, order=[0, 1])
+
+
+def test_one_group_per_user_is_todays_sampler_draw_for_draw():
+    users = _users([30, 40])
+    today = AdaptiveSampler(users, total_steps=20, seed=5)
+    grouped = AdaptiveSampler(users, total_steps=20, seed=5, unit_of_user=np.array([0, 1]))
+    for step in range(20):
+        assert np.array_equal(today.sample(step, 4), grouped.sample(step, 4))

@@ -1,0 +1,106 @@
+"""Bench a 100-user run: where the seconds go (setup, references, steps, evaluations), vs two users.
+
+    .venv/bin/python bench/bench_many_users.py [--preset personal] [--users cluster] [--steps 400]
+        [--eval-every 50] [--set key=value ...] [--dry-run]
+
+Runs the preset on the 100-user preset and on two-opposed (the baseline, same settings, same process)
+with the frozen bundled MiniLM on cached embeddings, and prints seconds for: building the data (pairs,
+demonstrations), the step-0 reference ceilings, the training steps, and the evaluations (each eval
+scores the test pairs twice: with the user's own demonstrations and with another user's), plus the
+ratios 100 users / 2 users. The target (issue 9): 400 steps of the 100-user run within 60 s in all.
+Writes bench/out/many_users.json. Embeddings are cached on first use (not timed separately here: run
+once to warm the cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def measure(preset: str, users: str, steps: int, eval_every: int, extra: dict, root: Path) -> dict:
+    from core.config import build_config
+    from core.runs import RunDir
+    from core.train import Trainer
+
+    cfg = build_config({"preset": preset, "users": users, "steps": steps, "eval_every": eval_every, **extra})
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg, RunDir(root / users).create(), log=lambda m: None)
+    setup = time.perf_counter() - t0
+    t_ref = time.perf_counter()
+    trainer.references()
+    ref_s = time.perf_counter() - t_ref
+    evals = [0.0]
+    orig = trainer.evaluate
+
+    def timed_eval():
+        t = time.perf_counter()
+        rec = orig()
+        evals[0] += time.perf_counter() - t
+        return rec
+
+    trainer.evaluate = timed_eval
+    t1 = time.perf_counter()
+    hist = trainer.fit()
+    fit = time.perf_counter() - t1
+    n_evals = len(hist)
+    return {
+        "users": users, "n_users": trainer.data.n_users, "train_pairs": len(trainer.data.train),
+        "test_pairs": len(trainer.data.test), "setup_s": setup, "references_s": ref_s, "fit_s": fit,
+        "eval_s": evals[0], "evals": n_evals, "steps_s": fit - evals[0], "total_s": setup + fit,
+        "accuracy": hist[-1]["accuracy"], "z_shuffled": hist[-1].get("z_shuffled_accuracy"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="personal")
+    ap.add_argument("--users", default="cluster")
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--eval-every", type=int, default=50)
+    ap.add_argument("--set", nargs="*", default=[], help="config overrides key=value (JSON values)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "many_users.json"))
+    ap.add_argument("--dry-run", action="store_true")
+    args = ap.parse_args(argv)
+    extra = {}
+    for item in args.set:
+        k, v = item.split("=", 1)
+        try:
+            extra[k] = json.loads(v)
+        except json.JSONDecodeError:
+            extra[k] = v
+    steps, every = args.steps, args.eval_every
+    if args.dry_run:
+        extra.update(corpus_prompts=60, max_train_per_user=40, max_test_per_user=20, pool_size=20)
+        steps, every = 4, 2
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for users in ("two-opposed", args.users):
+            r = measure(args.preset, users, steps, every, extra, Path(tmp))
+            rows.append(r)
+            print(f"{users:<12} {r['n_users']:>4} users  {r['train_pairs']:>7} train / {r['test_pairs']:>6} test pairs  "
+                  f"setup {r['setup_s']:6.1f}s (references {r['references_s']:.1f}s)  steps {r['steps_s']:6.1f}s  "
+                  f"evals {r['eval_s']:6.1f}s ({r['evals']})  total {r['total_s']:6.1f}s  "
+                  f"acc {r['accuracy']:.3f} z-shuffled {r['z_shuffled'] if r['z_shuffled'] is None else round(r['z_shuffled'], 3)}",
+                  flush=True)
+    base, many = rows
+    ratios = {k: many[k] / base[k] for k in ("setup_s", "steps_s", "eval_s", "total_s") if base[k] > 0}
+    print("ratio many/two: " + "  ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+    print(f"{args.users}: {steps} steps in {many['total_s']:.1f}s total ({'within' if many['total_s'] <= 60 else 'over'} 60 s)")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, "ratios": ratios, "preset": args.preset, "steps": steps,
+                               "eval_every": every, "set": extra}, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

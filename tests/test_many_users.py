@@ -1,0 +1,139 @@
+"""Many users: reference ceilings, the z-shuffle diagnostic, decoders that condition multiplicatively."""
+
+import numpy as np
+import pytest
+import torch
+
+from core.config import ConfigError, build_config
+from core.dataset import build
+from core.models import DECODERS, VPLDims, VPLRewardModel
+from core.references import reference_accuracy, shuffled_contexts, user_groups
+from core.runs import RunDir
+from core.train import train
+from core.users import preset
+
+SMALL = {"corpus_prompts": 400, "cache_dir": None}
+
+
+def test_user_groups_follow_preset_clusters_and_equal_custom_weights():
+    g = user_groups("cluster", preset("cluster"))
+    assert np.bincount(g).tolist() in ([49, 30, 20, 1], sorted([49, 30, 20, 1]))  # any label order
+    assert sorted(np.bincount(g).tolist()) == [1, 20, 30, 49]
+    custom = [[1, 0, 0, 0], [0, 1, 0, 0], [1, 0, 0, 0]]
+    g = user_groups(custom, np.array(custom, float))
+    assert g[0] == g[2] != g[1]
+
+
+def test_shuffled_contexts_always_borrow_another_users_demonstrations(small_corpus):
+    W = preset("four-one-hot")
+    data = build(small_corpus, W, seed=0, pool_size=30, n_demos=4)
+    shuf = shuffled_contexts(data.test, seed=1)
+    # which user's pool each demonstration row came from
+    owner = {}
+    for s in (data.train, data.test):
+        for u, row in zip(s.user, s.ctx_chosen, strict=True):
+            owner.setdefault(tuple(row), set()).add(int(u))
+    for u, row in zip(shuf.user, shuf.ctx_chosen, strict=True):
+        assert int(u) not in owner[tuple(row)]
+    assert np.array_equal(shuf.chosen, data.test.chosen)  # the pairs themselves are untouched
+    assert shuffled_contexts(data.test.take(np.flatnonzero(data.test.user == 0)), seed=1) is None
+
+
+def test_reference_ceilings_on_two_opposed_users(small_corpus, small_corpus_embeddings):
+    W = preset("two-opposed")
+    data = build(small_corpus, W, seed=0)
+    emb = np.zeros((len(data.texts), small_corpus_embeddings.shape[1]), np.float32)
+    emb[: len(small_corpus_embeddings)] = small_corpus_embeddings
+    ref = reference_accuracy(data, small_corpus.ratings, W, user_groups("two-opposed", W), emb)
+    # each user is their own group, and every kept pair is a strict preference: the group oracle is exact
+    assert ref["user"]["group"] == {"0": 1.0, "1": 1.0}
+    # one averaged taste cannot serve two users who disagree on every pair
+    assert ref["global"] < 0.75 and min(ref["user"]["global"].values()) < 0.6
+    # the frozen MiniLM features let a linear head read each user's taste (the corpus probe's promise)
+    assert min(ref["user"]["probe"].values()) > 0.85
+    assert ref["probe"] == pytest.approx(np.mean(list(ref["user"]["probe"].values())))
+
+
+def test_records_carry_references_at_step_0_and_z_shuffle_at_every_vpl_eval(tmp_path, small_corpus_embeddings,
+                                                                             cache_root):
+    cfg = build_config({"preset": "vpl", **SMALL, "users": "four-one-hot", "steps": 4, "eval_every": 2,
+                        "cache_dir": cache_root})
+    hist = train(cfg, tmp_path / "v", log=lambda m: None)
+    assert [r["step"] for r in hist] == [0, 2, 4]
+    assert all(0.0 <= r["z_shuffled_accuracy"] <= 1.0 for r in hist)
+    ref = hist[0]["reference_accuracy"]
+    assert set(ref["user"]["probe"]) == {"0", "1", "2", "3"} and "reference_accuracy" not in hist[-1]
+    assert RunDir(tmp_path / "v").metrics()[0][0]["reference_accuracy"] == ref  # written, not only returned
+    btl = train(build_config({"preset": "traditional", **SMALL, "users": "four-one-hot", "steps": 2,
+                              "eval_every": 2, "cache_dir": cache_root}), tmp_path / "b", log=lambda m: None)
+    assert "z_shuffled_accuracy" not in btl[-1] and btl[0]["reference_accuracy"]["group"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("kind", DECODERS)
+def test_every_decoder_lets_z_change_which_response_wins(kind):
+    """The reward difference of one pair must be able to flip sign with z: fit two z's to opposite labels."""
+    torch.manual_seed(0)
+    model = VPLRewardModel(16, VPLDims.scaled(16), decoder=kind)
+    e_a, e_b = torch.randn(8, 16), torch.randn(8, 16)
+    z = torch.cat([torch.full((8, 8), 1.0), torch.full((8, 8), -1.0)])
+    want = torch.cat([torch.ones(8), -torch.ones(8)])  # user 1 prefers a, user 2 prefers b
+    opt = torch.optim.Adam(model.decoder.parameters(), lr=1e-2)
+    for _ in range(300):
+        margin = model.reward(torch.cat([e_a, e_a]), z) - model.reward(torch.cat([e_b, e_b]), z)
+        loss = torch.nn.functional.softplus(-want * margin).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert ((margin > 0) == (want > 0)).all(), kind
+
+
+def test_unknown_decoder_names_the_field():
+    with pytest.raises(ConfigError, match=r"^decoder: "):
+        build_config({"preset": "vpl", "decoder": "concatenate"})
+    assert build_config({"preset": "vpl"}).decoder == "concat"  # the study's presets keep the study's decoder
+
+
+def test_compare_takes_users_by_preset_name_or_json_file_and_names_what_is_wrong(tmp_path, capsys):
+    from core.experiments import main as experiments_main
+    from core.experiments import parse_users_arg
+
+    assert parse_users_arg("four-one-hot") == "four-one-hot"
+    good = tmp_path / "users.json"
+    good.write_text('{"users": [[2, 0, 0, 0], [0, 1, 1, 0]]}')
+    assert parse_users_arg(str(good)) == [[1.0, 0.0, 0.0, 0.0], [0.0, 0.5, 0.5, 0.0]]
+    cases = {
+        "nobody": "neither a user preset",
+        "bad.json": "not JSON",
+        "neg.json": "user 1: weight 'truthfulness' is negative",
+        "short.json": "user 0: weights must have 4 numbers",
+        "obj.json": "without a 'users' list",
+    }
+    (tmp_path / "bad.json").write_text("[[1, 0, 0, 0],")
+    (tmp_path / "neg.json").write_text("[[1, 0, 0, 0], [0, 1, 0, -1]]")
+    (tmp_path / "short.json").write_text("[[1, 0, 0]]")
+    (tmp_path / "obj.json").write_text('{"weights": []}')
+    for name, message in cases.items():
+        arg = name if name == "nobody" else str(tmp_path / name)
+        code = experiments_main(["compare", "--presets", "vpl", "--seeds", "0", "--out", str(tmp_path / "o"),
+                                 "--users", arg, "--dry-run"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: --users: ") and message in err, (name, err)
+    assert not (tmp_path / "o").exists()  # nothing was trained
+    assert experiments_main(["compare", "--presets", "vpl", "--seeds", "0", "--out", str(tmp_path / "ok"),
+                             "--users", str(good), "--dry-run"]) == 0
+    assert RunDir(tmp_path / "ok" / "runs" / "vpl-s0").config()["users"] == [[1.0, 0.0, 0.0, 0.0], [0.0, 0.5, 0.5, 0.0]]
+
+
+@pytest.mark.slow
+def test_z_shuffle_tells_a_model_that_reads_the_user_from_one_that_stalls(tmp_path, small_corpus_embeddings,
+                                                                          cache_root):
+    """Four one-hot users at CPU size: the study's concat decoder stalls and ignores z; personal uses it."""
+    out = {}
+    for p in ("vpl", "personal"):
+        cfg = build_config({"preset": p, **SMALL, "users": "four-one-hot", "steps": 400, "eval_every": 100,
+                            "cache_dir": cache_root})
+        out[p] = train(cfg, tmp_path / p, log=lambda m: None)[-1]
+    stalled, personal = out["vpl"], out["personal"]
+    assert abs(stalled["accuracy"] - stalled["z_shuffled_accuracy"]) < 0.05, stalled
+    assert personal["z_shuffled_accuracy"] < personal["accuracy"] - 0.10, personal
+    assert personal["accuracy"] > stalled["accuracy"] + 0.05
