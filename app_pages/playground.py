@@ -9,6 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from core.config import LESSON_TWO_OPPOSED
 from core.data.table import ASPECTS
 from core.jobs import JobManager, default_root
 from core.reward import PersonalRewardModel, RewardModelError, ask_pairs
@@ -69,9 +70,8 @@ for r in jm.list():
 if not runs:
     st.info("No finished training run yet. The two-opposed lesson trains one in about a minute.")
     if st.button("Run the two-opposed lesson", type="primary", key="pg_lesson"):
-        quick = {"users": "two-opposed", "corpus_prompts": 400, "steps": 60, "eval_every": 5}
         for preset in ("traditional", "vpl-adaptive"):
-            jm.submit({"preset": preset, "seed": 0, **quick})
+            jm.submit({"preset": preset, "seed": 0, **LESSON_TWO_OPPOSED})
         st.switch_page("app_pages/train.py")
     st.stop()
 

@@ -57,7 +57,12 @@ if not rows:
 else:
     summary = pd.DataFrame(summarize(rows))
     runs_df = pd.DataFrame(rows)
-    show = summary.copy()
+    def rounded(df: pd.DataFrame) -> pd.DataFrame:
+        """For display only (the CSV downloads keep full precision): seconds to 0.1, the rest to 0.001."""
+        secs = {c: 1 for c in df.columns if c.endswith("_s")}
+        return df.round(secs).round(3)
+
+    show = rounded(summary)
     show["accuracy"] = [f"{m:.3f} ± {s:.3f}" if m is not None and pd.notna(m) else "n/a"
                         for m, s in zip(summary["accuracy_mean"], summary["accuracy_std"], strict=True)]
     st.subheader("By method")
@@ -124,11 +129,11 @@ else:
             fig.update_layout(yaxis_title="per-user accuracy")
         fig.update_layout(height=340, yaxis_range=[0, 1.02], margin={"t": 20})
         st.plotly_chart(fig, key="results_user_accuracy", use_container_width=True)
-        st.dataframe(per_user.rename(columns=lambda c: f"user {c.split('_')[1]}").reset_index(),
+        st.dataframe(rounded(per_user).rename(columns=lambda c: f"user {c.split('_')[1]}").reset_index(),
                      hide_index=True, key="results_user_table")
 
     with st.expander(f"All {len(rows)} runs"):
-        st.dataframe(runs_df, hide_index=True, key="results_runs")
+        st.dataframe(rounded(runs_df), hide_index=True, key="results_runs")
     c1, c2 = st.columns(2)
     c1.download_button("Download summary (CSV)", summary.to_csv(index=False), "preflens-summary.csv",
                        "text/csv", key="dl_summary")

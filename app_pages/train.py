@@ -8,14 +8,14 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import slurm
-from core.config import PRESETS, ConfigError
+from core.config import LESSON_TWO_OPPOSED, PRESETS, ConfigError
 from core.jobs import JobManager, default_root
 from core.references import group_labels
 from core.runs import RunDir
 from core.users import PRESETS as USER_PRESETS
 from ui.state import current_users, run_label
 
-QUICK = {"corpus_prompts": 400, "steps": 60, "eval_every": 5}
+QUICK = {k: v for k, v in LESSON_TWO_OPPOSED.items() if k != "users"}
 FOUR = {"corpus_prompts": 400, "steps": 400, "eval_every": 25}  # the four-users lesson (bench/bench_decoders.py)
 ACTIVE = ("queued", "running")
 REFRESH_S = 2.0
@@ -235,7 +235,7 @@ user_cfg, user_text = users_field()
 if not runs:
     st.info("**The lessons in one click.** *Two opposed users* (helpfulness vs honesty): a traditional reward "
             "model can only average them and stays near chance for both; the personalized (VPL) model with "
-            "adaptive sampling reads each user from a few examples and serves both. About a minute on a laptop CPU.\n\n"
+            "adaptive sampling reads each user from a few examples and serves both. About 15 seconds once `scripts/setup.sh` has warmed its embeddings (about 90 without).\n\n"
             "*Four users* (one per aspect): the study's VPL decoder, which only appends z to the response "
             "embedding, stalls near the traditional model: it barely uses who the user is (its *z shuffled* "
             "accuracy stays close to its accuracy). PrefLens's `personal` preset lets z multiply the response "

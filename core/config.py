@@ -31,6 +31,10 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# The one-click lessons (Train and Playground pages; `python -m core.train --lesson ... --warm-cache`).
+LESSON_TWO_OPPOSED = {"users": "two-opposed", "corpus_prompts": 400, "steps": 60, "eval_every": 5}
+
+
 class ConfigError(ValueError):
     """A config that does not validate; the message names each bad field."""
 

@@ -42,10 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .runs import RunDir
 
-USER_SETS: dict[str, str | list[list[float]]] = {
-    "two-opposed": "two-opposed",
-    "four-one-hot": [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]],
-}
+USER_SETS = ("two-opposed", "four-one-hot")  # user presets (core.users)
 STUDY_ENCODER = {"encoder": "bundled-smollm2", "query_encoder": "lora", "lr": 1e-4, "batch_size": 4, "grad_accum": 8}
 FULL_STEPS = 250
 SIZES: dict[str, dict] = {
@@ -124,7 +121,7 @@ def run_configs(cfg: StudyConfig) -> dict[str, dict]:
     out = {}
     for method in cfg.methods or default_methods():
         for seed in cfg.seeds:
-            raw = {"preset": method, **STUDY_ENCODER, **SIZES[cfg.size], "users": USER_SETS[cfg.users],
+            raw = {"preset": method, **STUDY_ENCODER, **SIZES[cfg.size], "users": cfg.users,
                    "device": cfg.device, **cfg.overrides, "seed": seed}
             try:
                 out[f"{method}-s{seed}"] = build_config(raw).model_dump(mode="json")
@@ -134,18 +131,6 @@ def run_configs(cfg: StudyConfig) -> dict[str, dict]:
 
 
 # ---------------------------------------------------------------------------------------------- running
-def warm_cache(train_cfg: dict, log: Callable[[str], None]) -> float:
-    """Encode every text the grid reads with the frozen encoder once, before parallel runs race for it."""
-    from .config import TrainConfig
-    from .train import Trainer
-
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(**{**train_cfg, "method": "btl"})
-        Trainer(cfg, RunDir(tmp).create(), log=log)  # data + frozen embeddings (cached); no training
-    return time.perf_counter() - t0
-
-
 def run_study(cfg: StudyConfig, out: str | Path, *, log: Callable[[str], None] = print,
               progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """Train the grid into out/runs/ (finished runs are kept, partial ones resume) and write the table."""
@@ -163,7 +148,10 @@ def run_study(cfg: StudyConfig, out: str | Path, *, log: Callable[[str], None] =
     if progress:
         progress(done, len(configs))
     if todo:
-        log(f"frozen embeddings ready in {warm_cache(configs[todo[0]], log=lambda m: None):.1f}s")
+        from .config import TrainConfig
+        from .train import warm_cache
+
+        log(f"frozen embeddings ready in {warm_cache(TrainConfig(**configs[todo[0]]), log=lambda m: None):.1f}s")
     workers = resolved_workers(cfg)
     if workers <= 1:
         from .config import TrainConfig

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import ConfigError, TrainConfig, build_config, load_config_file
+from .config import LESSON_TWO_OPPOSED, ConfigError, TrainConfig, build_config, load_config_file
 from .dataset import PrefData, build, used_text_ids
 from .encoders import EmbeddingCache, TextEncoder, default_cache_root
 from .models import (
@@ -435,6 +435,17 @@ class Trainer:
         return record
 
 
+def warm_cache(cfg: TrainConfig, log: Callable[[str], None] = print) -> float:
+    """Build cfg's data and encode every text it reads with the frozen encoder (filling the on-disk
+    cache), without training or writing a run. Returns the seconds it took."""
+    import tempfile
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        Trainer(build_config({**cfg.model_dump(), "method": "btl"}), RunDir(tmp).create(), log=log)
+    return time.perf_counter() - t0
+
+
 def _cancel_now():
     """SIGTERM before the trainer exists (still loading data or encoding): stop as a cancel."""
     raise Cancelled("cancelled during setup")
@@ -482,7 +493,10 @@ def main(argv: list[str] | None = None) -> int:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", help="method preset: traditional, vpl, vpl-adaptive, vpl-mgda, vpl-pcgrad, vpl-contrastive")
     src.add_argument("--config", help="JSON config file (may name a preset and override fields)")
-    ap.add_argument("--run-dir", required=True, help="output folder (resumes if it holds a checkpoint)")
+    src.add_argument("--lesson", action="store_true", help="the app's two-opposed lesson (traditional's data)")
+    ap.add_argument("--run-dir", help="output folder (resumes if it holds a checkpoint); not with --warm-cache")
+    ap.add_argument("--warm-cache", action="store_true",
+                    help="only encode the config's texts into the embedding cache (scripts/setup.sh warms the lesson)")
     ap.add_argument("--seed", type=int, help="random seed (overrides the config)")
     ap.add_argument("--steps", type=int, help="optimizer steps (overrides the config)")
     ap.add_argument("--dry-run", action="store_true", help="tiny data and 2 steps, to check the pipeline end to end")
@@ -491,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.config:
             cfg = load_config_file(args.config, **over)
+        elif args.lesson:
+            cfg = build_config({"preset": "traditional", **LESSON_TWO_OPPOSED}, **over)
         else:
             cfg = build_config({"preset": args.preset}, **over)
         if args.dry_run:
@@ -498,6 +514,13 @@ def main(argv: list[str] | None = None) -> int:
                                 "max_train_per_user": 40, "max_test_per_user": 20, "pool_size": 20})
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.warm_cache:
+        secs = warm_cache(cfg, log=lambda m: print(m, flush=True))
+        print(f"embedding cache warm ({secs:.1f}s)")
+        return 0
+    if not args.run_dir:
+        print("error: --run-dir is required (unless --warm-cache)", file=sys.stderr)
         return 2
     train(cfg, args.run_dir, log=lambda m: print(m, flush=True))
     return 0

@@ -6,6 +6,7 @@ against `streamlit run app.py` on a free local port, with runs in a temporary fo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -39,13 +40,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path, cache_root, small_corpus_embeddings):
+@contextlib.contextmanager
+def app_server(tmp_path: Path, runs: Path, cache_root):
+    """`streamlit run app.py` on a free local port over the runs folder ``runs``; yields its URL. On exit,
+    cancels whatever runs it left and stops the server."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian chromium is not installed at /usr/bin/chromium")
     pytest.importorskip("playwright.sync_api")
     port = _free_port()
-    runs = tmp_path / "runs"
     env = {**os.environ, "PREFLENS_RUNS_DIR": str(runs), "PREFLENS_CACHE": str(cache_root),
            "PYTHONUNBUFFERED": "1"}
     log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115
@@ -64,18 +66,26 @@ def server(tmp_path, cache_root, small_corpus_embeddings):
                 if time.time() > end or proc.poll() is not None:
                     raise AssertionError((tmp_path / "streamlit.log").read_text()[-3000:]) from None
                 time.sleep(0.5)
-        yield url, runs
+        yield url
     finally:
         if runs.exists():
             jm = JobManager(runs)
             for r in jm.list():
-                jm.cancel(r["run_id"])
+                if r["state"] in ("queued", "running"):
+                    jm.cancel(r["run_id"])
         proc.terminate()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture
+def server(tmp_path, cache_root, small_corpus_embeddings):
+    runs = tmp_path / "runs"
+    with app_server(tmp_path, runs, cache_root) as url:
+        yield url, runs
 
 
 def test_lesson_curves_advance_then_latent_chart(server):
