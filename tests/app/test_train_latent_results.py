@@ -176,3 +176,16 @@ def test_run_pickers_keep_their_labels_when_a_run_changes_state(runs_root, tmp_p
     status.write_text(json.dumps({**final, "state": "running", "pid": os.getpid(),
                                   "pid_start": proc_start_marker(os.getpid()), "launcher": "local"}))
     assert _app("app_pages/latent.py", run=rid).selectbox(key="latent_run").options == ended
+
+
+def test_results_tables_show_rounded_figures(runs_root):
+    at = _app("app_pages/results.py")
+    assert not at.exception, at.exception
+    tables = [d.value for d in at.dataframe]
+    shown = next(t for t in tables if "converged_share" in t.columns)  # the summary by method
+    for col in ("wall_s",):
+        vals = shown[col].dropna()
+        assert len(vals) and all(abs(v * 10 - round(v * 10)) < 1e-9 for v in vals), vals  # seconds to 0.1
+    runs = next(t for t in tables if "run_id" in t.columns)  # "All N runs"
+    acc = runs["accuracy"].dropna()
+    assert len(acc) and all(abs(v * 1000 - round(v * 1000)) < 1e-9 for v in acc), acc  # the rest to 0.001

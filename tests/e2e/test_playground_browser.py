@@ -49,5 +49,10 @@ def test_playground_places_a_visitor_and_predicts_them(tmp_path, lesson_runs_roo
                 page.get_by_text(f"Personal model: {hits}/{n + 1}", exact=False).first.wait_for(timeout=120_000)
             assert hits >= 3
             page.screenshot(path=str(SHOTS / "playground.png"), full_page=True)
+            # a link to /home lands on Home (it used to open Streamlit's "Page not found" dialog)
+            page.goto(f"{url}/home", wait_until="domcontentloaded")
+            page.get_by_role("heading", name="PrefLens").first.wait_for(timeout=60_000)
+            page.wait_for_timeout(1500)
+            assert page.get_by_text("Page not found").count() == 0
         finally:
             browser.close()
