@@ -14,6 +14,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 HONESTY = np.asarray([[0.0, 1.0, 0.0, 0.0]])
 
 
+def settle(page) -> None:
+    """Wait until the script run triggered by the last click has finished (as Streamlit's own e2e tests do)."""
+    page.wait_for_timeout(300)
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=120_000)
+
+
 def test_playground_places_a_visitor_and_predicts_them(tmp_path, lesson_runs_root, cache_root):
     from playwright.sync_api import sync_playwright
 
@@ -30,6 +36,7 @@ def test_playground_places_a_visitor_and_predicts_them(tmp_path, lesson_runs_roo
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.goto(f"{url}/playground?run={rid}&k=8&how=random", wait_until="domcontentloaded")
             for n, (q, i, j) in enumerate(asked):
+                settle(page)
                 page.get_by_text(f"Question {n + 1}.", exact=False).first.wait_for(timeout=120_000)
                 page.locator(".st-key-pg_a button" if honest[q, i] > honest[q, j] else ".st-key-pg_b button").click()
             page.get_by_text("2. Predict me").first.wait_for(timeout=120_000)  # all 8 answers are in
@@ -40,6 +47,9 @@ def test_playground_places_a_visitor_and_predicts_them(tmp_path, lesson_runs_roo
                                    ".some(g => (g.data || []).some(t => t.name === 'you'))", timeout=120_000)
             hits = 0
             for n, (q, i, j) in enumerate(nxt[:4]):
+                # the page has moved on to this question (not the last one's stale prediction)
+                settle(page)
+                page.get_by_text(f"Question {n + 1}.", exact=False).first.wait_for(timeout=120_000)
                 info = page.get_by_text("The model predicts you will pick", exact=False).first
                 info.wait_for(timeout=120_000)
                 predicted_a = "pick A" in info.inner_text()
