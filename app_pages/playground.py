@@ -35,9 +35,21 @@ def tsne_with_visitor(path: str, stamp: float, mu: tuple[float, ...]) -> np.ndar
     from sklearn.manifold import TSNE
 
     rm = load_model(path, stamp)
-    X = np.vstack([rm._probe["mu"], np.asarray(mu)[None]])  # noqa: SLF001 - the run's saved probe latents
+    X = np.vstack([rm.probe["mu"], np.asarray(mu)[None]])
     perp = float(min(15.0, max(1.0, (len(X) - 1) / 3)))
     return TSNE(n_components=2, perplexity=perp, random_state=0, init="pca").fit_transform(X)
+
+
+def ab_question(table, pair: tuple[int, int, int], number: int, prefix: str, height: int) -> str | None:
+    """Show question ``number`` with its two answers side by side; 'a' or 'b' once the visitor picks."""
+    q, i, j = pair
+    st.markdown(f"**Question {number}.** {table.prompts[q]}")
+    ca, cb = st.columns(2)
+    ca.text_area("Answer A", table.responses[q][i], height=height, disabled=True, key=f"{prefix}_ta_{number}")
+    cb.text_area("Answer B", table.responses[q][j], height=height, disabled=True, key=f"{prefix}_tb_{number}")
+    pick_a = ca.button("A is better", key=f"{prefix}a", use_container_width=True)
+    pick_b = cb.button("B is better", key=f"{prefix}b", use_container_width=True)
+    return "a" if pick_a else "b" if pick_b else None
 
 
 def demos_from(table, pairs, answers: str) -> list[tuple[str, str, str]]:
@@ -111,15 +123,9 @@ if not rm.conditional:
 else:
     st.subheader(f"1. Your choices ({len(answers)}/{k})")
     if len(answers) < k:
-        q, i, j = asked[len(answers)]
-        st.markdown(f"**Question {len(answers) + 1}.** {table.prompts[q]}")
-        ca, cb = st.columns(2)
-        ca.text_area("Answer A", table.responses[q][i], height=220, disabled=True, key=f"pg_ta_{len(answers)}")
-        cb.text_area("Answer B", table.responses[q][j], height=220, disabled=True, key=f"pg_tb_{len(answers)}")
-        pick_a = ca.button("A is better", key="pg_a", use_container_width=True)
-        pick_b = cb.button("B is better", key="pg_b", use_container_width=True)
-        if pick_a or pick_b:
-            qp["ans"] = answers + ("a" if pick_a else "b")
+        pick = ab_question(table, asked[len(answers)], len(answers) + 1, "pg_", 220)
+        if pick:
+            qp["ans"] = answers + pick
             st.rerun()
     if st.button("Start over", key="pg_reset"):
         qp.pop("ans", None)
@@ -135,7 +141,7 @@ else:
                                                 if len(me.nearest) > 1 else ""))
         left, right = st.columns(2)
         xy = tsne_with_visitor(path, stamp, tuple(float(x) for x in me.mu))
-        users = rm._probe["user"]  # noqa: SLF001
+        users = rm.probe["user"]
         fig = go.Figure()
         for u in np.unique(users):
             m = users == u
@@ -182,15 +188,10 @@ else:
         if n < len(nxt):
             q, i, j = nxt[n]
             p = rm.preference(table.prompts[q], table.responses[q][i], table.responses[q][j], user=me)
-            st.markdown(f"**Question {n + 1}.** {table.prompts[q]}")
             st.info(f"The model predicts you will pick **{'A' if p > 0.5 else 'B'}** (p = {max(p, 1 - p):.2f}).")
-            ca, cb = st.columns(2)
-            ca.text_area("Answer A", table.responses[q][i], height=200, disabled=True, key=f"pg_pta_{n}")
-            cb.text_area("Answer B", table.responses[q][j], height=200, disabled=True, key=f"pg_ptb_{n}")
-            pick_a = ca.button("A is better", key="pg_pa", use_container_width=True)
-            pick_b = cb.button("B is better", key="pg_pb", use_container_width=True)
-            if pick_a or pick_b:
-                qp["pred"] = preds + ("a" if pick_a else "b")
+            pick = ab_question(table, nxt[n], n + 1, "pg_p", 200)
+            if pick:
+                qp["pred"] = preds + pick
                 st.rerun()
         else:
             st.success("Done: that is every prediction question.")

@@ -153,6 +153,11 @@ class PersonalRewardModel:
         return self._table
 
     @property
+    def probe(self) -> dict | None:
+        """The run's last saved probe latents: {"mu": (n, L), "user": (n,)} (None for a BTL run)."""
+        return self._probe
+
+    @property
     def conditional(self) -> bool:
         return bool(self.model.conditional)
 

@@ -1,9 +1,26 @@
-"""Reading plotly figures back out of an AppTest run."""
+"""AppTest helpers: open a page of the app with URL state, and read plotly figures back out of a run."""
 
 import base64
 import json
+from pathlib import Path
 
 import numpy as np
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+
+
+def open_page(page: str, timeout: float = 120, **qp):
+    """Run the app, switch to ``page`` (e.g. 'app_pages/train.py') with query params ``qp``; the AppTest."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=timeout)
+    for k, v in qp.items():
+        at.query_params[k] = v
+    at.run()
+    at.switch_page(page)
+    for k, v in qp.items():
+        at.query_params[k] = v
+    return at.run()
 
 
 def figure(at, key: str) -> dict:

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from core.config import build_config
 from core.jobs import JobManager
 from core.runs import RunDir
 from core.train import train
-from tests.app.figures import array, figure
+from tests.app.figures import array, figure, open_page
 
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
 TINY = {"corpus_prompts": 60, "max_train_per_user": 40, "max_test_per_user": 20, "pool_size": 20,
         "steps": 4, "eval_every": 2, "users": "cluster"}
 
@@ -34,20 +31,9 @@ def cluster_run(tmp_path_factory, cache_root, small_corpus_embeddings):
         os.environ["PREFLENS_RUNS_DIR"] = old
 
 
-def _app(page, **qp):
-    at = AppTest.from_file(APP, default_timeout=120)
-    for k, v in qp.items():
-        at.query_params[k] = v
-    at.run()
-    at.switch_page(page)
-    for k, v in qp.items():
-        at.query_params[k] = v
-    return at.run()
-
-
 def test_train_page_draws_group_means_with_bands_and_reference_lines(cluster_run):
     root, rid = cluster_run
-    at = _app("app_pages/train.py", runs=rid)
+    at = open_page("app_pages/train.py", runs=rid)
     assert not at.exception, at.exception
     fig = figure(at, "train_accuracy")
     groups = {t["meta"]["group"] for t in fig["data"] if "group" in t["meta"]}
@@ -74,7 +60,7 @@ def test_train_page_draws_group_means_with_bands_and_reference_lines(cluster_run
 
 def test_latent_page_colours_100_users_by_group(cluster_run):
     root, rid = cluster_run
-    at = _app("app_pages/latent.py", run=rid)
+    at = open_page("app_pages/latent.py", run=rid)
     assert not at.exception, at.exception
     fig = figure(at, "latent_tsne")
     got = {t["meta"]["group"]: len(array(t["x"])) for t in fig["data"]}
@@ -87,7 +73,7 @@ def test_latent_page_colours_100_users_by_group(cluster_run):
 
 def test_results_table_has_reference_columns(cluster_run):
     root, rid = cluster_run
-    at = _app("app_pages/results.py")
+    at = open_page("app_pages/results.py")
     assert not at.exception, at.exception
     tables = [d.value for d in at.dataframe if "ref_group" in d.value.columns]
     assert len(tables) >= 1, [list(d.value.columns) for d in at.dataframe]
@@ -101,7 +87,7 @@ def test_results_table_has_reference_columns(cluster_run):
 def test_four_users_lesson_launches_traditional_vpl_and_personal(tmp_path, monkeypatch, cache_root,
                                                                 small_corpus_embeddings):
     monkeypatch.setenv("PREFLENS_RUNS_DIR", str(tmp_path))
-    at = _app("app_pages/train.py")
+    at = open_page("app_pages/train.py")
     assert not at.exception, at.exception
     at.button(key="lesson4").click().run()
     jm = JobManager(tmp_path)

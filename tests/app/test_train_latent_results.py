@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from core.config import build_config
 from core.jobs import JobManager
 from core.runs import RunDir
 from core.train import train
-from tests.app.figures import array, figure
+from tests.app.figures import array, figure, open_page
 
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
 TINY = {"corpus_prompts": 60, "max_train_per_user": 40, "max_test_per_user": 20, "pool_size": 20,
         "steps": 6, "eval_every": 2}
 
@@ -46,20 +43,9 @@ def runs_root(tmp_path_factory, cache_root, small_corpus_embeddings):
         os.environ["PREFLENS_RUNS_DIR"] = old
 
 
-def _app(page, **qp):
-    at = AppTest.from_file(APP, default_timeout=120)
-    for k, v in qp.items():
-        at.query_params[k] = v
-    at.run()
-    at.switch_page(page)
-    for k, v in qp.items():
-        at.query_params[k] = v
-    return at.run()
-
-
 def test_train_page_shows_per_user_curves_of_finished_runs(runs_root):
     root, ids = runs_root
-    at = _app("app_pages/train.py", runs=f"{ids['traditional']},{ids['vpl']}")
+    at = open_page("app_pages/train.py", runs=f"{ids['traditional']},{ids['vpl']}")
     assert not at.exception, at.exception
     assert not [b for b in at.button if b.key == "lesson"]  # runs exist: no lesson prompt
     fig = figure(at, "train_accuracy")
@@ -86,7 +72,7 @@ def test_train_page_shows_per_user_curves_of_finished_runs(runs_root):
 
 def test_latent_page_tsne_points_per_user_and_separation_per_step(runs_root):
     root, ids = runs_root
-    at = _app("app_pages/latent.py", run=ids["vpl"])
+    at = open_page("app_pages/latent.py", run=ids["vpl"])
     assert not at.exception, at.exception
     fig = figure(at, "latent_tsne")
     with np.load(root / ids["vpl"] / "latents" / "step-000006.npz") as z:
@@ -105,7 +91,7 @@ def test_latent_page_tsne_points_per_user_and_separation_per_step(runs_root):
 
 def test_results_page_groups_by_method(runs_root):
     root, ids = runs_root
-    at = _app("app_pages/results.py")
+    at = open_page("app_pages/results.py")
     assert not at.exception, at.exception
     bar = figure(at, "results_accuracy")["data"][0]
     got = dict(zip(bar["x"], array(bar["y"]), strict=True))
@@ -121,7 +107,7 @@ def test_results_page_groups_by_method(runs_root):
 def test_lesson_button_launches_traditional_and_vpl_adaptive(tmp_path, monkeypatch, cache_root,
                                                              small_corpus_embeddings):
     monkeypatch.setenv("PREFLENS_RUNS_DIR", str(tmp_path))
-    at = _app("app_pages/train.py")
+    at = open_page("app_pages/train.py")
     assert not at.exception, at.exception
     at.button(key="lesson").click().run()
     jm = JobManager(tmp_path)
@@ -156,7 +142,7 @@ def test_run_pickers_keep_their_labels_when_a_run_changes_state(runs_root, tmp_p
                                   "pid_start": proc_start_marker(os.getpid()), "launcher": "local",
                                   "progress": {"done": 2, "total": 6, "fraction": 1 / 3}}))
     monkeypatch.setenv("PREFLENS_RUNS_DIR", str(tmp_path))
-    at = _app("app_pages/train.py")
+    at = open_page("app_pages/train.py")
     assert not at.exception, at.exception
     assert JobManager(tmp_path).list()[0]["state"] == "running"
     at.multiselect(key="shown").set_value([rid]).run()
@@ -171,15 +157,15 @@ def test_run_pickers_keep_their_labels_when_a_run_changes_state(runs_root, tmp_p
     assert {t["meta"]["run_id"] for t in figure(at, "train_accuracy")["data"]} == {rid}
 
     # the Latent page's run picker too (it lists runs that wrote latents, finished or not)
-    at = _app("app_pages/latent.py", run=rid)
+    at = open_page("app_pages/latent.py", run=rid)
     ended = at.selectbox(key="latent_run").options
     status.write_text(json.dumps({**final, "state": "running", "pid": os.getpid(),
                                   "pid_start": proc_start_marker(os.getpid()), "launcher": "local"}))
-    assert _app("app_pages/latent.py", run=rid).selectbox(key="latent_run").options == ended
+    assert open_page("app_pages/latent.py", run=rid).selectbox(key="latent_run").options == ended
 
 
 def test_results_tables_show_rounded_figures(runs_root):
-    at = _app("app_pages/results.py")
+    at = open_page("app_pages/results.py")
     assert not at.exception, at.exception
     tables = [d.value for d in at.dataframe]
     shown = next(t for t in tables if "converged_share" in t.columns)  # the summary by method
