@@ -69,13 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "many_users.json"))
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args(argv)
-    extra = {}
-    for item in args.set:
-        k, v = item.split("=", 1)
-        try:
-            extra[k] = json.loads(v)
-        except json.JSONDecodeError:
-            extra[k] = v
+    from core.experiments import parse_set
+
+    extra = parse_set(args.set)  # the same key=value (JSON values) parsing as `compare --set`
     steps, every = args.steps, args.eval_every
     if args.dry_run:
         extra.update(corpus_prompts=60, max_train_per_user=40, max_test_per_user=20, pool_size=20)

@@ -200,7 +200,7 @@ def parse_users_arg(value: str) -> list[list[float]] | str:
         raise UsersArgError(f"--users: {value}: {err}") from None
 
 
-def _parse_set(items: list[str]) -> dict:
+def parse_set(items: list[str]) -> dict:
     out = {}
     for item in items:
         if "=" not in item:
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         from .study import cli
 
         return cli(args, args.out)
-    over = _parse_set(args.set)
+    over = parse_set(args.set)
     if args.users:
         try:
             over["users"] = parse_users_arg(args.users)

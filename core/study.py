@@ -327,11 +327,11 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args) -> StudyConfig:
-    from .experiments import _parse_set
+    from .experiments import parse_set
 
     return validate_study({"size": args.size, "users": args.users, "methods": args.methods,
                            "seeds": [args.seed] if args.seed is not None else args.seeds, "workers": args.workers,
-                           "device": args.device, "overrides": _parse_set(args.set)})
+                           "device": args.device, "overrides": parse_set(args.set)})
 
 
 def cli(args, out: str | None) -> int:
