@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=1600)
     ap.add_argument("--set", nargs="*", default=[], help="config overrides key=value (JSON values)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "decoders.json"))
+    ap.add_argument("--workers", type=int, default=1,
+                    help="cells trained at once in child processes (each uses one thread; the embeddings are cached)")
     ap.add_argument("--dry-run", action="store_true", help="tiny corpus and 4 steps, to check the script")
     args = ap.parse_args(argv)
     from core.experiments import parse_set
@@ -77,18 +79,29 @@ def main(argv: list[str] | None = None) -> int:
         extra.update(corpus_prompts=120, max_train_per_user=40, max_test_per_user=20, pool_size=20)
         steps = 4
     cells = [(p, None) for p in args.presets] if args.presets else [("vpl", d) for d in args.decoders]
+    jobs = [(p, d, users, seed) for users in args.users for p, d in cells for seed in args.seeds]
     rows = []
+
+    def report(r: dict) -> None:
+        rows.append(r)
+        ua, probe = r["user_accuracy"], r["probe_user"]
+        print(f"{r['method']:<16} {r['users']:<13} s{r['seed']}  acc {fmt(r['accuracy'])}  min {fmt(r['min_user'])}  "
+              f"z-shuffled {fmt(r['z_shuffled'])}  ok {r['ok']!s:<5}  gap closed {fmt(r['gap_closed'], '.2f')}  "
+              f"[{' '.join(fmt(a, '.2f') for a in ua.values()) if len(ua) <= 8 else '...'}]"
+              f"  probe [{' '.join(fmt(a, '.2f') for a in probe.values()) if len(probe) <= 8 else fmt(r['ref_probe'])}]"
+              f"  {r['wall_s']:.0f}s", flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
-        for users in args.users:
-            for preset, decoder in cells:
-                for seed in args.seeds:
-                    r = cell(preset, decoder, users, seed, steps, extra, Path(tmp))
-                    rows.append(r)
-                    print(f"{r['method']:<16} {users:<13} s{seed}  acc {fmt(r['accuracy'])}  min {fmt(r['min_user'])}  "
-                          f"z-shuffled {fmt(r['z_shuffled'])}  ok {r['ok']!s:<5}  gap closed {fmt(r['gap_closed'], '.2f')}  "
-                          f"[{' '.join(fmt(a, '.2f') for a in r['user_accuracy'].values()) if len(r['user_accuracy']) <= 8 else '...'}]"
-                          f"  probe [{' '.join(fmt(a, '.2f') for a in r['probe_user'].values()) if len(r['probe_user']) <= 8 else fmt(r['ref_probe'])}]"
-                          f"  {r['wall_s']:.0f}s", flush=True)
+        if args.workers > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(args.workers) as pool:
+                futures = [pool.submit(cell, p, d, u, seed, steps, extra, Path(tmp)) for p, d, u, seed in jobs]
+                for f in futures:
+                    report(f.result())
+        else:
+            for p, d, u, seed in jobs:
+                report(cell(p, d, u, seed, steps, extra, Path(tmp)))
     print("\nsummary (mean over seeds)")
     print(f"{'method':<16} {'users':<13} {'acc':>6} {'min user':>9} {'z-shuf':>7} {'ok':>5} {'global':>7} {'group':>7} "
           f"{'probe':>7} {'gap':>6} {'s/run':>6}")

@@ -116,12 +116,17 @@ def validate_study_job(raw: dict) -> tuple[dict, str, str]:
 
 def run_configs(cfg: StudyConfig) -> dict[str, dict]:
     """{'<method>-s<seed>': validated TrainConfig as a dict} for the grid."""
-    from .config import ConfigError, build_config
+    from .config import PRESETS, ConfigError, build_config
 
     out = {}
     for method in cfg.methods or default_methods():
+        size = {**STUDY_ENCODER, **SIZES[cfg.size]}
+        if PRESETS.get(method, {}).get("grad_accum") == 1:
+            # a preset that wants one micro-batch a step (personal: its contrastive term needs same-user
+            # pairs inside the batch) gets the same pairs per step as one batch
+            size = {**size, "batch_size": size["batch_size"] * size["grad_accum"], "grad_accum": 1}
         for seed in cfg.seeds:
-            raw = {"preset": method, **STUDY_ENCODER, **SIZES[cfg.size], "users": cfg.users,
+            raw = {"preset": method, **size, "users": cfg.users,
                    "device": cfg.device, **cfg.overrides, "seed": seed}
             try:
                 out[f"{method}-s{seed}"] = build_config(raw).model_dump(mode="json")

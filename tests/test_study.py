@@ -16,7 +16,7 @@ from core.config import build_config
 from core.encoders import EmbeddingCache, TextEncoder
 from core.models import VPLRewardModel
 from core.runs import RunDir
-from core.study import StudyError, validate_study
+from core.study import StudyError, run_configs, validate_study
 from core.train import Trainer, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,6 +156,17 @@ def test_study_config_errors_name_the_field():
         validate_study({"methods": ["fewshot-k2"]})
     with pytest.raises(StudyError, match="vpl-nope"):
         validate_study({"methods": ["vpl-nope"]})
+
+
+def test_study_grid_gives_every_method_the_same_pairs_per_step_and_personal_one_micro_batch():
+    """personal's contrastive term needs same-user pairs inside a micro-batch: it gets the others' pairs per
+    step as one batch, while the study's methods keep the study's 4 x 8."""
+    for size in ("tiny", "full"):
+        cfgs = run_configs(validate_study({"size": size, "seeds": [0]}))
+        per_step = {k: c["batch_size"] * c["grad_accum"] for k, c in cfgs.items()}
+        assert len(set(per_step.values())) == 1, per_step
+        assert cfgs["personal-s0"]["grad_accum"] == 1 and cfgs["personal-s0"]["contrastive_coef"] > 0
+        assert cfgs["vpl-s0"]["grad_accum"] == (8 if size == "full" else 2)
 
 
 @pytest.mark.slow
