@@ -210,3 +210,22 @@ def test_cli_writes_the_four_files_and_names_bad_input(tmp_path, planted_csv):
     assert bad.returncode == 2 and not (tmp_path / "bad").exists()
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "'stars'" in lines[0], bad.stderr
+
+
+def test_group_test_by_hand_ignores_the_diagonal():
+    sim = np.array([[1.0, 0.8, 0.1, -0.1],
+                    [0.8, 1.0, 0.0, 0.2],
+                    [0.1, 0.0, 1.0, 0.6],
+                    [-0.1, 0.2, 0.6, 1.0]])
+    st = humans.group_test(sim, ["a", "a", "b", "b"], permutations=3000, seed=0)
+    assert st["within_mean"] == pytest.approx(0.7) and st["between_mean"] == pytest.approx(0.05)
+    assert (st["within_pairs"], st["between_pairs"]) == (2, 4)
+    # of the 3 ways to split 4 users 2 + 2, the true one has the largest gap: p is about 1/3
+    assert 0.28 < st["p_value"] < 0.39
+    nan_diag = sim.copy()
+    np.fill_diagonal(nan_diag, np.nan)
+    assert humans.group_test(nan_diag, ["a", "a", "b", "b"], permutations=3000, seed=0) == st
+    table = humans.group_table(sim, ["a", "a", "b", "b"], [], list("wxyz")).set_index("group")
+    assert table.loc["a", "within_mean"] == pytest.approx(0.8) and table.loc["b", "between_mean"] == pytest.approx(0.05)
+    one = humans.group_test(sim, ["a"] * 4, permutations=10)
+    assert one["p_value"] is None and "one group" in one["note"]

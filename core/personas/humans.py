@@ -258,6 +258,7 @@ class _GroupSums:
 
     def __init__(self, sim: np.ndarray, n_groups: int):
         defined = np.isfinite(sim)
+        np.fill_diagonal(defined, False)  # a user is no pair with themself (persona matrices carry 1s there)
         self.SC = np.concatenate([np.where(defined, sim, 0.0), defined.astype(float)])  # (2U, U)
         self.U, self.G = sim.shape[0], n_groups
         self.total_s = float(self.SC[: self.U].sum()) / 2
@@ -321,6 +322,7 @@ def group_table(sim: np.ndarray, groups: list[str], isolated: list[dict], users:
     """One row per group: users, isolated users, within/between pair counts and mean similarities."""
     labels = np.asarray(groups)
     defined = np.isfinite(sim)
+    np.fill_diagonal(defined, False)
     S = np.where(defined, sim, 0.0)
     iso = {d["user"] for d in isolated}
     rows = []
