@@ -260,10 +260,11 @@ with tab_results:
             c[1].metric("Items", hs["items"])
             c[2].metric("Ratings", f"{hs['ratings']:,}")
             c[3].metric(f"Pairs sharing ≥ {a.get('min_overlap')} items", f"{hs['pairs_meeting_overlap']:,}")
-            c = st.columns(3)
-            c[0].metric(f"Within-group similarity ({a.get('metric')})", _num(hs["within_mean"]))
-            c[1].metric("Between-group similarity", _num(hs["between_mean"]))
-            c[2].metric(f"Permutation p ({hs['permutations']} shuffles)", _num(hs["p_value"], ".4f"))
+            c = st.columns(4)
+            c[0].metric(f"Mean similarity ({a.get('metric')})", _num(hs.get("mean_similarity")))
+            c[1].metric("Within-group similarity", _num(hs["within_mean"]))
+            c[2].metric("Between-group similarity", _num(hs["between_mean"]))
+            c[3].metric(f"Permutation p ({hs['permutations']} shuffles)", _num(hs["p_value"], ".4f"))
             if hs.get("group_note"):
                 st.caption(f"Group test: {hs['group_note']}.")
             if hs["isolated_users_count"]:

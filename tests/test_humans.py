@@ -229,3 +229,11 @@ def test_group_test_by_hand_ignores_the_diagonal():
     assert table.loc["a", "within_mean"] == pytest.approx(0.8) and table.loc["b", "between_mean"] == pytest.approx(0.05)
     one = humans.group_test(sim, ["a"] * 4, permutations=10)
     assert one["p_value"] is None and "one group" in one["note"]
+
+
+def test_without_a_group_column_there_is_no_group_test(tmp_path):
+    r = read_ratings(_write(_planted(), tmp_path / "r.csv"), **COLS)
+    a = analyse(r, metric="cosine", permutations=100)
+    s = humans.write_outputs(tmp_path / "out", r, a, {"min_overlap": 5, "top_k": 5, "metric": "cosine", "seed": 0})
+    assert s["within_mean"] is None and s["p_value"] is None and "--group" in s["group_note"]
+    assert s["groups"] == 1 and s["mean_similarity"] == pytest.approx(np.nanmean(a.sim))

@@ -155,9 +155,10 @@ def read_ratings(path: str | Path, user: str, item: str, rating: str, group: str
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         v = raw[rating].iloc[i]
-        what = "is empty" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v!r} is not a number"
+        empty = v is None or (isinstance(v, float) and np.isnan(v))
+        what = "the value is empty" if empty else f"{v!r} is not a number"
         more = f" (and {int(bad.sum()) - 1} more rows)" if bad.sum() > 1 else ""
-        raise HumansError(f"{src}, {where(i)}: rating column {rating!r} {what}{more}")
+        raise HumansError(f"{src}, {where(i)}: rating column {rating!r}: {what}{more}")
     frame = pd.DataFrame({"user": users, "item": items, "rating": values.to_numpy()})
     n_missing = 0
     if group is not None:
@@ -380,7 +381,11 @@ def analyse(r: Ratings, metric: str = "pearson", min_overlap: int = 5, top_k: in
     sec["similarity"] = time.perf_counter() - t
     log(f"similarity: {int(np.isfinite(sim).sum()) // 2:,} user pairs defined ({sec['similarity']:.2f} s)")
     t = time.perf_counter()
-    stats = group_test(sim, groups, permutations, seed)
+    if r.group_column is None:
+        stats = {"within_mean": None, "between_mean": None, "within_pairs": 0, "between_pairs": 0,
+                 "difference": None, "p_value": None, "permutations": 0, "note": "no --group column given"}
+    else:
+        stats = group_test(sim, groups, permutations, seed)
     table = group_table(sim, groups, iso, users)
     sec["groups"] = time.perf_counter() - t
     log(f"groups: {len(set(groups))} group(s), {stats['permutations']} permutations ({sec['groups']:.2f} s)")
@@ -413,6 +418,7 @@ def summary(r: Ratings, a: Analysis, args: dict) -> dict:
         "missing_group_values": r.n_missing_group,
         "pairs": len(i), "pairs_meeting_overlap": int((a.overlap[i, j] >= args["min_overlap"]).sum()),
         "pairs_with_similarity": int(np.isfinite(a.sim[i, j]).sum()),
+        "mean_similarity": float(np.nanmean(a.sim[i, j])) if np.isfinite(a.sim[i, j]).any() else None,
         **{k: a.group_stats[k] for k in ("within_mean", "between_mean", "difference", "p_value", "permutations",
                                         "within_pairs", "between_pairs")},
         "group_note": a.group_stats["note"],
@@ -526,8 +532,8 @@ def main(argv: list[str] | None = None) -> int:
               f"graph, e.g. {first['user']!r}: {first['reason']} (listed in summary.json)", file=sys.stderr)
     fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
     print(f"{s['users']} users, {s['items']} items, {s['ratings']} ratings; {s['pairs_meeting_overlap']:,} pairs "
-          f"share >= {args.min_overlap} items; within-group {fmt(s['within_mean'])} vs between "
-          f"{fmt(s['between_mean'])}, permutation p = {fmt(s['p_value'])}"
+          f"share >= {args.min_overlap} items; mean similarity {fmt(s['mean_similarity'])}; within-group "
+          f"{fmt(s['within_mean'])} vs between {fmt(s['between_mean'])}, permutation p = {fmt(s['p_value'])}"
           + (f" ({s['group_note']})" if s["group_note"] else ""))
     return 0
 
