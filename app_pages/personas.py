@@ -12,9 +12,20 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.personas import analysis, parse_stories
+from core.personas.humans import HumansError, load_output
 from core.personas.quality import verdict
-from core.personas.runs_view import cancel, checkpoints_root, launch, list_persona_runs, load_run, refresh
+from core.personas.runs_view import (
+    cancel,
+    checkpoints_root,
+    launch,
+    list_humans_outputs,
+    list_persona_runs,
+    load_run,
+    persona_group_stats,
+    refresh,
+)
 from core.personas.stories import default_stories, stories_to_json
+from ui.graphs import neighbour_graph_figure, stored_layout_figure
 
 st.title("Personas: simulated users from life stories")
 st.caption("An LLM judge plays each user story and picks between two responses (seed §5). Pairwise asks A/B in "
@@ -173,20 +184,10 @@ with tab_results:
                 k = st.slider("Mutual top-k neighbours", 1, max(1, min(10, len(users) - 1)),
                               min(5, len(users) - 1), key="topk")
                 g = analysis.mutual_top_k_graph(sim, k=k, labels=list(info["occupation"]))
-                pos = nx.spring_layout(g, seed=int(seed))
-                ex, ey = [], []
-                for a, b in g.edges():
-                    ex += [pos[a][0], pos[b][0], None]
-                    ey += [pos[a][1], pos[b][1], None]
-                fig = go.Figure([go.Scatter(x=ex, y=ey, mode="lines", line={"color": "#aaa"}, hoverinfo="skip",
-                                            showlegend=False)])
-                for occ in sorted(set(info["occupation"])):
-                    nodes = [i for i in g.nodes if info["occupation"].iloc[i] == occ]
-                    fig.add_trace(go.Scatter(x=[pos[i][0] for i in nodes], y=[pos[i][1] for i in nodes],
-                                             mode="markers+text", name=occ, text=[info["name"].iloc[i] for i in nodes],
-                                             textposition="top center", marker={"size": 12}))
-                fig.update_layout(title=f"Mutual top-{k} neighbours (layout seed {seed})", height=520,
-                                  xaxis={"visible": False}, yaxis={"visible": False})
+                fig = neighbour_graph_figure(g, nx.spring_layout(g, seed=int(seed)),
+                                             {i: info["occupation"].iloc[i] for i in g.nodes},
+                                             {i: info["name"].iloc[i] for i in g.nodes},
+                                             f"Mutual top-{k} neighbours (layout seed {seed})")
                 st.plotly_chart(fig, key="graph")
                 comps = analysis.components(g)
                 st.write("**Connected components**: " + ("; ".join(
@@ -221,3 +222,70 @@ with tab_results:
                 st.plotly_chart(fig, key="compare_chart")
         if data["torn_lines"]:
             st.caption(f"{data['torn_lines']} torn line(s) skipped in results.jsonl.")
+
+
+# ---------------------------------------------------------------- real people
+def _num(x, fmt=".3f"):
+    return "n/a" if x is None else format(x, fmt)
+
+
+with tab_results:
+    st.divider()
+    st.subheader("Real human ratings beside the personas")
+    st.caption("Folders written by `python -m core.personas.humans` (see the README): the same similarity analyses "
+               f"on real people's ratings. Listed from {ROOT}/ and its humans/ subfolder; or enter a folder's path.")
+    outs = list_humans_outputs(ROOT)
+    names = [o["name"] for o in outs]
+    hc1, hc2 = st.columns(2)
+    picked = None
+    if names:
+        want = qp.get("humans")
+        picked = hc1.selectbox("Humans output", names, index=names.index(want) if want in names else 0,
+                               key="humans_select")
+        qp["humans"] = picked
+    typed = hc2.text_input("Or a folder path", "", key="humans_path", placeholder="/data/movielens-humans")
+    folder = typed.strip() or (outs[names.index(picked)]["path"] if picked else None)
+    if folder is None:
+        st.info(f"No humans output under {ROOT}/ yet. Make one with `python -m core.personas.humans --ratings FILE "
+                f"--user COL --item COL --rating COL --group COL --out {ROOT}/humans/NAME`.")
+    else:
+        try:
+            h = load_output(folder)
+        except HumansError as e:
+            st.error(str(e))
+        else:
+            hs, a = h["summary"], h["summary"].get("args", {})
+            c = st.columns(4)
+            c[0].metric("People", hs["users"])
+            c[1].metric("Items", hs["items"])
+            c[2].metric("Ratings", f"{hs['ratings']:,}")
+            c[3].metric(f"Pairs sharing ≥ {a.get('min_overlap')} items", f"{hs['pairs_meeting_overlap']:,}")
+            c = st.columns(4)
+            c[0].metric(f"Mean similarity ({a.get('metric')})", _num(hs.get("mean_similarity")))
+            c[1].metric("Within-group similarity", _num(hs["within_mean"]))
+            c[2].metric("Between-group similarity", _num(hs["between_mean"]))
+            c[3].metric(f"Permutation p ({hs['permutations']} shuffles)", _num(hs["p_value"], ".4f"))
+            if hs.get("group_note"):
+                st.caption(f"Group test: {hs['group_note']}.")
+            if hs["isolated_users_count"]:
+                first = hs["isolated_users"][0]
+                st.warning(f"{hs['isolated_users_count']} people have no similarity with anyone and sit alone in the "
+                           f"graph, e.g. {first['user']}: {first['reason']}.")
+            g = h["graph"]
+            gmeta = g.graph or {}
+            st.plotly_chart(stored_layout_figure(g, f"Mutual top-{gmeta.get('k', '?')} neighbours of "
+                                                 f"{hs['users']} people by {hs.get('group_column') or 'group'} "
+                                                 f"(layout seed {gmeta.get('layout_seed', '?')})"),
+                            key="humans_graph")
+            st.dataframe(h["groups"], key="humans_groups", hide_index=True)
+            rows = [{"source": f"humans · {typed.strip() or picked}", "users": hs["users"], "groups": hs["groups"],
+                     "within": hs["within_mean"], "between": hs["between_mean"], "p": hs["p_value"]}]
+            if runs and data["records"]:
+                ps = persona_group_stats(data["records"], permutations=1000, seed=int(seed))
+                if ps:
+                    rows.insert(0, {"source": f"personas · {run_id} (story groups)", "users": ps["users"],
+                                    "groups": ps["groups"], "within": ps["within_mean"],
+                                    "between": ps["between_mean"], "p": ps["p_value"]})
+            st.write("**Side by side**: mean similarity within vs between groups, and the permutation p-value "
+                     "(a small p: the groups are more alike inside than across).")
+            st.dataframe(pd.DataFrame(rows).set_index("source"), key="humans_compare")

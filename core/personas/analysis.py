@@ -65,14 +65,17 @@ def cosine_similarity(matrix: np.ndarray) -> np.ndarray:
 
 
 def top_k_neighbours(sim: np.ndarray, k: int) -> list[set[int]]:
-    """For each row, the indices of its k most similar others (ties broken by lower index)."""
-    n = sim.shape[0]
-    out = []
-    for i in range(n):
-        others = [j for j in range(n) if j != i]
-        others.sort(key=lambda j: (-sim[i, j], j))
-        out.append(set(others[:k]))
-    return out
+    """For each row, the indices of its k most similar others (ties broken by lower index).
+
+    A NaN similarity (undefined: e.g. two human raters with too few items in common) never makes a
+    neighbour, so a row may get fewer than k. One stable argsort for the whole matrix.
+    """
+    s = np.array(sim, dtype=float)
+    s[np.isnan(s)] = -np.inf
+    np.fill_diagonal(s, -np.inf)
+    order = np.argsort(-s, axis=1, kind="stable")[:, :max(0, int(k))]
+    keep = np.isfinite(np.take_along_axis(s, order, axis=1))
+    return [set(row[ok].tolist()) for row, ok in zip(order, keep, strict=True)]
 
 
 def mutual_top_k_graph(sim: np.ndarray, k: int = 5, labels: list | None = None) -> nx.Graph:

@@ -104,3 +104,37 @@ def cancel(path: str | Path) -> bool:
         return True
     except (ProcessLookupError, PermissionError):
         return False
+
+
+def list_humans_outputs(root: str | Path) -> list[dict]:
+    """Output folders of ``python -m core.personas.humans`` directly under ``root`` or under
+    ``root/humans/``, newest first: {name (relative to root), path, users, groups, created}."""
+    root = Path(root)
+    out = []
+    for base in (root, root / "humans"):
+        if not base.is_dir():
+            continue
+        for d in base.iterdir():
+            s = read_json(d / "summary.json") if d.is_dir() else None
+            if isinstance(s, dict) and s.get("kind") == "humans":
+                out.append({"name": d.relative_to(root).as_posix(), "path": str(d), "users": s.get("users"),
+                            "groups": s.get("groups"), "created": str(s.get("created") or "")})
+    return sorted(out, key=lambda o: (o["created"], o["name"]), reverse=True)
+
+
+def persona_group_stats(records: list[dict], permutations: int = 1000, seed: int = 0) -> dict | None:
+    """The humans' group test on a persona run: cosine similarity of the users' choices, grouped by
+    their stories' groups (the same within/between means and permutation p-value); None below 2 users."""
+    from . import analysis
+    from .humans import group_test
+
+    df = analysis.results_frame(records)
+    if df.empty:
+        return None
+    mat, users, _ = analysis.preference_matrix(df)
+    if len(users) < 2:
+        return None
+    info = df.drop_duplicates("user").set_index("user").loc[users]
+    groups = [g or o for g, o in zip(info["group"], info["occupation"], strict=True)]
+    return {"users": len(users), "groups": len(set(groups)),
+            **group_test(analysis.cosine_similarity(mat), groups, permutations, seed)}
