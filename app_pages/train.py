@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import slurm
-from core.config import LESSON_TWO_OPPOSED, PRESETS, ConfigError
+from core.config import LESSON_FOUR_USERS, LESSON_TWO_OPPOSED, PRESETS, ConfigError
 from core.jobs import JobManager, default_root
 from core.references import group_labels
 from core.runs import RunDir
@@ -16,7 +16,6 @@ from core.users import PRESETS as USER_PRESETS
 from ui.state import current_users, run_label
 
 QUICK = {k: v for k, v in LESSON_TWO_OPPOSED.items() if k != "users"}
-FOUR = {"corpus_prompts": 400, "steps": 400, "eval_every": 25}  # the four-users lesson (bench/bench_decoders.py)
 ACTIVE = ("queued", "running")
 REFRESH_S = 2.0
 
@@ -236,18 +235,20 @@ if not runs:
     st.info("**The lessons in one click.** *Two opposed users* (helpfulness vs honesty): a traditional reward "
             "model can only average them and stays near chance for both; the personalized (VPL) model with "
             "adaptive sampling reads each user from a few examples and serves both. About 15 seconds once `scripts/setup.sh` has warmed its embeddings (about 90 without).\n\n"
-            "*Four users* (one per aspect): the study's VPL decoder, which only appends z to the response "
-            "embedding, stalls near the traditional model: it barely uses who the user is (its *z shuffled* "
-            "accuracy stays close to its accuracy). PrefLens's `personal` preset lets z multiply the response "
-            "features: it uses z (its z-shuffled accuracy falls) and does better, but does not yet serve all "
-            "four users well. A few minutes on a laptop CPU.")
+            "*Four users* (one per aspect): the study's VPL model only appends who the user is (z) to the "
+            "response embedding, so it stalls at the traditional model's level, and its *z shuffled* accuracy "
+            "(the same questions read with another user's examples) equals its accuracy: it ignores z. "
+            "PrefLens's `personal` preset lets z multiply the response features and pulls the users' latents "
+            "apart: it serves all four (about 0.9 on average, every user above 0.8; the dashed *per-user "
+            "probe* line is what a linear head trained on one user alone reaches). Two to four minutes on a "
+            "laptop CPU.")
     c1, c2 = st.columns(2)
     if c1.button("Run the two-opposed lesson", type="primary", key="lesson"):
         ids = submit_all(jm, ["traditional", "vpl-adaptive"], [0], {"users": "two-opposed", **QUICK})
         st.query_params["runs"] = ",".join(ids)
         st.rerun()
     if c2.button("Run the four-users lesson", key="lesson4"):
-        ids = submit_all(jm, ["traditional", "vpl", "personal"], [0], {"users": "four-one-hot", **FOUR})
+        ids = submit_all(jm, ["traditional", "vpl", "personal"], [0], LESSON_FOUR_USERS)
         st.query_params["runs"] = ",".join(ids)
         st.rerun()
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import LESSON_TWO_OPPOSED, ConfigError, TrainConfig, build_config, load_config_file
+from .config import LESSONS, ConfigError, TrainConfig, build_config, load_config_file
 from .dataset import PrefData, build, used_text_ids
 from .encoders import EmbeddingCache, TextEncoder, default_cache_root
 from .models import (
@@ -493,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", help="method preset: traditional, vpl, vpl-adaptive, vpl-mgda, vpl-pcgrad, vpl-contrastive")
     src.add_argument("--config", help="JSON config file (may name a preset and override fields)")
-    src.add_argument("--lesson", action="store_true", help="the app's two-opposed lesson (traditional's data)")
+    src.add_argument("--lesson", nargs="?", const="two-opposed", choices=list(LESSONS),
+                     help="one of the app's lessons (default two-opposed), as its traditional run")
     ap.add_argument("--run-dir", help="output folder (resumes if it holds a checkpoint); not with --warm-cache")
     ap.add_argument("--warm-cache", action="store_true",
                     help="only encode the config's texts into the embedding cache (scripts/setup.sh warms the lesson)")
@@ -506,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.config:
             cfg = load_config_file(args.config, **over)
         elif args.lesson:
-            cfg = build_config({"preset": "traditional", **LESSON_TWO_OPPOSED}, **over)
+            cfg = build_config({"preset": "traditional", **LESSONS[args.lesson]}, **over)
         else:
             cfg = build_config({"preset": args.preset}, **over)
         if args.dry_run:

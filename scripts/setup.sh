@@ -32,10 +32,12 @@ if [ "$dev" = 1 ]; then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
   fi
 fi
-# 4. the first lesson's embeddings (~1,300 texts, about a minute cold on 2 cores), so that clicking the
-#    lesson trains at once instead of encoding first; instant when already cached.
+# 4. the lessons' embeddings (~1,300 texts, about a minute cold on 2 cores; the four-users lesson adds a few
+#    hundred), so that clicking a lesson trains at once instead of encoding first; instant when already cached.
 if [ "${PREFLENS_SKIP_WARM:-0}" != 1 ]; then
   echo "setup: warming the lesson's embedding cache" >&2
-  HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/python -m core.train --lesson --warm-cache | tail -n 1 >&2
+  for lesson in two-opposed four-users; do
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/python -m core.train --lesson "$lesson" --warm-cache | tail -n 1 >&2
+  done
 fi
 echo "setup: ready (.venv)" >&2
