@@ -395,6 +395,14 @@ class LocalJudge:
             scored.append(vals)
         return scored
 
+    def next_token_logprobs(self, prefix: str, suffix: str, continuations: list[list[int]]):
+        """Log-distribution (len(continuations), vocab) of the token after each assistant-side continuation."""
+        import torch
+
+        items = self._packed_items([(prefix, suffix)])
+        (dists,) = self._score_packed(items, [[(list(c), len(c)) for c in continuations]])
+        return torch.stack(dists)
+
     def rating_probs_many(self, pairs: list[tuple[str, str]], cues: list[str]) -> RatingResult:
         """``rating_probs`` for (prefix, suffix) pairs of many personas at once (batched across them)."""
         plans = rating_plan(self.tokenizer, cues)
