@@ -131,30 +131,44 @@ def test_logprobs_come_back_in_openai_shape_or_not_at_all(server, plain_server):
     assert err.value.code == 400
 
 
+# Prompts on which the bundled model puts every grade token among its 20 likeliest (ranks 0..5, checked
+# below): there the listed logprobs hold all the grades, and both paths must agree closely.
+PRIMED = [
+    ("You grade replies on a scale from -2 (very poor) to 2 (excellent). Negative grades are common.",
+     "REQUEST:\nWhat is the capital of France?\n\nREPLY:\nThe capital of France is Berlin, a city in Spain.\n\n"
+     "Earlier grades for similar replies: -2, -1, -2, 0, -1, 1, -2.", "Grade:"),
+    ("You grade replies on a scale from -2 to 2.",
+     "Grades: -2 means wrong, -1 mostly wrong, 0 unsure, 1 mostly right, 2 right.\nREPLY: 2 + 2 = 5.\n"
+     "Give the grade.", "Grade:"),
+]
+
+
+def _all_listed(local, prefix, suffix, cue) -> bool:
+    """Whether the local model ranks every token of every grade (after the cue) within its top 20."""
+    ((stem, tails),) = rating_plan(local.tokenizer, [cue])
+    conts = [(stem + tail[:k], t) for tail in tails for k, t in enumerate(tail)]
+    dists = local.next_token_logprobs(prefix, suffix, [c for c, _ in conts])
+    return all(int((dists[n] > dists[n, t]).sum()) < 20 for n, (_, t) in enumerate(conts))
+
+
 def test_endpoint_logprobs_give_the_local_judges_grades_and_ab(server, local):
+    judge = OpenAIJudge(model="bundled", base_url=server, api_key=KEY, concurrency=2)
+    for prefix, suffix, cue in PRIMED:
+        assert _all_listed(local, prefix, suffix, cue)
+        got, want = judge.rating_probs(prefix, [suffix], [cue]), local.rating_probs(prefix, [suffix], [cue])
+        assert got.source == "logprobs" and want.source == "logits" and judge.probs_status() == "logprobs"
+        np.testing.assert_allclose(got.expected, want.expected, atol=2e-3)
+        np.testing.assert_allclose(got.probs, want.probs, atol=1e-3)
+        np.testing.assert_allclose(got.mass, want.mass, rtol=2e-3)
+        assert want.probs[0, 0, :2].sum() > 0.1  # negative grades carry real weight: their two-token path is read
+    # On the real scoring prompt this weak rater ranks " -" below its 20 likeliest tokens: the endpoint then
+    # sees no negative grade (counted 0), so its grade mass can only be lower than the full distribution's.
     story = default_stories()[3]
     q = pick_questions(generate_table(40, seed=3), 2, seed=3)
     prefix, suffix = prompts.scoring_prefix(story), prompts.scoring_suffix(q[0].prompt, q[0].first)
     cues = [prompts.logit_cue(d) for d in prompts.DIMENSIONS]
-    judge = OpenAIJudge(model="bundled", base_url=server, api_key=KEY, concurrency=2)
-    got = judge.rating_probs(prefix, [suffix], cues)
-    want = local.rating_probs(prefix, [suffix], cues)
-    assert got.source == "logprobs" and judge.probs_status() == "logprobs"
-    # A grade's tokens can be missing from the 20 listed ones (this weak rater spreads its mass): then the
-    # endpoint counts it 0. Where the local model ranks every grade token within its top 20, both agree.
-    listed = []
-    for c, (stem, tails) in enumerate(rating_plan(local.tokenizer, cues)):
-        ok = True
-        for tail in tails:
-            dists = local.next_token_logprobs(prefix, suffix, [stem + tail[:k] for k in range(len(tail))])
-            for k, t in enumerate(tail):
-                ok &= bool((dists[k] > dists[k, t]).sum() < 20)
-        listed.append(ok)
-        assert got.mass[0, c] <= want.mass[0, c] + 1e-4
-        if ok:
-            np.testing.assert_allclose(got.expected[0, c], want.expected[0, c], atol=2e-3)
-            np.testing.assert_allclose(got.mass[0, c], want.mass[0, c], rtol=2e-3)
-    assert any(listed), "no cue had all its grade tokens listed: the comparison would be empty"
+    got, want = judge.rating_probs(prefix, [suffix], cues), local.rating_probs(prefix, [suffix], cues)
+    assert np.all(got.mass <= want.mass + 1e-4) and np.all(got.mass > 0.5 * want.mass)
     assert got.probs.shape == (1, 4, len(RATINGS))
     pp = prompts.pairwise_prefix(story)
     sufs = [prompts.pairwise_suffix(x.prompt, x.first, x.second) for x in q]
