@@ -81,3 +81,6 @@ def test_occupation_order_and_position_bias():
     pb = analysis.position_bias(recs)
     assert pb["valid_answers"] == 5 and pb["share_first_position"] == pytest.approx(4 / 5)
     assert pb["per_order"] == [1.0, pytest.approx(2 / 3)]
+    # a run that read the letters from logits only (pairwise_method="logits") counts those instead
+    logit_recs = [{**r, "logit_answers": r.pop("answers")} for r in recs]
+    assert analysis.position_bias(logit_recs) == pb

@@ -1,5 +1,6 @@
 """The real bundled judge (SmolLM2-135M GGUF): both modes on 2 stories x 3 questions, prefix reuse,
-resume after an interrupted run, the judge-quality probe. The judge loads once for this module."""
+the packed logit path against the plain one, A/B probabilities, resume after an interrupted run, the
+judge-quality probe. The judge loads once for this module."""
 
 from __future__ import annotations
 
@@ -37,16 +38,19 @@ def test_both_modes_on_two_stories_and_three_questions(judge, questions, tmp_pat
     pw.mkdir()
     sc.mkdir()
     counts = run_simulation(judge, stories, questions, mode="pairwise", run_dir=pw, max_new_tokens=6)
-    assert counts == {"total": 6, "done": 6, "skipped_existing": 0}
+    assert counts == {"total": 6, "done": 6, "skipped_existing": 0, "read_from": {"text": 6}}
     recs = _records(pw)
     assert len(recs) == 6 and len({r["key"] for r in recs}) == 6
     for r in recs:
         assert r["choice"] in ("first", "second", "inconsistent", "invalid")
         assert len(r["raw"]) == 2 and r["answers"][0] in ("A", "B", None)
-    run_simulation(judge, stories, questions, mode="scoring", run_dir=sc, max_new_tokens=16, scoring_method="both")
+    counts = run_simulation(judge, stories, questions, mode="scoring", run_dir=sc, max_new_tokens=16,
+                            scoring_method="both")
+    assert counts["read_from"] == {"logits": 6}
     recs = _records(sc)
     assert len(recs) == 6
     for r in recs:
+        assert r["read_from"] == "logits"
         assert r["choice"] == r["logit_choice"] in ("first", "second", "tie")  # logits cannot fail to parse
         assert r["gen_choice"] in ("first", "second", "tie", "invalid")
         e = np.array(r["logit_scores"])
@@ -92,6 +96,63 @@ def test_prefix_reuse_and_batching_do_not_change_answers(judge, questions):
     np.testing.assert_allclose(a.probs[1, 2], naive / naive.sum(), atol=2e-3)
 
 
+def test_packed_path_gives_the_plain_paths_grades(judge, questions):
+    """The packed path (several personas per forward pass, tries, cached prefixes) against the plain one:
+    one prompt at a time, no prefix cache, each cue's grades scored as separate branches."""
+    stories = default_stories()[:3]
+    cues = [prompts.logit_cue(d) for d in prompts.DIMENSIONS]
+    pairs = [(prompts.scoring_prefix(st), prompts.scoring_suffix(q.prompt, r))
+             for st in stories for q in questions[:2] for r in (q.first, q.second)]
+    old = judge.reuse_prefix, judge.batch_size
+    try:
+        judge.reuse_prefix, judge.batch_size = True, 8
+        packed = judge.rating_probs_many(pairs, cues)
+        judge.reuse_prefix, judge.batch_size = False, 1
+        plain = [judge.rating_probs_unpacked(pre, [suf], cues) for pre, suf in pairs]
+    finally:
+        judge.reuse_prefix, judge.batch_size = old
+    plain_exp = np.concatenate([r.expected for r in plain])
+    plain_mass = np.concatenate([r.mass for r in plain])
+    assert packed.expected.shape == (12, 4)
+    np.testing.assert_allclose(packed.expected, plain_exp, atol=1e-4)
+    np.testing.assert_allclose(packed.mass, plain_mass, rtol=1e-4)
+    assert np.ptp(packed.expected) > 0.05  # the grades differ between prompts: a real comparison
+
+
+def test_ab_probabilities_match_a_plain_forward(judge, questions):
+    """choice_probs after the "[[" prefill equals softmax mass of the A/B tokens from one uncached forward."""
+    import torch
+
+    story = default_stories()[7]
+    prefix = prompts.pairwise_prefix(story)
+    sufs = [prompts.pairwise_suffix(q.prompt, q.first, q.second) for q in questions[:2]]
+    res = judge.choice_probs(prefix, sufs, ("A", "B"), prefill=prompts.PAIRWISE_PREFILL)
+    ids = judge.option_ids(("A", "B"))
+    assert judge.tokenizer.encode(" A", add_special_tokens=False)[0] in ids[0]
+    assert judge.tokenizer.encode("b", add_special_tokens=False)[0] in ids[1]
+    for i, suf in enumerate(sufs):
+        head, body = judge.split_template(prefix, suf)
+        full = head + body + judge.tokenizer.encode(prompts.PAIRWISE_PREFILL, add_special_tokens=False)
+        with torch.inference_mode(), judge._threads():
+            p = torch.softmax(judge.model(torch.tensor([full])).logits[0, -1].double(), -1)
+        a, b = float(p[ids[0]].sum()), float(p[ids[1]].sum())
+        np.testing.assert_allclose(res.probs[i], [a / (a + b), b / (a + b)], atol=1e-4)
+        np.testing.assert_allclose(res.mass[i], a + b, rtol=1e-3)
+
+
+def test_pairwise_from_logits_records_probabilities(judge, questions, tmp_path):
+    stories = default_stories()[:2]
+    counts = run_simulation(judge, stories, questions[:2], mode="pairwise", run_dir=tmp_path,
+                            pairwise_method="logits", chunk=3)
+    assert counts["read_from"] == {"logits": 4}
+    for r in _records(tmp_path):
+        assert r["read_from"] == "logits" and "raw" not in r  # nothing generated
+        pa, pb = r["ab_probs"]
+        assert 0 <= pa <= 1 and 0 <= pb <= 1
+        assert r["p_first"] == pytest.approx(0.5 * (pa + 1 - pb), abs=2e-4)
+        assert r["choice"] == r["logit_choice"] in ("first", "second", "inconsistent")
+
+
 class CountingJudge:
     def __init__(self, inner):
         self.inner, self.suffixes = inner, 0
@@ -124,7 +185,7 @@ def test_interrupted_run_resumes_without_rescoring(judge, questions, tmp_path):
         fh.write('{"key": "1::torn')  # a kill mid-write leaves a torn line; it must not count as done
     counting.suffixes = 0
     counts = run_simulation(counting, stories, questions, mode="scoring", run_dir=tmp_path, scoring_method="logits")
-    assert counts == {"total": 6, "done": 6, "skipped_existing": 2}
+    assert counts == {"total": 6, "done": 6, "skipped_existing": 2, "read_from": {"logits": 4}}
     assert counting.suffixes == 2 * 4  # only the 4 remaining items, 2 responses each
     assert done_keys(tmp_path) == {f"{u}::{q.qid}" for u in range(2) for q in questions}
     from core.runs import read_jsonl

@@ -110,9 +110,12 @@ def main(argv: list[str] | None = None) -> int:
             run.log(f"judge-quality probe: {probe['spearman']} ({probe['method']})")
         max_new = cfg.max_new_tokens or (8 if cfg.mode == "pairwise" else (24 if cfg.dry_run else 64))
         counts = run_simulation(judge, stories, questions, mode=cfg.mode, run_dir=run.path,
-                                scoring_method=cfg.scoring_method, max_new_tokens=max_new,
-                                chunk=cfg.batch_size, progress=run.set_progress,
+                                scoring_method=cfg.scoring_method, pairwise_method=cfg.pairwise_method,
+                                max_new_tokens=max_new, chunk=cfg.batch_size, progress=run.set_progress,
                                 should_stop=lambda: stop["flag"])
+        status = getattr(judge, "probs_status", None)
+        if status is not None:
+            run.log(f"endpoint probabilities: {status()}; requests {getattr(judge, 'requests', {})}")
         run.log(f"done: {counts} in {time.time() - t0:.1f}s")
         run.mark_final("succeeded", counts=counts)
         return 0

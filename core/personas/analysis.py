@@ -105,10 +105,11 @@ def occupation_order(names: list[str], occupations: list[str], groups: list[str]
 
 
 def position_bias(records: list[dict]) -> dict:
-    """Pairwise records: share of answers naming the response shown first (A), per order and overall."""
+    """Pairwise records: share of answers naming the response shown first (A), per order and overall
+    (the generated letters, or the likelier letter where a run read them from logits only)."""
     per = [[0, 0], [0, 0]]  # per order: [said A, valid]
     for r in records:
-        for o, a in enumerate(r.get("answers") or []):
+        for o, a in enumerate(r.get("answers") or r.get("logit_answers") or []):  # generated, else from logits
             if a in ("A", "B") and o < 2:
                 per[o][1] += 1
                 per[o][0] += a == "A"

@@ -16,7 +16,11 @@ class PersonaConfig(BaseModel):
     n_questions: int = Field(20, ge=1, le=100000, description="Questions drawn from the data, one response pair each.")
     mode: Literal["pairwise", "scoring"] = Field("scoring", description="pairwise: A/B in both orders; scoring: grade each response.")
     scoring_method: Literal["generate", "logits", "both"] = Field(
-        "both", description="Scoring mode only: parse generated [[t, i, h, p]] grades, read grades from logits, or both.")
+        "both", description="Scoring mode only: parse generated [[t, i, h, p]] grades, read grades from logits "
+                            "(an endpoint's logprobs; text when it sends none), or both.")
+    pairwise_method: Literal["generate", "logits", "both"] = Field(
+        "generate", description="Pairwise mode only: parse generated [[A]]/[[B]], read P(A) vs P(B) after '[[' "
+                                "from logits (an endpoint's logprobs; text when it sends none), or both.")
     judge: str = Field("default", description="'default' (bundled SmolLM2 GGUF), a model id / folder / .gguf path, "
                                               "or 'openai[:model]' for an OpenAI-compatible endpoint from the environment.")
     data: str = Field("offline", description="'offline' (the generated corpus) or an UltraFeedback-schema file path.")

@@ -1,14 +1,21 @@
 """LLM judges behind one small interface, and the local transformers backend.
 
-A judge answers two kinds of calls, both over many suffixes that share one prefix (the persona):
+A judge answers these calls, all over many suffixes that share one prefix (the persona):
 
 - ``generate(prefix, suffixes, max_new_tokens)`` -> one text per suffix (greedy).
-- ``rating_probs(prefix, suffixes, cues)`` -> float array (n_suffixes, n_cues, 5): the probability of
-  each grade -2..2 written right after each cue, plus the share of next-token mass those grades
-  got. Only backends that expose logits have it (``supports_logits``).
+- ``rating_probs(prefix, suffixes, cues)`` -> ``RatingResult``: the probability of each grade -2..2
+  written right after each cue, plus the share of next-token mass those grades got.
+- ``choice_probs(prefix, suffixes, options, prefill)`` -> ``ChoiceResult``: P(A) vs P(B) (or other
+  one-token options) for the token right after ``prefill`` on the assistant side.
 
-The local backend reuses the persona prefix's key-value cache (computed once per persona, copied
-per batch) and batches suffixes with padding kept out of attention.
+The local backend reads them from its logits (``supports_logits``: it exposes ``model`` and
+``tokenizer``); an OpenAI-compatible endpoint reads them from returned ``top_logprobs`` where the server
+gives them (``core.personas.openai_judge``). Both use the helpers here (``rating_plan``,
+``option_key``) so they agree on what counts as an answer.
+
+The local backend reuses each persona prefix's key-value cache and packs the prompts after it into
+token tries, several personas per forward pass (``core.personas.packing``). ``rating_probs_unpacked``
+keeps the earlier one-batch-per-persona path as the reference the packed path is tested against.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,12 +45,63 @@ def bundled_judge_path() -> tuple[str, str]:
 
 @dataclass
 class RatingResult:
-    probs: np.ndarray  # (n, n_cues, 5), normalized over the five grades
+    probs: np.ndarray  # (n, n_cues, 5), normalized over the five grades (NaN where no grade was seen)
     mass: np.ndarray  # (n, n_cues): next-token mass the five grades got before normalizing
+    source: str = "logits"  # "logits" (local model) or "logprobs" (an endpoint's top_logprobs)
 
     @property
     def expected(self) -> np.ndarray:
         return self.probs @ np.asarray(RATINGS, dtype=np.float64)
+
+
+@dataclass
+class ChoiceResult:
+    probs: np.ndarray  # (n, n_options), normalized over the options (NaN where none was seen)
+    mass: np.ndarray  # (n,): next-token mass the options got before normalizing
+    options: tuple[str, ...] = ("A", "B")
+    source: str = "logits"
+
+
+def normalize(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities renormalized over the last axis, their total before); NaN where the total is 0."""
+    mass = raw.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        probs = np.where(mass[..., None] > 0, raw / np.where(mass > 0, mass, 1.0)[..., None], np.nan)
+    return probs, mass
+
+
+def grade_text(r: int) -> str:
+    """What follows a cue for grade ``r``: a space and the number (" -2", " 0", " 2")."""
+    return f" {r}"
+
+
+def option_key(token: str) -> str:
+    """How a token is matched to a one-token answer: surrounding spaces dropped, case folded (" a" is A)."""
+    return token.strip().casefold()
+
+
+def rating_plan(tokenizer, cues: list[str]) -> list[tuple[list[int], list[list[int]]]]:
+    """Per cue: (stem ids, one tail of ids per grade), where cue + grade text tokenizes as stem + tail.
+
+    The stem is the cue's own tokens up to where the grade's tokens start (a grade could merge with the
+    cue's last token; then the shortest common stem is used and the rest moves into the tails).
+    """
+    plans = []
+    for cue in cues:
+        base = tokenizer.encode(cue, add_special_tokens=False)
+        tails = []
+        for r in RATINGS:
+            full = tokenizer.encode(cue + grade_text(r), add_special_tokens=False)
+            k = 0
+            while k < min(len(base), len(full)) and base[k] == full[k]:
+                k += 1
+            tails.append((full[:k], full[k:]))
+        stem = tails[0][0]
+        if any(t[0] != stem for t in tails):
+            stem = min((t[0] for t in tails), key=len)
+            tails = [(stem, (t[0] + t[1])[len(stem):]) for t in tails]
+        plans.append((stem, [t[1] for t in tails]))
+    return plans
 
 
 class LocalJudge:
@@ -89,8 +148,9 @@ class LocalJudge:
         self.stop_ids = {eos} if isinstance(eos, int) else set(eos or [])
         gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
         self.stop_ids |= {gen_eos} if isinstance(gen_eos, int) else set(gen_eos or [])
-        self._lock = threading.Lock()  # one forward at a time (the server calls from threads)
-        self._prefix_cache: dict[str, tuple] = {}
+        self._lock = threading.RLock()  # one forward at a time (the server calls from threads)
+        self._prefix_cache: OrderedDict[tuple, tuple] = OrderedDict()
+        self._option_ids: dict[tuple[str, ...], list[list[int]]] = {}
 
     # -- text -> token ids
     def split_template(self, prefix: str, suffix: str) -> tuple[list[int], list[int]]:
@@ -114,9 +174,11 @@ class LocalJudge:
         import torch
 
         key = tuple(ids)
-        if key not in self._prefix_cache:
-            if len(self._prefix_cache) > 8:
-                self._prefix_cache.clear()
+        if key in self._prefix_cache:
+            self._prefix_cache.move_to_end(key)
+        else:
+            while len(self._prefix_cache) >= 16:  # least recently used first (~15 MB each for SmolLM2)
+                self._prefix_cache.popitem(last=False)
             with torch.inference_mode():
                 out = self.model(torch.tensor([ids], device=self.device), use_cache=True)
             self._prefix_cache[key] = tuple((layer.keys, layer.values) for layer in out.cache.layers)
@@ -129,12 +191,14 @@ class LocalJudge:
                                             for k, v in kv])
 
     def _run(self, prefix_ids: list[int], rows: list[list[int]], *, new_tokens: int = 0,
-             branches: list[list[list[int]]] | None = None):
+             branches: list[list[list[int]]] | None = None, top_logprobs: int | None = None):
         """Forward ``rows`` after a shared prefix; optionally greedy-decode or score branches.
 
         Rows are left-padded (pads masked out, positions counted over real tokens only). Without
         prefix reuse the prefix is simply part of every row. Returns (last-token logits, generated
-        ids per row, branch logits per row or None).
+        ids per row, branch logits per row or None). With ``top_logprobs`` (0..n) each generated step
+        also records (token id, its log-probability, [(id, log-prob)] of the n likeliest) in
+        ``self._last_steps`` (one list per row), the stop token included.
         """
         import torch
 
@@ -158,15 +222,23 @@ class LocalJudge:
             cache = out.cache
             last = out.logits[:, -1].float()
             generated: list[list[int]] = [[] for _ in range(b)]
+            steps: list[list[tuple]] = [[] for _ in range(b)]
             if new_tokens:
                 done = torch.zeros(b, dtype=torch.bool)
                 nxt_pos = pos[:, -1:] + 1
                 logits = last
                 for _ in range(new_tokens):
                     nxt = logits.argmax(-1).cpu()
+                    if top_logprobs is not None:
+                        lp = torch.log_softmax(logits.float(), -1).cpu()
+                        top = torch.topk(lp, int(top_logprobs), -1) if top_logprobs else None
                     for i in range(b):
                         if not done[i]:
                             t = int(nxt[i])
+                            if top_logprobs is not None:
+                                alts = (list(zip(top.indices[i].tolist(), top.values[i].tolist(), strict=True))
+                                        if top is not None else [])
+                                steps[i].append((t, float(lp[i, t]), alts))
                             if t in self.stop_ids:
                                 done[i] = True
                             else:
@@ -180,6 +252,7 @@ class LocalJudge:
             branch_logits = None
             if branches is not None:
                 branch_logits = self._branches(cache, mask, pos[:, -1], branches)
+        self._last_steps = steps
         return last, generated, branch_logits
 
     def _branches(self, cache, mask, last_pos, branches):
@@ -230,15 +303,35 @@ class LocalJudge:
             torch.set_num_threads(before)
 
     # -- the judge interface
-    def generate(self, prefix: str, suffixes: list[str], max_new_tokens: int = 64) -> list[str]:
+    def _rows(self, prefix: str, suffixes: list[str], prefill: str = "") -> tuple[list[int], list[list[int]]]:
+        splits = [self.split_template(prefix, s) for s in suffixes]
+        extra = self.tokenizer.encode(prefill, add_special_tokens=False) if prefill else []
+        return splits[0][0], [s[1] + extra for s in splits]
+
+    def generate(self, prefix: str, suffixes: list[str], max_new_tokens: int = 64, prefill: str = "") -> list[str]:
+        """Greedy replies; with ``prefill`` the assistant's reply starts with that text (not repeated in the output)."""
         outs: list[str] = []
         for start in range(0, len(suffixes), self.batch_size):
-            chunk = suffixes[start:start + self.batch_size]
-            splits = [self.split_template(prefix, s) for s in chunk]
+            head, rows = self._rows(prefix, suffixes[start:start + self.batch_size], prefill)
             with self._lock, self._threads():
-                _, gen, _ = self._run(splits[0][0], [s[1] for s in splits], new_tokens=max_new_tokens)
+                _, gen, _ = self._run(head, rows, new_tokens=max_new_tokens)
             outs += [self.tokenizer.decode(g, skip_special_tokens=True) for g in gen]
         return outs
+
+    def generate_detailed(self, prefix: str, suffix: str, max_new_tokens: int, *, prefill: str = "",
+                          top_logprobs: int = 0) -> dict:
+        """One greedy reply with per-token log-probabilities (what the server needs for ``logprobs``).
+
+        Returns {"text", "tokens": [(id, logprob, [(id, logprob), ...])], "finish_reason"}; the stop
+        token, if reached, ends the reply and is not listed.
+        """
+        head, rows = self._rows(prefix, [suffix], prefill)
+        with self._lock, self._threads():
+            _, gen, _ = self._run(head, rows, new_tokens=max_new_tokens, top_logprobs=top_logprobs)
+            steps = self._last_steps[0]
+        stopped = bool(steps) and steps[-1][0] in self.stop_ids
+        return {"text": self.tokenizer.decode(gen[0], skip_special_tokens=True),
+                "tokens": steps[:-1] if stopped else steps, "finish_reason": "stop" if stopped else "length"}
 
     def generate_raw(self, prompt: str, max_new_tokens: int = 64) -> str:
         """Greedy continuation of raw text (no chat template)."""
@@ -247,24 +340,117 @@ class LocalJudge:
             _, gen, _ = self._run([], [ids], new_tokens=max_new_tokens)
         return self.tokenizer.decode(gen[0], skip_special_tokens=True)
 
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([int(token_id)])
+
+    def _packed_items(self, pairs: list[tuple[str, str]], prefill: str = ""):
+        """(prefix ids, body ids) per (prefix, suffix); without prefix reuse the prefix joins the body."""
+        extra = self.tokenizer.encode(prefill, add_special_tokens=False) if prefill else []
+        items = []
+        for prefix, suffix in pairs:
+            head, body = self.split_template(prefix, suffix)
+            if self.reuse_prefix and head:
+                items.append((tuple(head), body + extra))
+            else:
+                items.append(((), head + body + extra))
+        return items
+
+    def _score_packed(self, items, probes_per_item):
+        """Run the packed engine. ``probes_per_item[i]`` is a list of (seq, start): token sequences after
+        item i's body whose tokens seq[start:] are scored. Returns per item a list of log P(seq[start:]).
+        With start == len(seq) the probe instead returns the next-token log-distribution after seq."""
+        from .packing import batches, build_rows, forward_rows
+
+        rows, where = build_rows(items)
+        wanted: list[dict[int, int]] = [dict() for _ in rows]  # node -> slot in that row's wanted list
+        plans = []  # per item: per probe: list of (row, node, token) or (row, node, None) for a distribution
+        for (r, leaf), probes in zip(where, probes_per_item, strict=True):
+            row = rows[r]
+            item_plan = []
+            for seq, start in probes:
+                nodes = row.add(seq[:-1], start=leaf) if seq else []
+                ctx = [leaf] + nodes
+                if start >= len(seq):  # distribution after the whole seq
+                    node = row.add(seq[-1:], start=ctx[-1])[-1] if seq else leaf
+                    item_plan.append([(r, wanted[r].setdefault(node, len(wanted[r])), None)])
+                    continue
+                item_plan.append([(r, wanted[r].setdefault(ctx[k], len(wanted[r])), seq[k])
+                                  for k in range(start, len(seq))])
+            plans.append(item_plan)
+        results: list = [None] * len(rows)
+        for batch in batches(rows, self.batch_size):
+            with self._lock, self._threads():
+                outs = forward_rows(self, [rows[i] for i in batch], [list(wanted[i]) for i in batch])
+            for i, lp in zip(batch, outs, strict=True):
+                results[i] = lp
+        scored = []
+        for item_plan in plans:
+            vals = []
+            for steps in item_plan:
+                if steps[0][2] is None:
+                    r, slot, _ = steps[0]
+                    vals.append(results[r][slot])
+                else:
+                    vals.append(sum(float(results[r][slot, t]) for r, slot, t in steps))
+            scored.append(vals)
+        return scored
+
+    def next_token_logprobs(self, prefix: str, suffix: str, continuations: list[list[int]]):
+        """Log-distribution (len(continuations), vocab) of the token after each assistant-side continuation."""
+        import torch
+
+        items = self._packed_items([(prefix, suffix)])
+        (dists,) = self._score_packed(items, [[(list(c), len(c)) for c in continuations]])
+        return torch.stack(dists)
+
+    def rating_probs_many(self, pairs: list[tuple[str, str]], cues: list[str]) -> RatingResult:
+        """``rating_probs`` for (prefix, suffix) pairs of many personas at once (batched across them)."""
+        plans = rating_plan(self.tokenizer, cues)
+        probes = [(stem + tail, len(stem)) for stem, tails in plans for tail in tails]
+        items = self._packed_items(pairs)
+        scored = self._score_packed(items, [probes] * len(items))
+        raw = np.exp(np.asarray(scored, dtype=np.float64)).reshape(len(pairs), len(cues), len(RATINGS))
+        probs, mass = normalize(raw)
+        return RatingResult(probs=probs, mass=mass)
+
     def rating_probs(self, prefix: str, suffixes: list[str], cues: list[str]) -> RatingResult:
         """P(grade | context + cue) for each cue, from the logits (teacher-forced, all tokens of a grade)."""
-        tok = self.tokenizer
-        plans = []  # per cue: (cue ids up to the shared boundary, candidate tails)
-        for cue in cues:
-            base = tok.encode(cue, add_special_tokens=False)
-            tails = []
-            for r in RATINGS:
-                full = tok.encode(f"{cue} {r}", add_special_tokens=False)
-                k = 0
-                while k < min(len(base), len(full)) and base[k] == full[k]:
-                    k += 1
-                tails.append((full[:k], full[k:]))
-            stem = tails[0][0]
-            if any(t[0] != stem for t in tails):  # grade merges into the cue differently: use the shortest stem
-                stem = min((t[0] for t in tails), key=len)
-                tails = [(stem, (t[0] + t[1])[len(stem):]) for t in tails]
-            plans.append((stem, [t[1] for t in tails]))
+        return self.rating_probs_many([(prefix, s) for s in suffixes], cues)
+
+    def option_ids(self, options: tuple[str, ...]) -> list[list[int]]:
+        """Vocabulary ids that count as each option (``option_key`` of the token equals the option's)."""
+        options = tuple(options)
+        if options not in self._option_ids:
+            keys = [option_key(o) for o in options]
+            found: list[list[int]] = [[] for _ in options]
+            for tid in range(len(self.tokenizer)):
+                k = option_key(self.tokenizer.decode([tid]))
+                if k in keys:
+                    found[keys.index(k)].append(tid)
+            self._option_ids[options] = found
+        return self._option_ids[options]
+
+    def choice_probs_many(self, pairs: list[tuple[str, str]], options=("A", "B"), prefill: str = "") -> ChoiceResult:
+        """P(option) for the token after ``prefill`` on the assistant side, summed over every token that
+        reads as the option (" A", "A", "a"), renormalized over the options."""
+        ids = self.option_ids(tuple(options))
+        items = self._packed_items(pairs, prefill)
+        scored = self._score_packed(items, [[([], 0)]] * len(items))
+        raw = np.zeros((len(pairs), len(options)))
+        for i, (dist,) in enumerate(scored):
+            p = dist.double().exp()
+            for j, group in enumerate(ids):
+                raw[i, j] = float(p[group].sum()) if group else 0.0
+        probs, mass = normalize(raw)
+        return ChoiceResult(probs=probs, mass=mass, options=tuple(options))
+
+    def choice_probs(self, prefix: str, suffixes: list[str], options=("A", "B"), prefill: str = "") -> ChoiceResult:
+        return self.choice_probs_many([(prefix, s) for s in suffixes], options, prefill)
+
+    def rating_probs_unpacked(self, prefix: str, suffixes: list[str], cues: list[str]) -> RatingResult:
+        """The earlier path, kept as the reference: one batch of ``batch_size`` suffixes at a time after
+        one persona, each cue's grades as separate branches scored in a second forward pass."""
+        plans = rating_plan(self.tokenizer, cues)
         branch_list = []  # one branch per (cue, distinct tail without its last token)
         index = []  # (cue index, candidate index) -> (branch index, offset in branch)
         for c, (stem, tails) in enumerate(plans):
@@ -274,7 +460,7 @@ class LocalJudge:
                     branch_list.append(seq)
                 index.append((c, r, branch_list.index(seq), len(stem), tail))
         n = len(suffixes)
-        probs = np.zeros((n, len(cues), len(RATINGS)))
+        raw = np.zeros((n, len(cues), len(RATINGS)))
         for start in range(0, n, self.batch_size):
             chunk = suffixes[start:start + self.batch_size]
             splits = [self.split_template(prefix, s) for s in chunk]
@@ -287,9 +473,9 @@ class LocalJudge:
                     total = 0.0
                     for j, t in enumerate(tail):
                         total += float(lp[b, off - 1 + j, t])
-                    probs[start + i, c, r] = np.exp(total)
-        mass = probs.sum(-1)
-        return RatingResult(probs=probs / np.maximum(mass[..., None], 1e-30), mass=mass)
+                    raw[start + i, c, r] = np.exp(total)
+        probs, mass = normalize(raw)
+        return RatingResult(probs=probs, mass=mass)
 
 
 def make_judge(spec: str = "default", **kwargs):

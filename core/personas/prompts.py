@@ -65,6 +65,10 @@ def pairwise_suffix(prompt: str, first: str, second: str) -> str:
             "Which reply would you rather get, A or B? Answer [[A]] or [[B]].")
 
 
+# Assistant-side text after which a pairwise answer's letter is read (the rules ask for [[A]] or [[B]]).
+PAIRWISE_PREFILL = "[["
+
+
 def logit_cue(dimension: str) -> str:
     """Assistant-side text after which the next token is read as the grade for ``dimension``."""
     return f"My grades.\n{DIMENSION_LABELS[dimension]}:"

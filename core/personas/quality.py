@@ -3,8 +3,8 @@
 On the offline corpus, whose per-aspect ratings are known, a judge grades every response of a few
 questions with a neutral reviewer persona; the probe reports, per dimension, the Spearman
 correlation between the judge's grades and the true ratings (truthfulness, instruction-following,
-helpfulness; personal preference has no ground truth). Logit judges give expected grades (cannot
-fail to parse); generation-only judges give parsed grades, with failures counted.
+helpfulness; personal preference has no ground truth). Logit judges (and endpoints that return
+logprobs) give expected grades (cannot fail to parse); the others give parsed grades, failures counted.
 
     python -m core.personas.quality --n-questions 12 [--judge default] [--out quality.json]
 """
@@ -58,10 +58,11 @@ def run_probe(judge, n_questions: int = 8, seed: int = 1234, max_new_tokens: int
     prefix = prompts.scoring_prefix(REVIEWER)
     t0 = time.time()
     result: dict = {"judge": getattr(judge, "name", str(judge)), "n_responses": len(items), "seed": seed}
-    if getattr(judge, "supports_logits", False):
-        res = judge.rating_probs(prefix, items, [prompts.logit_cue(d) for d in prompts.DIMENSIONS[:3]])
+    rating = getattr(judge, "rating_probs", None)
+    res = rating(prefix, items, [prompts.logit_cue(d) for d in prompts.DIMENSIONS[:3]]) if rating else None
+    if res is not None:  # a local model's logits, or an endpoint's logprobs (None when it sends none)
         scores = res.expected
-        result.update(method="logits", spearman=spearman_per_dimension(scores, truth),
+        result.update(method=res.source, spearman=spearman_per_dimension(scores, truth),
                       rating_token_mass=round(float(res.mass.mean()), 4), parse_failures=0)
     else:
         texts = judge.generate(prefix, items, max_new_tokens)
