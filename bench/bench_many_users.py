@@ -8,14 +8,15 @@ with the frozen bundled MiniLM on cached embeddings, and prints seconds for: bui
 demonstrations), the step-0 reference ceilings, the training steps, and the evaluations (each eval
 scores the test pairs twice: with the user's own demonstrations and with another user's), plus the
 ratios 100 users / 2 users. The target (issue 9): 400 steps of the 100-user run within 60 s in all.
-Writes bench/out/many_users.json. Embeddings are cached on first use (not timed separately here: run
-once to warm the cache).
+Writes bench/out/many_users.json. Embeddings are cached on first use (run once to warm the cache);
+``--cold-encode N`` also times encoding every text of an N-question corpus into an empty cache.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -59,6 +60,27 @@ def measure(preset: str, users: str, steps: int, eval_every: int, extra: dict, r
     }
 
 
+def cold_encode(n_prompts: int) -> dict:
+    """Seconds to encode every (prompt, response) text of the offline corpus into a fresh, empty cache."""
+    import torch
+
+    from core.data import generate_table
+    from core.data.probes import all_texts
+    from core.encoders import EmbeddingCache, TextEncoder
+
+    texts = all_texts(generate_table(n_prompts=n_prompts, seed=0))
+    torch.set_num_threads(os.cpu_count() or 1)  # what encoding gets in a run (training heads then take 1)
+    t0 = time.perf_counter()
+    encoder = TextEncoder.load()
+    load_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        t1 = time.perf_counter()
+        EmbeddingCache(tmp, encoder).get(texts)
+        encode_s = time.perf_counter() - t1
+    return {"questions": n_prompts, "texts": len(texts), "load_s": load_s, "encode_s": encode_s,
+            "texts_per_s": len(texts) / encode_s, "threads": torch.get_num_threads()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="personal")
@@ -67,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--set", nargs="*", default=[], help="config overrides key=value (JSON values)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "many_users.json"))
+    ap.add_argument("--cold-encode", type=int, default=0, metavar="N",
+                    help="also time encoding an N-question corpus into an empty cache (the 1500 of the presets)")
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args(argv)
     from core.experiments import parse_set
@@ -90,10 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     ratios = {k: many[k] / base[k] for k in ("setup_s", "steps_s", "eval_s", "total_s") if base[k] > 0}
     print("ratio many/two: " + "  ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
     print(f"{args.users}: {steps} steps in {many['total_s']:.1f}s total ({'within' if many['total_s'] <= 60 else 'over'} 60 s)")
+    cold = None
+    if args.cold_encode:
+        cold = cold_encode(60 if args.dry_run else args.cold_encode)
+        print(f"cold encoding: {cold['texts']} texts of {cold['questions']} questions in {cold['encode_s']:.1f}s "
+              f"({cold['texts_per_s']:.0f} texts/s, {cold['threads']} threads; model load {cold['load_s']:.1f}s)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rows": rows, "ratios": ratios, "preset": args.preset, "steps": steps,
-                               "eval_every": every, "set": extra}, indent=2))
+                               "eval_every": every, "set": extra, "cold_encode": cold}, indent=2))
     print(f"wrote {out}")
     return 0
 

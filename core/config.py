@@ -45,6 +45,10 @@ LESSON_FOUR_USERS = {"users": "four-one-hot", "corpus_prompts": 400, "steps": 12
 LESSONS = {"two-opposed": LESSON_TWO_OPPOSED, "four-users": LESSON_FOUR_USERS}
 
 
+# Above MANY_USERS users an unset max_test_per_user means AUTO_TEST_CAP test pairs a user (TrainConfig.test_cap)
+MANY_USERS, AUTO_TEST_CAP = 8, 200
+
+
 class ConfigError(ValueError):
     """A config that does not validate; the message names each bad field."""
 
@@ -69,7 +73,7 @@ class TrainConfig(BaseModel):
     pool_size: int = Field(100, ge=2, description="Demonstration pool per user (fixed by seed).")
     n_demos: int = Field(8, ge=1, le=64, description="Demonstrations given with each query.")
     max_train_per_user: int | None = Field(None, ge=1, description="Cap on training pairs per user (None = all).")
-    max_test_per_user: int | None = Field(None, ge=1, description="Cap on test pairs per user (None = all).")
+    max_test_per_user: int | None = Field(None, ge=1, description=f"Cap on test pairs per user (None = all with up to {MANY_USERS} users, {AUTO_TEST_CAP} a user beyond: a 100-user preset otherwise scores ~136k pairs, twice, at every evaluation).")
     # model
     encoder: str = Field("bundled-minilm", description="Hugging Face model id or local folder; 'bundled-minilm' is the offline default.")
     query_encoder: Literal["frozen", "lora", "full"] = Field("frozen", description="How the query (prompt+response) encoder trains: frozen (cached), LoRA adapters, or fully.")
@@ -121,6 +125,12 @@ class TrainConfig(BaseModel):
                 raise ValueError(f"unknown user preset {v!r}; choose one of {', '.join(USER_PRESETS)} or give weights")
             return v
         return validate_users(v).tolist()
+
+    def test_cap(self, n_users: int) -> int | None:
+        """The test pairs per user this run keeps (max_test_per_user, or the automatic cap for many users)."""
+        if self.max_test_per_user is not None:
+            return self.max_test_per_user
+        return AUTO_TEST_CAP if n_users > MANY_USERS else None
 
     @model_validator(mode="after")
     def _check_combinations(self):

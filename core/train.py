@@ -86,7 +86,7 @@ class Trainer:
         self.W = load_users(cfg)
         self.data: PrefData = build(self.table, self.W, seed=cfg.seed, test_share=cfg.test_share,
                                     contested_only=cfg.contested_only, pool_size=cfg.pool_size, n_demos=cfg.n_demos,
-                                    max_train_per_user=cfg.max_train_per_user, max_test_per_user=cfg.max_test_per_user)
+                                    max_train_per_user=cfg.max_train_per_user, max_test_per_user=cfg.test_cap(len(self.W)))
         self.log(f"data: {json.dumps(self.data.summary())} ({time.perf_counter() - t0:.1f}s)")
 
         self.encoder = TextEncoder.load(cfg.encoder, device=self.device, max_length=cfg.max_length)

@@ -137,3 +137,21 @@ def test_z_shuffle_tells_a_model_that_reads_the_user_from_one_that_stalls(tmp_pa
     assert abs(stalled["accuracy"] - stalled["z_shuffled_accuracy"]) < 0.05, stalled
     assert personal["z_shuffled_accuracy"] < personal["accuracy"] - 0.10, personal
     assert personal["accuracy"] > stalled["accuracy"] + 0.05
+
+
+def test_many_users_get_an_automatic_test_cap_unless_one_is_set(tmp_path, small_corpus_embeddings, cache_root):
+    """A 100-user preset would otherwise score every test pair (about 136k at 1500 questions) twice per
+    evaluation; up to 8 users nothing changes; an explicit cap always wins."""
+    from core.config import AUTO_TEST_CAP
+    from core.train import Trainer
+
+    def per_user(**over):
+        cfg = build_config({"preset": "personal", **SMALL, "cache_dir": cache_root, "steps": 1, **over})
+        data = Trainer(cfg, RunDir(tmp_path / str(len(list(tmp_path.iterdir())))).create(), log=lambda m: None).data
+        return np.bincount(data.test.user, minlength=data.n_users)
+
+    many = per_user(users="cluster")
+    assert len(many) == 100 and many.max() == AUTO_TEST_CAP
+    assert per_user(users="cluster", max_test_per_user=30).max() == 30
+    few = per_user(users="four-one-hot")
+    assert few.min() > AUTO_TEST_CAP  # all of them: four users keep every test pair
