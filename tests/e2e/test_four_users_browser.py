@@ -12,8 +12,7 @@ import pytest
 
 from core.jobs import JobManager
 from core.runs import FINAL_STATES
-
-from .test_browser import ARGS, CHROMIUM, SHOTS, app_server
+from tests.e2e.test_browser import ARGS, CHROMIUM, SHOTS, app_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
