@@ -1,6 +1,7 @@
 """The few-shot baseline before and after prefix reuse, in one run, on the same prompts.
 
-    .venv/bin/python bench/bench_fewshot.py [--quick] [--seeds 0] [--ks 0 2 4 6 8] [--queries 20] [--users two-opposed]
+    .venv/bin/python bench/bench_fewshot.py [--quick | --dry-run] [--seeds 0] [--ks 0 2 4 6 8] [--queries 20]
+        [--users two-opposed] [--workers 2]
 
 "before" is the plain path (``reuse=False``: one prefix forward per k and user, then one query at a
 time, each on a copy of that cache); "after" is ``LogitChooser.user_probs`` (one cache per user for
@@ -9,7 +10,8 @@ the bench also prints the largest difference in P(chosen) and whether every accu
 The default size is one seed of ``python -m core.experiments compare`` (1500 questions, two users,
 20 queries each); ``--quick`` is 3 queries per user and k in 0 2 4 8 (a few minutes on 2 busy cores;
 it has fewer queries per prefix, so its ratio differs from the full size's). Timings include no model
-loading. Writes bench/out/fewshot-<time>.json.
+loading, except ``--workers N``, which also times the fast path in N processes (as
+``compare --fewshot-workers N`` runs it; each process loads the judge). Writes bench/out/fewshot-<time>.json.
 """
 
 from __future__ import annotations
@@ -38,16 +40,21 @@ def main(argv=None) -> int:
     p.add_argument("--batch-queries", type=int, help="queries per forward in the fast path (default: 1 on CPU)")
     p.add_argument("--set", nargs="*", default=[], help="config overrides, key=value (as for compare)")
     p.add_argument("--quick", action="store_true", help="3 queries per user, k in 0 2 4 8")
+    p.add_argument("--dry-run", action="store_true", help="1 query per user, k in 0 1 (checks the bench runs)")
     p.add_argument("--after-only", action="store_true", help="time the fast path only (no comparison)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="also time the fast path in this many worker processes (judge loading included)")
     args = p.parse_args(argv)
     if args.quick:
         args.queries, args.ks = 3, [0, 2, 4, 8]
+    if args.dry_run:
+        args.queries, args.ks = 1, [0, 1]
 
     import numpy as np
 
     from core.config import build_config
     from core.experiments import parse_set
-    from core.fewshot import LogitChooser, evaluate, prepare
+    from core.fewshot import LogitChooser, _answer_tasks, evaluate, prepare
     from core.personas.judges import make_judge
     from core.train import load_table, load_users
 
@@ -79,6 +86,14 @@ def main(argv=None) -> int:
             continue
         timings[name], results[name] = run(reuse)
         print(f"{name:6s} {timings[name]:8.1f} s  {rows / timings[name]:6.2f} prompts/s", flush=True)
+    if args.workers > 1:
+        tasks = [((s, u), pl.demos[u], pl.ks, q) for s, pl in plans.items() for u, q in enumerate(pl.queries)]
+        tasks += [((s, "ref"), [], [0], pl.reference) for s, pl in plans.items() if pl.reference is not None]
+        t = time.perf_counter()
+        _answer_tasks(tasks, args.judge, args.workers, True, lambda tag, n: None)
+        timings[f"after, {args.workers} workers"] = time.perf_counter() - t
+        print(f"after, {args.workers} workers {timings[f'after, {args.workers} workers']:8.1f} s  "
+              f"(each worker loads the judge)", flush=True)
     out = {"judge": getattr(judge, "name", args.judge), "seeds": args.seeds, "ks": args.ks, "users": args.users,
            "queries_per_user": args.queries, "prompts": rows, "quick": args.quick,
            "seconds": {k: round(v, 2) for k, v in timings.items()},
@@ -86,6 +101,10 @@ def main(argv=None) -> int:
                        "load_avg_1m": round(os.getloadavg()[0], 2)}}
     if "before" in timings:
         ratio = timings["before"] / timings["after"]
+        for name, secs in timings.items():
+            if name.startswith("after, "):
+                print(f"ratio  {timings['before'] / secs:8.2f}x  (before / {name})")
+                out[f"ratio_{args.workers}_workers"] = round(timings["before"] / secs, 3)
         diffs, same_acc = [], True
         for s in args.seeds:
             for k in args.ks:

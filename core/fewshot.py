@@ -129,22 +129,15 @@ class LogitChooser:
         on_cpu = str(getattr(judge.model, "device", "cpu")).startswith("cpu")
         # On a CPU a forward is compute-bound already at one query: padding to batch more only adds work.
         self.batch_queries = max(1, int(batch_queries or (1 if on_cpu else 16)))
-        self._head_ids: dict[str, list[int]] = {}
         self._kv: dict[tuple[int, ...], list] = {}
-        self.separate_prefixes = 0  # k prompts whose tokens were not a prefix of the longest one
+        self.cuts: dict[int, tuple[int, int]] = {}  # last user_probs: k -> (tokens read from the shared cache, + own)
 
-    def _prompt_ids(self, prefix_text: str, query_text: str) -> tuple[list[int], list[int]]:
-        """Token ids of (chat template up to the query, the query and the template's end)."""
+    def prompt_ids(self, prefix_text: str, query_text: str) -> list[int]:
+        """Token ids of the whole chat prompt, tokenized in one piece (what the model would be given)."""
         tok = self.judge.tokenizer
         msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prefix_text + query_text}]
         full = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        cut = full.index(prefix_text + query_text) + len(prefix_text)  # the shared part ends where the query begins
-        head = full[:cut]
-        if head not in self._head_ids:
-            if len(self._head_ids) > 64:
-                self._head_ids.clear()
-            self._head_ids[head] = tok.encode(head, add_special_tokens=False)
-        return list(self._head_ids[head]), tok.encode(full[cut:], add_special_tokens=False)
+        return tok.encode(full, add_special_tokens=False)
 
     def _threads(self):
         threads = getattr(self.judge, "_threads", None)
@@ -161,21 +154,19 @@ class LogitChooser:
 
     # ---------------------------------------------------------------- the plain path
     def prob_a(self, prefix_text: str, queries: list[str]) -> np.ndarray:
-        """P(A) / (P(A) + P(B)) for each query after the shared prefix, (n,): one query at a time."""
+        """P(A) / (P(A) + P(B)) for each query after the shared prefix, (n,): the tokens all queries'
+        prompts share are run once, then each query on its own copy of that cache."""
         import torch
 
         model = self.judge.model
+        rows = [self.prompt_ids(prefix_text, q) for q in queries]
+        cut = _common_prefix(rows)
         out = np.zeros(len(queries))
-        pre_ids, _ = self._prompt_ids(prefix_text, queries[0])
         with torch.no_grad(), self._threads():
-            pre = model(torch.tensor([pre_ids], device=model.device), use_cache=True).cache
-            for i, q in enumerate(queries):
-                p_ids, q_ids = self._prompt_ids(prefix_text, q)
-                if p_ids != pre_ids:  # template did not split cleanly: run the whole prompt
-                    logits = model(torch.tensor([p_ids + q_ids], device=model.device), logits_to_keep=1).logits[:, -1]
-                else:  # reuse the demonstrations' keys and values; only the query is computed
-                    logits = model(torch.tensor([q_ids], device=model.device), cache=copy.deepcopy(pre),
-                                   use_cache=True, logits_to_keep=1).logits[:, -1]
+            pre = model(torch.tensor([rows[0][:cut]], device=model.device), use_cache=True).cache
+            for i, ids in enumerate(rows):
+                logits = model(torch.tensor([ids[cut:]], device=model.device), cache=copy.deepcopy(pre),
+                               use_cache=True, logits_to_keep=1).logits[:, -1]
                 out[i] = self._p_a(logits)[0]
         return out
 
@@ -195,12 +186,24 @@ class LogitChooser:
             self._kv[key] = [(layer.keys, layer.values) for layer in out.cache.layers]
         return self._kv[key]
 
+    def _extend(self, kv: list, cut: int, ids: list[int]) -> list:
+        """The cache of ``kv``'s first ``cut`` positions followed by ``ids`` (one more forward)."""
+        import torch
+        from transformers import DynamicCache
+
+        model = self.judge.model
+        cache = DynamicCache(ddp_cache_data=[(k[:, :, :cut], v[:, :, :cut]) for k, v in kv])
+        out = model(torch.tensor([ids], device=model.device), cache=cache, use_cache=True, logits_to_keep=1)
+        return [(layer.keys, layer.values) for layer in out.cache.layers]
+
     def user_probs(self, demos: list[Demo], ks, queries: list[tuple[str, str, str]],
                    on_rows=None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """For each k: P(A) with the chosen response shown first, and shown second, (n,) each.
 
-        The prompt for k shows ``demos[:k]``. Every k whose prompt tokens (up to the query) are a
-        prefix of the largest k's reads that one cache; ``on_rows(n)`` after every n prompts answered.
+        The prompt for k shows ``demos[:k]``; each prompt is tokenized whole. The tokens that all the
+        largest k's prompts share are run once; every k reads as much of that cache as its own prompts
+        match token for token (all of its demonstrations, given the layout above), runs what its own
+        prompts still share once more, and then the queries. ``on_rows(n)`` after every n prompts.
         """
         import torch
 
@@ -210,29 +213,24 @@ class LogitChooser:
         if ks[0] > len(demos):
             raise ValueError(f"k={ks[0]} needs {ks[0]} demonstrations, got {len(demos)}")
         pairs = [(query_block(p, c, r), query_block(p, r, c)) for p, c, r in queries]
-        rows, heads = [], {}
-        for k in ks:
-            text = demo_block(demos[:k])
-            h, _ = self._prompt_ids(text, pairs[0][0])
-            heads[k] = h
-        for first, second in pairs:  # the query's ids do not depend on the prefix before it
-            rows.append((self._prompt_ids(demo_block([]), first)[1], self._prompt_ids(demo_block([]), second)[1]))
-        longest = heads[ks[0]]
+        rows = {k: [(self.prompt_ids(demo_block(demos[:k]), a), self.prompt_ids(demo_block(demos[:k]), b))
+                    for a, b in pairs] for k in ks}
         out = {}
         with torch.inference_mode(), self._threads():
+            flat = [ids for pair in rows[ks[0]] for ids in pair]
+            base = flat[0][:_common_prefix(flat)]
+            shared = self._prefix_kv(base)
             for k in ks:
-                h = heads[k]
-                if h == longest[:len(h)]:
-                    kv = self._prefix_kv(longest)
-                else:  # k=0 (no demonstrations), or a tokenizer merged across the cut: its own prefix
-                    self.separate_prefixes += k > 0
-                    kv = self._prefix_kv(h)
-                cut = len(h)
-                first, second = np.zeros(len(rows)), np.zeros(len(rows))
-                order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
+                flat = [ids for pair in rows[k] for ids in pair]
+                own = _common_prefix(flat)  # what all of k's prompts share (<= each one's length - 1)
+                cut = min(own, _common_prefix([base, flat[0]], keep_last=False))
+                kv = shared if own == cut else self._extend(shared, cut, flat[0][cut:own])
+                self.cuts[k] = (cut, own - cut)
+                first, second = np.zeros(len(pairs)), np.zeros(len(pairs))
+                order = sorted(range(len(pairs)), key=lambda i: len(rows[k][i][0]) + len(rows[k][i][1]))
                 for start in range(0, len(order), self.batch_queries):
                     idx = order[start:start + self.batch_queries]
-                    p = self._pairs_after(kv, cut, [rows[i] for i in idx])
+                    p = self._pairs_after(kv, own, [(rows[k][i][0][own:], rows[k][i][1][own:]) for i in idx])
                     first[idx], second[idx] = p[0::2], p[1::2]
                     if on_rows:
                         on_rows(2 * len(idx))
@@ -256,9 +254,7 @@ class LogitChooser:
         n = len(pairs)
         stems, tails = [], []
         for a, b in pairs:
-            common = 0
-            while common < min(len(a), len(b)) - 1 and a[common] == b[common]:
-                common += 1
+            common = _common_prefix([a, b])
             stems.append(a[:common])
             tails += [a[common:], b[common:]]
         ws, wt = max(len(s) for s in stems), max(len(t) for t in tails)
@@ -287,6 +283,20 @@ class LogitChooser:
         logits = model(tail_ids.to(dev), attention_mask=mask.to(dev), position_ids=pos[:, cut + ws:].to(dev),
                        cache=DynamicCache(ddp_cache_data=layers), use_cache=True, logits_to_keep=1).logits[:, -1]
         return self._p_a(logits)
+
+
+def _common_prefix(rows: list[list[int]], *, keep_last: bool = True) -> int:
+    """Length of the token prefix all ``rows`` share; with ``keep_last``, at most the shortest row's
+    length - 1, so that every row keeps a token of its own to read the answer after."""
+    n = min(len(r) for r in rows)
+    limit = n - 1 if keep_last else n
+    if limit <= 0:
+        return 0
+    first = np.asarray(rows[0][:limit])
+    same = np.ones(limit, dtype=bool)
+    for r in rows[1:]:
+        same &= np.asarray(r[:limit]) == first
+    return int(limit if same.all() else np.argmin(same))
 
 
 class TextChooser:

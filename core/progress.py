@@ -7,8 +7,8 @@ log, and a ``progress`` object in the run's status.json for the app.
     prog.close()
 
 - On a terminal (the stream's ``isatty()``) a tqdm bar: items done, rate, ETA.
-- Elsewhere (a job's log.txt, a pipe) one plain line every ``every_s`` seconds or every
-  ``every_frac`` of the total, whichever comes first, and one at the end:
+- Elsewhere (a job's log.txt, a pipe) one plain line every ``every_s`` seconds or at every
+  multiple of ``every_frac`` of the total (10%, 20%, ...), whichever comes first, and one at the end:
   ``[progress] training: 40/200 steps (20%), 3.1 steps/s, ETA 52s``
 - ``status`` (e.g. ``status_writer(run)``) is called as ``status(snapshot, **extra)`` with the
   snapshot ``{done, total, fraction, unit, rate, eta_s, stage}`` (and any fields given to ``update``)
@@ -148,9 +148,11 @@ class Progress:
             self.bar.update(step)
         now = self.clock()
         if self.mode == "lines":
-            frac = self._frac()
-            if now - self._line_at >= self.every_s or (self.total and (frac - self._line_frac >= self.every_frac
-                                                                       or self.done >= self.total)):
+            def notch(frac):  # 10%, 20%, ... with every_frac=0.1
+                return int(frac / self.every_frac + 1e-9)
+
+            crossed = bool(self.total) and (notch(self._frac()) > notch(self._line_frac) or self.done >= self.total)
+            if crossed or now - self._line_at >= self.every_s:
                 self._emit_line(now)
         if self.status is not None and now - self._status_at >= self.status_every_s:
             self._write_status(now)
