@@ -83,6 +83,7 @@ class Trainer:
         self.show_progress = show_progress
         self.device = resolve_device(cfg.device)
         self.callbacks: dict[str, list[Callable]] = {"on_eval": [], "on_step": []}
+        self.progress: Progress | None = None  # the training stage's, made by fit()
         self._stop_requested = False
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -493,7 +494,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, stop_after: int | None = Non
         run.mark_final("failed", error=f"{type(err).__name__}: {err}\n{traceback.format_exc()[-2000:]}")
         raise
     finally:
-        if getattr(trainer, "progress", None) is not None:
+        if trainer is not None and trainer.progress is not None:
             trainer.progress.close()  # a bar left open would garble the terminal
         for sig, handler in prev.items():
             signal.signal(sig, handler)
