@@ -496,12 +496,17 @@ def _answer_tasks(tasks: list[tuple], judge_spec: str, workers: int, reuse: bool
     ctx = mp.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
     progress = ctx.Queue()
 
-    def drain():
-        while True:
+    expected = sum(2 * len(q) * len(ks) for _, _, ks, q in tasks)
+    received = [0]
+
+    def drain(wait_s: float = 0.0):
+        """Pass on the workers' progress; with ``wait_s``, wait that long for what is still in flight."""
+        while received[0] < expected:
             try:
-                tag, n = progress.get_nowait()
+                tag, n = progress.get(timeout=wait_s) if wait_s else progress.get_nowait()
             except queue_mod.Empty:
                 return
+            received[0] += n
             on_rows(tag, n)
 
     answers, name = [None] * len(tasks), judge_spec
@@ -518,8 +523,7 @@ def _answer_tasks(tasks: list[tuple], judge_spec: str, workers: int, reuse: bool
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-        time.sleep(0.05)
-        drain()
+        drain(wait_s=5.0)  # a worker's last counts may arrive after its answer
     return answers, name
 
 

@@ -193,3 +193,27 @@ def test_every_k_read_from_the_largest_ks_cache_answers_like_its_full_prompt_fro
 def _first_difference(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_answers_and_report_progress(tmp_path):
+    from core.fewshot import run_methods
+    from core.progress import Progress
+
+    tiny = {"corpus_prompts": 60, "max_test_per_user": 20, "pool_size": 20}
+    answers, seen = {}, {}
+    for workers in (1, 2):
+        updates = []
+        prog = Progress(None, show=False, status=updates.append, status_every_s=0.0)
+        dirs = run_methods(["fewshot-k0", "fewshot-k1"], [0], tmp_path / f"w{workers}", tiny, queries_per_user=1,
+                           log=lambda m: None, workers=workers, progress=prog)
+        answers[workers] = [json.loads((d / "metrics.jsonl").read_text())["user_p_chosen"] for d in dirs]
+        seen[workers] = [u["done"] for u in updates]
+        status = json.loads((dirs[1] / "status.json").read_text())
+        assert status["state"] == "succeeded" and status["progress"]["unit"] == "prompts"
+    # 2 users x 1 query x 2 orders x 2 k, plus the uniform user's query in both orders
+    assert seen[1][-1] == seen[2][-1] == 10 and len(set(seen[2])) >= 3
+    for a, b in zip(answers[1], answers[2], strict=True):
+        assert a.keys() == b.keys()
+        for u in a:
+            assert np.allclose(a[u], b[u], atol=1e-6)
