@@ -126,15 +126,43 @@ def write_table(rows: list[dict], out: Path) -> None:
 
 def compare(presets: list[str], seeds: list[int], out: str | Path, overrides: dict | None = None,
             log: Callable[[str], None] = print, *, judge: str = "default", fewshot_how: str = "infogain",
-            fewshot_queries: int = 20) -> list[dict]:
+            fewshot_queries: int = 20, fewshot_workers: int = 1, show_progress: bool | str = False) -> list[dict]:
     """Train every (preset, seed) into out/runs/ (resuming finished or partial runs) and write the table.
 
-    ``fewshot-k0`` .. ``fewshot-k8`` run the few-shot prompting baseline with ``judge`` instead.
+    ``fewshot-k0`` .. ``fewshot-k8`` run the few-shot prompting baseline with ``judge`` instead
+    (``fewshot_workers`` processes). Progress: two stages, "few-shot" in prompts and "train" in
+    optimizer steps (a bar on a terminal with ``show_progress``, plain lines elsewhere), also written
+    to out/status.json (``kind: compare``); every run's own status.json has its own.
     """
     from .config import build_config
+    from .progress import Progress, status_writer
+    from .runs import now_iso
+
+    # every trained run's config first, so that a bad preset or override fails before any work
+    trained = [(p, s, build_config({"preset": p, **(overrides or {}), "seed": s}))
+               for p in presets if not p.startswith("fewshot-") for s in seeds]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    status = RunDir(out)  # the comparison's own status.json (no config.json: not a run of the Train page)
+    status.update_status(state="running", kind="compare", presets=list(presets), seeds=list(seeds),
+                         started=now_iso(), ended=None, error=None)
+    prog = Progress(None, show=show_progress, status=status_writer(status))
+    try:
+        table = _compare(presets, seeds, trained, out, overrides, log, prog, judge=judge, fewshot_how=fewshot_how,
+                         fewshot_queries=fewshot_queries, fewshot_workers=fewshot_workers)
+    except BaseException as err:
+        prog.close()
+        status.mark_final("cancelled" if isinstance(err, KeyboardInterrupt) else "failed",
+                          error=f"{type(err).__name__}: {err}")
+        raise
+    status.mark_final("succeeded", progress=prog.close())
+    return table
+
+
+def _compare(presets, seeds, trained, out: Path, overrides, log, prog, *, judge, fewshot_how, fewshot_queries,
+             fewshot_workers) -> list[dict]:
     from .train import train
 
-    out = Path(out)
     run_rows = []
     fewshot = [p for p in presets if p.startswith("fewshot-")]
     if fewshot:
@@ -142,22 +170,27 @@ def compare(presets: list[str], seeds: list[int], out: str | Path, overrides: di
 
         t0 = time.perf_counter()
         for d in run_methods(fewshot, seeds, out, overrides, judge_spec=judge, how=fewshot_how,
-                             queries_per_user=fewshot_queries, log=lambda m: None):
+                             queries_per_user=fewshot_queries, log=lambda m: None, workers=fewshot_workers,
+                             progress=prog):
             run_rows.append(run_row(d))
         log(f"few-shot {' '.join(fewshot)} x seeds {seeds}: {time.perf_counter() - t0:.1f}s")
-    for p in presets:
-        if p.startswith("fewshot-"):
-            continue
-        for s in seeds:
-            cfg = build_config({"preset": p, **(overrides or {}), "seed": s})
-            run_dir = out / "runs" / f"{p}-s{s}"
-            t0 = time.perf_counter()
-            if RunDir(run_dir).status().get("state") != "succeeded":
-                train(cfg, run_dir, log=lambda m: None)
-            row = run_row(run_dir)
-            run_rows.append(row)
-            log(f"{p} seed {s}: accuracy {row['accuracy']:.3f}, converged {row['converged']} "
-                f"({time.perf_counter() - t0:.1f}s)")
+    todo = {(p, s) for p, s, _ in trained if RunDir(out / "runs" / f"{p}-s{s}").status().get("state") != "succeeded"}
+    if trained:
+        prog.new_stage("train", sum(cfg.steps for p, s, cfg in trained if (p, s) in todo), unit="steps")
+    base = 0
+    for p, s, cfg in trained:
+        run_dir = out / "runs" / f"{p}-s{s}"
+        t0 = time.perf_counter()
+        if (p, s) in todo:
+            prog.set(base, stage=f"train {p}-s{s}")
+            train(cfg, run_dir, log=lambda m: None,
+                  on_step=lambda step, steps, base=base: prog.set(base + step))
+            base += cfg.steps
+            prog.set(base)
+        row = run_row(run_dir)
+        run_rows.append(row)
+        log(f"{p} seed {s}: accuracy {row['accuracy']:.3f}, converged {row['converged']} "
+            f"({time.perf_counter() - t0:.1f}s)")
     table = summarize(run_rows)
     write_table(table, out)
     import pandas as pd
@@ -226,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--judge", default="default", help="few-shot judge: default (bundled GGUF), a model id/folder/.gguf, or openai[:model]")
     c.add_argument("--fewshot-how", choices=["infogain", "random"], default="infogain", help="how demonstrations are chosen")
     c.add_argument("--fewshot-queries", type=int, default=20, help="test queries per user for the few-shot baseline")
+    c.add_argument("--fewshot-workers", type=int, default=1,
+                   help="processes for the few-shot baseline (each loads the judge; 2 on 2 idle cores is ~2x)")
     c.add_argument("--dry-run", action="store_true", help="tiny data and 2 steps per run")
     s = sub.add_parser("study", help="the study's setting: SmolLM2 + LoRA, traditional / vpl / vpl-adaptive x seeds")
     from .study import add_arguments
@@ -250,11 +285,16 @@ def main(argv: list[str] | None = None) -> int:
         over.update({"corpus_prompts": 60, "steps": 2, "eval_every": 1, "max_train_per_user": 40,
                      "max_test_per_user": 20, "pool_size": 20})
     from .config import ConfigError
+    from .progress import echo
 
+    if args.fewshot_workers < 1:
+        print("error: --fewshot-workers must be at least 1", file=sys.stderr)
+        return 2
     try:
-        table = compare(args.presets, args.seeds, args.out, over, log=lambda m: print(m, flush=True),
+        table = compare(args.presets, args.seeds, args.out, over, log=echo,
                         judge=args.judge, fewshot_how=args.fewshot_how,
-                        fewshot_queries=2 if args.dry_run else args.fewshot_queries)
+                        fewshot_queries=2 if args.dry_run else args.fewshot_queries,
+                        fewshot_workers=args.fewshot_workers, show_progress="auto")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ from .models import (
     kl_to_standard_normal,
     model_from_config,
 )
+from .progress import Progress, echo, status_writer
 from .references import reference_accuracy, shuffled_contexts, user_groups
 from .runs import RunDir
 from .samplers import AdaptiveSampler, UniformSampler
@@ -71,12 +72,18 @@ def lora_targets(model: torch.nn.Module) -> list[str] | None:
 
 
 class Trainer:
-    """A small generic loop (minGPT-style) with callbacks: ``on_eval(trainer, record)``, ``on_step(trainer)``."""
+    """A small generic loop (minGPT-style) with callbacks: ``on_eval(trainer, record)``, ``on_step(trainer)``.
 
-    def __init__(self, cfg: TrainConfig, run: RunDir, *, log: Callable[[str], None] = print):
+    ``show_progress`` ("auto", True or False): the embedding and training bars (or plain lines off a
+    terminal, core.progress); status.json gets the progress either way."""
+
+    def __init__(self, cfg: TrainConfig, run: RunDir, *, log: Callable[[str], None] = print,
+                 show_progress: bool | str = False):
         self.cfg, self.run, self.log = cfg, run, log
+        self.show_progress = show_progress
         self.device = resolve_device(cfg.device)
         self.callbacks: dict[str, list[Callable]] = {"on_eval": [], "on_step": []}
+        self.progress: Progress | None = None  # the training stage's, made by fit()
         self._stop_requested = False
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -144,15 +151,10 @@ class Trainer:
         todo = len(cache.missing([self.data.texts[i] for i in ids]))
         self.log(f"embeddings: {len(ids)} texts used, {todo} not cached yet (encoding them once)")
         self.run.update_status(phase="embedding")
-        last = [0.0]
-
-        def progress(done, total):
-            if time.perf_counter() - last[0] > 2.0 or done == total:
-                last[0] = time.perf_counter()
-                self.run.update_status(embedding={"done": done, "total": total})
-                self.log(f"  encoded {done}/{total}")
-
-        emb = cache.get([self.data.texts[i] for i in ids], progress=progress)
+        prog = Progress(todo, unit="texts", stage="embedding", show=self.show_progress and todo > 0,
+                        status=status_writer(self.run, "embedding") if todo else None, status_every_s=2.0)
+        emb = cache.get([self.data.texts[i] for i in ids], progress=lambda done, total: prog.set(done, total))
+        prog.close()
         self.cache_encoded = cache.encoded
         full = np.zeros((len(self.data.texts), emb.shape[1]), dtype=np.float32)
         full[ids] = emb
@@ -402,6 +404,8 @@ class Trainer:
         self._t_start = time.perf_counter()
         resumed = self.try_resume()
         self.run.update_status(phase="training", steps=cfg.steps, resumed=resumed)
+        self.progress = Progress(cfg.steps, unit="steps", stage="training", done=self.step, show=self.show_progress,
+                                 status=status_writer(self.run))
         history = []
         if self.step == 0:
             rec = self._record(self.evaluate())
@@ -410,8 +414,7 @@ class Trainer:
             loss = self.train_step()
             for cb in self.callbacks["on_step"]:
                 cb(self)
-            if self.step % 5 == 0 or self.step == cfg.steps:
-                self.run.set_progress(self.step, cfg.steps, train_loss=loss)
+            self.progress.set(self.step, train_loss=loss)  # status.json at most once a second
             if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                 history.append(self._record(self.evaluate()))
             if self._stop_requested:
@@ -435,14 +438,15 @@ class Trainer:
         return record
 
 
-def warm_cache(cfg: TrainConfig, log: Callable[[str], None] = print) -> float:
+def warm_cache(cfg: TrainConfig, log: Callable[[str], None] = print, show_progress: bool | str = False) -> float:
     """Build cfg's data and encode every text it reads with the frozen encoder (filling the on-disk
     cache), without training or writing a run. Returns the seconds it took."""
     import tempfile
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        Trainer(build_config({**cfg.model_dump(), "method": "btl"}), RunDir(tmp).create(), log=log)
+        Trainer(build_config({**cfg.model_dump(), "method": "btl"}), RunDir(tmp).create(), log=log,
+                show_progress=show_progress)
     return time.perf_counter() - t0
 
 
@@ -452,8 +456,12 @@ def _cancel_now():
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, *, stop_after: int | None = None,
-          log: Callable[[str], None] = print) -> list[dict]:
-    """Train into run_dir (created if needed); returns this session's evaluation records."""
+          log: Callable[[str], None] = print, show_progress: bool | str = False,
+          on_step: Callable[[int, int], None] | None = None) -> list[dict]:
+    """Train into run_dir (created if needed); returns this session's evaluation records.
+
+    ``show_progress``: bars on a terminal, plain lines elsewhere (see Trainer); ``on_step(step, steps)``
+    after every optimizer step (a caller's own progress, e.g. a comparison's)."""
     run = RunDir(run_dir).create()
     if run.config() not in (None, cfg.model_dump(mode="json")) and (run.path / "train_state.pt").exists():
         raise ConfigError("config: the run directory holds a checkpoint of a different config; use a new folder")
@@ -468,13 +476,15 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, stop_after: int | None = Non
                     prev[sig] = signal.signal(sig, lambda *a: trainer.request_stop() if trainer else _cancel_now())
                 except ValueError:  # not the main thread (e.g. inside a notebook worker)
                     pass
-        trainer = Trainer(cfg, run, log=log)
+        trainer = Trainer(cfg, run, log=log, show_progress=show_progress)
+        if on_step is not None:
+            trainer.callbacks["on_step"].append(lambda t: on_step(t.step, t.cfg.steps))
         history = trainer.fit(stop_after=stop_after)
+        snap = trainer.progress.close()
         if trainer.step >= cfg.steps:
-            run.mark_final("succeeded", progress={"done": trainer.step, "total": cfg.steps, "fraction": 1.0})
+            run.mark_final("succeeded", progress={**snap, "fraction": 1.0})
         else:
-            run.mark_final("cancelled", error=f"stopped after step {trainer.step} (resumable)",
-                           progress={"done": trainer.step, "total": cfg.steps, "fraction": trainer.step / cfg.steps})
+            run.mark_final("cancelled", error=f"stopped after step {trainer.step} (resumable)", progress=snap)
         return history
     except Cancelled as err:
         run.mark_final("cancelled", error=str(err))
@@ -484,6 +494,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, stop_after: int | None = Non
         run.mark_final("failed", error=f"{type(err).__name__}: {err}\n{traceback.format_exc()[-2000:]}")
         raise
     finally:
+        if trainer is not None and trainer.progress is not None:
+            trainer.progress.close()  # a bar left open would garble the terminal
         for sig, handler in prev.items():
             signal.signal(sig, handler)
 
@@ -517,13 +529,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.warm_cache:
-        secs = warm_cache(cfg, log=lambda m: print(m, flush=True))
+        secs = warm_cache(cfg, log=echo, show_progress="auto")
         print(f"embedding cache warm ({secs:.1f}s)")
         return 0
     if not args.run_dir:
         print("error: --run-dir is required (unless --warm-cache)", file=sys.stderr)
         return 2
-    train(cfg, args.run_dir, log=lambda m: print(m, flush=True))
+    train(cfg, args.run_dir, log=echo, show_progress="auto")
     return 0
 
 

@@ -7,7 +7,15 @@ import pytest
 
 from core.data import PreferenceTable, generate_table
 from core.experiments import main as experiments_main
-from core.fewshot import Demo, LogitChooser, demo_block, evaluate, pick_demos, query_block, user_accuracy
+from core.fewshot import (
+    SYSTEM,
+    LogitChooser,
+    demo_block,
+    evaluate,
+    pick_demos,
+    query_block,
+    user_accuracy,
+)
 from core.users import info_gain_select, preferred, preset, user_scores
 
 
@@ -32,6 +40,22 @@ def test_demonstration_prompt_holds_exactly_k_demos_in_a_stable_order():
     assert demo_block(rnd).count("--- Example ") == 6
     assert rnd == pick_demos(table, W, 1, 6, how="random", questions=questions, seed=3)
     assert "not seen any" in demo_block([])
+
+
+def test_a_smaller_k_shows_the_first_k_demonstrations_and_its_text_is_a_prefix_of_the_larger_prompt():
+    table = generate_table(n_prompts=80, seed=1)
+    W = preset("two-opposed")
+    questions = np.arange(60)
+    for how in ("infogain", "random"):
+        for user in (0, 1):
+            eight = pick_demos(table, W, user, 8, how=how, questions=questions, seed=3)
+            assert len({d.prompt for d in eight}) == 8
+            assert {d.chosen_first for d in eight} == {True, False}  # placements vary, fixed by seed
+            for k in (1, 2, 4, 6):
+                assert pick_demos(table, W, user, k, how=how, questions=questions, seed=3) == eight[:k], (how, user, k)
+                assert demo_block(eight).startswith(demo_block(eight[:k]))
+            assert "8" not in demo_block(eight).splitlines()[0]  # the header does not name the count
+    assert not demo_block(eight).startswith(demo_block([]))  # k=0 says that nothing was seen: its own prompt
 
 
 class _Recorder:
@@ -97,25 +121,6 @@ def judge():
 
 
 @pytest.mark.slow
-def test_bundled_judge_reads_a_vs_b_from_logits_and_the_cached_prefix_changes_nothing(judge):
-    table = generate_table(n_prompts=30, seed=0)
-    demos = [Demo(table.prompts[1], table.responses[1][0], table.responses[1][1], chosen_first=False)]
-    prefix = demo_block(demos)
-    q = query_block(table.prompts[2], table.responses[2][0], table.responses[2][1])
-    chooser = LogitChooser(judge)
-    cached = chooser.prob_a(prefix, [q, q])
-    assert 0.0 < cached[0] < 1.0 and cached[0] == pytest.approx(cached[1])
-    import torch
-
-    p_ids, q_ids = chooser._prompt_ids(prefix, q)
-    with torch.no_grad():
-        logits = judge.model(torch.tensor([p_ids + q_ids])).logits[0, -1].float()
-    lp = torch.log_softmax(logits, -1)
-    full = float(torch.sigmoid(torch.logsumexp(lp[chooser.ids["A"]], 0) - torch.logsumexp(lp[chooser.ids["B"]], 0)))
-    assert cached[0] == pytest.approx(full, abs=1e-3)
-
-
-@pytest.mark.slow
 def test_comparison_command_runs_few_shot_and_trained_methods(tmp_path, small_corpus_embeddings, cache_root,
                                                               monkeypatch):
     monkeypatch.setenv("PREFLENS_CACHE", cache_root)
@@ -142,3 +147,73 @@ def test_comparison_command_runs_few_shot_and_trained_methods(tmp_path, small_co
     ref = metrics[0]["uniform_k0_accuracy"]
     if ref is not None:
         assert any(abs(sh.get("y0", -1) - ref) < 1e-9 for sh in fig["layout"].get("shapes", []))
+
+
+def _p_a_from_scratch(judge, chooser, prefix: str, query: str) -> float:
+    """The whole chat prompt, tokenized by the chat template in one piece, run from its first token."""
+    import torch
+
+    msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prefix + query}]
+    ids = list(judge.tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)["input_ids"])
+    assert chooser.prompt_ids(prefix, query) == ids
+    with torch.inference_mode():
+        logits = judge.model(torch.tensor([ids]), logits_to_keep=1).logits[:, -1]
+    return float(chooser._p_a(logits)[0])
+
+
+@pytest.mark.slow
+def test_every_k_read_from_the_largest_ks_cache_answers_like_its_full_prompt_from_scratch(judge):
+    table = generate_table(n_prompts=40, seed=4)
+    W = preset("two-opposed")
+    demos = pick_demos(table, W, 1, 2, how="infogain", questions=np.arange(30), seed=0)
+    queries = [(table.prompts[q], table.responses[q][0], table.responses[q][3]) for q in (31, 35)]
+    ks = (0, 1, 2)
+    one, two = LogitChooser(judge, batch_queries=1), LogitChooser(judge, batch_queries=2)
+    fast = one.user_probs(demos, ks, queries)
+    batched = two.user_probs(demos, ks, queries)  # both queries in one forward, left-padded
+    plain = LogitChooser(judge)
+    # k=1 read its whole demonstration from k=2's cache (all but the newlines after its answer letter)
+    k1_prompt = plain.prompt_ids(demo_block(demos[:1]), query_block(*queries[0]))
+    through_letter = _first_difference(plain.prompt_ids(demo_block(demos[:1]).rstrip("\n"), ""), k1_prompt)
+    assert one.cuts[1][0] >= through_letter > one.cuts[0][0] + 50  # k=0 shares only the system part
+    for k in ks:
+        prefix = demo_block(demos[:k])
+        first = plain.prob_a(prefix, [query_block(p, c, r) for p, c, r in queries])  # the plain path
+        for order in (0, 1):  # 0: the chosen response shown as A; 1: shown as B
+            for i, (p, c, r) in enumerate(queries):
+                a, b = (c, r) if order == 0 else (r, c)
+                ref = _p_a_from_scratch(judge, one, prefix, query_block(p, a, b))
+                assert 0.0 < ref < 1.0
+                assert fast[k][order][i] == pytest.approx(ref, abs=1e-4), (k, order, i)
+                assert batched[k][order][i] == pytest.approx(ref, abs=1e-4), (k, order, i)
+                if order == 0:
+                    assert first[i] == pytest.approx(ref, abs=1e-4), (k, i)
+
+
+def _first_difference(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_answers_and_report_progress(tmp_path):
+    from core.fewshot import run_methods
+    from core.progress import Progress
+
+    tiny = {"corpus_prompts": 60, "max_test_per_user": 20, "pool_size": 20}
+    answers, seen = {}, {}
+    for workers in (1, 2):
+        updates = []
+        prog = Progress(None, show=False, status=updates.append, status_every_s=0.0)
+        dirs = run_methods(["fewshot-k0", "fewshot-k1"], [0], tmp_path / f"w{workers}", tiny, queries_per_user=1,
+                           log=lambda m: None, workers=workers, progress=prog)
+        answers[workers] = [json.loads((d / "metrics.jsonl").read_text())["user_p_chosen"] for d in dirs]
+        seen[workers] = [u["done"] for u in updates]
+        status = json.loads((dirs[1] / "status.json").read_text())
+        assert status["state"] == "succeeded" and status["progress"]["unit"] == "prompts"
+    # 2 users x 1 query x 2 orders x 2 k, plus the uniform user's query in both orders
+    assert seen[1][-1] == seen[2][-1] == 10 and len(set(seen[2])) >= 3
+    for a, b in zip(answers[1], answers[2], strict=True):
+        assert a.keys() == b.keys()
+        for u in a:
+            assert np.allclose(a[u], b[u], atol=1e-6)

@@ -109,10 +109,15 @@ def main(argv: list[str] | None = None) -> int:
             write_json_atomic(qpath, probe)
             run.log(f"judge-quality probe: {probe['spearman']} ({probe['method']})")
         max_new = cfg.max_new_tokens or (8 if cfg.mode == "pairwise" else (24 if cfg.dry_run else 64))
-        counts = run_simulation(judge, stories, questions, mode=cfg.mode, run_dir=run.path,
-                                scoring_method=cfg.scoring_method, pairwise_method=cfg.pairwise_method,
-                                max_new_tokens=max_new, chunk=cfg.batch_size, progress=run.set_progress,
-                                should_stop=lambda: stop["flag"])
+        from core.progress import Progress, status_writer
+
+        # a bar on a terminal, plain lines in a job's log.txt, and the same progress in status.json
+        with Progress(len(stories) * len(questions), unit="items", stage=f"personas {cfg.mode}",
+                      status=status_writer(run)) as prog:
+            counts = run_simulation(judge, stories, questions, mode=cfg.mode, run_dir=run.path,
+                                    scoring_method=cfg.scoring_method, pairwise_method=cfg.pairwise_method,
+                                    max_new_tokens=max_new, chunk=cfg.batch_size, progress=prog.resume_hook(),
+                                    should_stop=lambda: stop["flag"])
         status = getattr(judge, "probs_status", None)
         if status is not None:
             run.log(f"endpoint probabilities: {status()}; requests {getattr(judge, 'requests', {})}")
