@@ -165,10 +165,9 @@ class LocalJudge:
         if cached is not None and (cached / "model.safetensors").exists():
             src, kwargs = str(cached), {}
         self.tokenizer = AutoTokenizer.from_pretrained(src, **kwargs)
-        self.prompt_format = "chat template"
         if not getattr(self.tokenizer, "chat_template", None):
-            self.tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
-            self.prompt_format = "plain text"
+            self.tokenizer.chat_template = PLAIN_CHAT_TEMPLATE  # also saved into a dequantized copy
+        self.prompt_format = "plain text" if self.tokenizer.chat_template == PLAIN_CHAT_TEMPLATE else "chat template"
         self.model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kwargs).to(self.device).eval()
         if cached is not None and kwargs:
             save_dequantized(self.model, self.tokenizer, cached)
