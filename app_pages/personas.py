@@ -78,7 +78,8 @@ with tab_run:
                                 key="ns")
     seed = c4.number_input("Seed", 0, 10**6, _int_param("seed", 0), key="seed")
     judge = st.text_input("Judge", qp.get("judge", "default"), key="judge",
-                          help="'default' = bundled SmolLM2-135M (weak!), a model id / folder / .gguf path, or "
+                          help="'default' = bundled SmolLM2-135M (weak!), 'bundled-gemma3' = Gemma 3 270M base (Gemma terms), "
+                               "a model id / folder / .gguf path, or "
                                "'openai[:model]' with PREFLENS_JUDGE_BASE_URL / _MODEL / _API_KEY in the environment")
     qp.update({"mode": mode, "nq": str(n_questions), "ns": str(n_stories), "seed": str(seed), "judge": judge})
     st.caption(f"{n_stories} stories x {n_questions} questions = {n_stories * n_questions} items; runs as a "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class PersonaConfig(BaseModel):
@@ -21,7 +21,8 @@ class PersonaConfig(BaseModel):
     pairwise_method: Literal["generate", "logits", "both"] = Field(
         "generate", description="Pairwise mode only: parse generated [[A]]/[[B]], read P(A) vs P(B) after '[[' "
                                 "from logits (an endpoint's logprobs; text when it sends none), or both.")
-    judge: str = Field("default", description="'default' (bundled SmolLM2 GGUF), a model id / folder / .gguf path, "
+    judge: str = Field("default", description="'default' (= 'bundled-smollm2', the SmolLM2 GGUF), 'bundled-gemma3' "
+                                              "(Gemma 3 270M GGUF), a model id / folder / .gguf path, "
                                               "or 'openai[:model]' for an OpenAI-compatible endpoint from the environment.")
     data: str = Field("offline", description="'offline' (the generated corpus) or an UltraFeedback-schema file path.")
     corpus_size: int = Field(300, ge=1, le=100000, description="Questions in the generated offline corpus.")
@@ -33,6 +34,15 @@ class PersonaConfig(BaseModel):
     quality_probe: int = Field(4, ge=0, le=200, description="Questions (x4 responses) for the judge-quality probe "
                                                             "written to quality.json before the run; 0 skips it.")
     dry_run: bool = Field(False, description="Tiny run: 2 stories x 2 questions, short generations.")
+
+    @field_validator("judge")
+    @classmethod
+    def _known_bundled_judge(cls, v: str) -> str:
+        from core.bundled import BUNDLED_JUDGES
+
+        if v.startswith("bundled-") and v not in BUNDLED_JUDGES:
+            raise ValueError(f"unknown bundled judge {v!r}; known: default, {', '.join(BUNDLED_JUDGES)}")
+        return v
 
 
 def validate_config(data: dict) -> PersonaConfig:

