@@ -30,7 +30,7 @@ PRESETS: dict[str, dict] = {
     # mean, beta 0: the noise only hid mu: 0.830); and the study's contrastive term on the latent means,
     # over one micro-batch of 32 so that same-user pairs occur in it (coef 0.1: 0.926, but seed 2 left two
     # users short at 0.878; coef 0.3: 0.927 / 0.930 at seeds 0 / 2, every user within 0.03 of its probe
-    # ceiling). A decoder given a learned vector per user instead of demonstrations reaches 0.934, so
+    # ceiling). A decoder given a learned vector per user instead of demonstrations reaches 0.938, so
     # reading the user from 8 demonstrations no longer limits four users.
     "personal": {**_CPU, "method": "vpl", "decoder": "bilinear", "z_mode": "mean", "contrastive_coef": 0.3,
                  "batch_size": 32, "grad_accum": 1},
@@ -40,7 +40,7 @@ PRESETS: dict[str, dict] = {
 # The one-click lessons (Train and Playground pages; `python -m core.train --lesson ... --warm-cache`).
 LESSON_TWO_OPPOSED = {"users": "two-opposed", "corpus_prompts": 400, "steps": 60, "eval_every": 5}
 # traditional, vpl and personal on one user per aspect; 1200 steps is where personal serves all four on this
-# 400-question corpus (about 0.9 a user at seed 0, bench/bench_decoders.py) while vpl stays at traditional's level
+# 400-question corpus (0.90 on average, every user above 0.8, seeds 0 and 1) while vpl stays at traditional's level
 LESSON_FOUR_USERS = {"users": "four-one-hot", "corpus_prompts": 400, "steps": 1200, "eval_every": 50}
 LESSONS = {"two-opposed": LESSON_TWO_OPPOSED, "four-users": LESSON_FOUR_USERS}
 
