@@ -17,7 +17,6 @@ loading, except ``--workers N``, which also times the fast path in N processes (
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -26,6 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench._results import write_result  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -115,10 +117,7 @@ def main(argv=None) -> int:
         print(f"ratio  {ratio:8.2f}x  (before / after, same run)")
         print(f"largest |P(chosen) before - after|: {max(diffs):.2e}; accuracies identical: {same_acc}")
         out.update(ratio=round(ratio, 3), max_abs_diff=float(max(diffs)), accuracies_identical=bool(same_acc))
-    out_dir = ROOT / "bench" / "out"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"fewshot-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(out, indent=2))
+    path = write_result("fewshot", out)
     print(f"wrote {path} (load average {out['machine']['load_avg_1m']})")
     return 0
 

@@ -36,6 +36,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench._results import write_result  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -212,11 +215,8 @@ def main(argv=None) -> int:
               + ("clearly better: make it the default" if clearly else f"not clearly better: keep {base['spec']}"))
     print(f"total {total:.0f} s on {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
 
-    out_dir = ROOT / "bench" / "out"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"judge-choice-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"args": vars(args), "overrides": overrides, "results": results,
-                                "verdicts": verdicts, "total_s": round(total, 1)}, indent=2))
+    path = write_result("judge-choice", {"args": vars(args), "overrides": overrides, "results": results,
+                                         "verdicts": verdicts, "total_s": round(total, 1)})
     print(f"wrote {path.relative_to(ROOT)}")
     return 0
 

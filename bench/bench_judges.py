@@ -19,7 +19,6 @@ and the prefix-reuse gain on pairwise generation. Writes bench/out/judges-<time>
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -30,6 +29,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench._results import write_result  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -126,10 +128,7 @@ def main(argv=None) -> int:
            "items_per_s": {k: round(n_items / s, 4) for k, s in seconds.items()}, "ratios_vs_scoring_generation": ratios,
            "max_expected_grade_diff_new_vs_old": agreement, "prefix_reuse": reuse, "threads": getattr(judge, "threads", None), "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
            "dry_run": args.dry_run}
-    out_dir = ROOT / "bench" / "out"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"judges-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(out, indent=2))
+    path = write_result("judges", out)
     print(f"wrote {path}")
     return 0
 
