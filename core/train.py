@@ -34,7 +34,7 @@ from .models import (
     model_from_config,
 )
 from .progress import Progress, echo, status_writer
-from .references import reference_accuracy, shuffled_contexts, user_groups
+from .references import reference_accuracy, shuffled_partners, user_groups
 from .runs import RunDir
 from .samplers import AdaptiveSampler, UniformSampler
 
@@ -142,7 +142,8 @@ class Trainer:
         self.loss_sum, self.loss_n = 0.0, 0
         self.probe = self._probe_indices()
         # the test split with every pair's demonstrations taken from another user (fixed by seed)
-        self.shuffled_test = shuffled_contexts(self.data.test, cfg.seed + 11) if cfg.method == "vpl" else None
+        # (N_test,) the pair whose demonstrations each test pair borrows for z_shuffled_accuracy
+        self.shuffled_partner = shuffled_partners(self.data.test, cfg.seed + 11) if cfg.method == "vpl" else None
 
     # ------------------------------------------------------------------ setup helpers
     def _embed_frozen(self) -> torch.Tensor:
@@ -193,8 +194,10 @@ class Trainer:
         batch = self.query_encoder.tokenize([self.data.texts[i] for i in ids])
         return self.query_encoder.forward(batch)
 
-    def forward(self, split, idx: np.ndarray, *, train: bool):
-        """Per-pair loss (B,), r_chosen - r_rejected (B,), mu (B, L) or None, user (B,)."""
+    def forward(self, split, idx: np.ndarray, *, train: bool, latent: tuple | None = None):
+        """Per-pair loss (B,), r_chosen - r_rejected (B,), mu (B, L) or None, user (B,).
+
+        ``latent``: the pairs' (mu, logvar), each (B, L), when already computed (evaluation)."""
         s = split.take(idx)
         n = len(idx)
         q = self._query(np.concatenate([s.chosen, s.rejected]))  # (2B, D)
@@ -203,10 +206,7 @@ class Trainer:
             r = self.model.reward(q)
             margin = r[:n] - r[n:]
             return btl_loss(r[:n], r[n:]), margin, None, user
-        E = self.embeddings
-        ctx_c = E[torch.as_tensor(s.ctx_chosen, device=self.device)]  # (B, K, D)
-        ctx_r = E[torch.as_tensor(s.ctx_rejected, device=self.device)]
-        mu, logvar = self.model.posterior(ctx_c, ctx_r)  # (B, L)
+        mu, logvar = self._posterior(s) if latent is None else latent  # (B, L)
         z = self.model.latent(mu, logvar, train=train, generator=self.z_gen)
         r = self.model.reward(q, torch.cat([z, z]))
         margin = r[:n] - r[n:]
@@ -214,6 +214,13 @@ class Trainer:
         if self.cfg.beta > 0:
             loss = loss + self.cfg.beta * kl_to_standard_normal(mu, logvar)
         return loss, margin, mu, user
+
+    def _posterior(self, s) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu, logvar (B, L) of the user latent read from each pair's demonstrations (B, K)."""
+        E = self.embeddings
+        ctx_c = E[torch.as_tensor(s.ctx_chosen, device=self.device)]  # (B, K, D)
+        ctx_r = E[torch.as_tensor(s.ctx_rejected, device=self.device)]
+        return self.model.posterior(ctx_c, ctx_r)
 
     # ------------------------------------------------------------------ one optimizer step
     def train_step(self) -> float:
@@ -270,17 +277,37 @@ class Trainer:
         jac_to_grad(params, MGDA() if self.cfg.grad_strategy == "mgda" else PCGrad())
 
     # ------------------------------------------------------------------ evaluation
-    def _score(self, split) -> tuple[np.ndarray, np.ndarray]:
-        """Per-pair loss and correctness (1 when r_chosen > r_rejected) over a whole split, in chunks."""
-        losses, correct = [], []
-        for s in range(0, len(split), 256):
-            idx = np.arange(s, min(s + 256, len(split)))
-            loss, margin, _, _ = self.forward(split, idx, train=False)
+    def _score(self, split, partner: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Per-pair loss and correctness (1 when r_chosen > r_rejected) over a whole split, in chunks.
+
+        With ``partner`` (N,), also the correctness when pair i is read with the user latent of pair
+        partner[i]: at evaluation z is the posterior mean, a function of the demonstrations alone, so
+        every pair's latent is computed once and the borrowed one is a lookup, not a second pass.
+        """
+        n_pairs = len(split)
+        chunk = 256 if self.query_encoder is not None else 2048  # texts through a transformer vs cached rows
+        chunks = [np.arange(s, min(s + chunk, n_pairs)) for s in range(0, n_pairs, chunk)]
+        if self.cfg.method == "vpl":
+            lat = [self._posterior(split.take(idx)) for idx in chunks]
+            mu = torch.cat([m for m, _ in lat]) if lat else None  # (N, L)
+            logvar = torch.cat([v for _, v in lat]) if lat else None
+        losses, correct, shuffled = [], [], []
+        for idx in chunks:
+            t = torch.as_tensor(idx, device=self.device)
+            latent = (mu[t], logvar[t]) if self.cfg.method == "vpl" else None
+            loss, margin, _, _ = self.forward(split, idx, train=False, latent=latent)
             losses.append(loss.cpu())
             correct.append((margin > 0).float().cpu())
+            if partner is not None and self.cfg.method == "vpl":
+                s = split.take(idx)
+                q = self._query(np.concatenate([s.chosen, s.rejected]))  # (2B, D)
+                z = mu[torch.as_tensor(partner[idx], device=self.device)]  # (B, L) another user's latent
+                r = self.model.reward(q, torch.cat([z, z]))
+                shuffled.append((r[: len(idx)] > r[len(idx):]).float().cpu())
         loss = torch.cat(losses).numpy() if losses else np.zeros(0)
         corr = torch.cat(correct).numpy() if correct else np.zeros(0)
-        return loss, corr
+        shuf = torch.cat(shuffled).numpy() if shuffled else None
+        return loss, corr, shuf
 
     def references(self) -> dict:
         """Reference ceilings (global / group / per-user probe) on this run's own test pairs."""
@@ -293,7 +320,7 @@ class Trainer:
         if self.query_encoder is not None:
             self.query_encoder.model.eval()
         test = self.data.test
-        loss, corr = self._score(test)
+        loss, corr, shuf = self._score(test, self.shuffled_partner)
         user_acc, user_loss = {}, {}
         for u in range(self.data.n_users):
             m = test.user == u
@@ -313,18 +340,15 @@ class Trainer:
             "phase": self.sampler.phase(max(0, self.step - 1)),
             "samples": self.samples_seen,
         }
-        if self.shuffled_test is not None:
+        if shuf is not None:
             # the same pairs, each read with another user's demonstrations: near `accuracy` = z is ignored
-            _, shuf = self._score(self.shuffled_test)
             per = [float(shuf[test.user == u].mean()) for u in range(self.data.n_users) if (test.user == u).any()]
             record["z_shuffled_accuracy"] = float(np.mean(per))
         if self.step == 0:
             record["reference_accuracy"] = self.references()
         if self.cfg.method == "vpl" and len(self.probe):
             s = test.take(self.probe)
-            E = self.embeddings
-            mu, _ = self.model.posterior(E[torch.as_tensor(s.ctx_chosen, device=self.device)],
-                                         E[torch.as_tensor(s.ctx_rejected, device=self.device)])
+            mu, _ = self._posterior(s)
             record["active_units"] = active_units(mu)
             np.savez(self.run.latents_dir / f"step-{self.step:06d}.npz", mu=mu.float().cpu().numpy(),
                      user=s.user, question=s.question)
