@@ -66,7 +66,8 @@ else:
     show["accuracy"] = [f"{m:.3f} ± {s:.3f}" if m is not None and pd.notna(m) else "n/a"
                         for m, s in zip(summary["accuracy_mean"], summary["accuracy_std"], strict=True)]
     st.subheader("By method")
-    refs = [c for c in ("z_shuffled_accuracy", "ref_global", "ref_group", "ref_probe") if c in show]
+    refs = [c for c in ("z_shuffled_accuracy", "fresh_demos_accuracy", "ref_global", "ref_group", "ref_probe")
+            if c in show]
     st.dataframe(show[["method", "runs", "accuracy", "converged_share", "steps_to_converge",
                        "epochs_to_converge", "wall_to_converge_s", "wall_s", *refs]], hide_index=True,
                  use_container_width=True, key="results_summary",
@@ -75,6 +76,10 @@ else:
                      "z_shuffled_accuracy": st.column_config.NumberColumn(
                          "z shuffled", format="%.3f", help="Accuracy when each test pair is read with another "
                          "user's demonstrations; close to accuracy = the model ignores who the user is."),
+                     "fresh_demos_accuracy": st.column_config.NumberColumn(
+                         "fresh demos", format="%.3f", help="Accuracy when each test pair is read with the same "
+                         "user's demonstrations from pairs outside the training pool; far below accuracy = "
+                         "the model recognised the pool instead of reading the user's taste."),
                      "ref_global": st.column_config.NumberColumn(
                          "ref: global", format="%.3f", help="Mean of all users' weights on the true ratings."),
                      "ref_group": st.column_config.NumberColumn(

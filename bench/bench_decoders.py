@@ -5,7 +5,8 @@
 
 Each cell trains the ``vpl`` preset (frozen bundled MiniLM on cached embeddings, the offline corpus of
 1500 questions) with ``decoder`` set, and reads the run's own records: the final accuracy per user,
-z_shuffled_accuracy (the same test pairs read with another user's demonstrations), and the step-0
+z_shuffled_accuracy (the same test pairs read with another user's demonstrations), fresh_demos_accuracy
+(read with the same user's demonstrations from pairs outside the training pool), and the step-0
 reference ceilings (global / group mean weights, a per-user linear probe) on the same test pairs.
 ``--presets`` runs named presets instead of decoders (e.g. ``traditional personal``).
 
@@ -47,7 +48,7 @@ def cell(preset: str, decoder: str | None, users: str, seed: int, steps: int, ex
     return {
         "method": preset if not decoder else f"{preset}/{decoder}", "users": users, "seed": seed, "steps": steps,
         "accuracy": last["accuracy"], "min_user": min(ua.values()), "user_accuracy": ua,
-        "z_shuffled": last.get("z_shuffled_accuracy"), "ok": ok,
+        "z_shuffled": last.get("z_shuffled_accuracy"), "fresh": last.get("fresh_demos_accuracy"), "ok": ok,
         "ref_global": ref["global"], "ref_group": ref["group"], "ref_probe": ref["probe"], "probe_user": probe,
         "gap_closed": (last["accuracy"] - ref["global"]) / span if span > 0.01 else None,
         "wall_s": wall,
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(r)
         ua, probe = r["user_accuracy"], r["probe_user"]
         print(f"{r['method']:<16} {r['users']:<13} s{r['seed']}  acc {fmt(r['accuracy'])}  min {fmt(r['min_user'])}  "
-              f"z-shuffled {fmt(r['z_shuffled'])}  ok {r['ok']!s:<5}  gap closed {fmt(r['gap_closed'], '.2f')}  "
+              f"z-shuffled {fmt(r['z_shuffled'])}  fresh {fmt(r['fresh'])}  ok {r['ok']!s:<5}  gap closed {fmt(r['gap_closed'], '.2f')}  "
               f"[{' '.join(fmt(a, '.2f') for a in ua.values()) if len(ua) <= 8 else '...'}]"
               f"  probe [{' '.join(fmt(a, '.2f') for a in probe.values()) if len(probe) <= 8 else fmt(r['ref_probe'])}]"
               f"  {r['wall_s']:.0f}s", flush=True)
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             for p, d, u, seed in jobs:
                 report(cell(p, d, u, seed, steps, extra, Path(tmp)))
     print("\nsummary (mean over seeds)")
-    print(f"{'method':<16} {'users':<13} {'acc':>6} {'min user':>9} {'z-shuf':>7} {'ok':>5} {'global':>7} {'group':>7} "
+    print(f"{'method':<16} {'users':<13} {'acc':>6} {'min user':>9} {'z-shuf':>7} {'fresh':>6} {'ok':>5} {'global':>7} {'group':>7} "
           f"{'probe':>7} {'gap':>6} {'s/run':>6}")
     keys = []
     for r in rows:
@@ -118,10 +119,11 @@ def main(argv: list[str] | None = None) -> int:
             return sum(vals) / len(vals) if vals else None
 
         s = {"method": m, "users": u, "seeds": len(rs), **{k: mean(k) for k in
-             ("accuracy", "min_user", "z_shuffled", "ref_global", "ref_group", "ref_probe", "gap_closed", "wall_s")},
+             ("accuracy", "min_user", "z_shuffled", "fresh", "ref_global", "ref_group", "ref_probe", "gap_closed", "wall_s")},
              "ok_share": sum(r["ok"] for r in rs) / len(rs)}
         summary.append(s)
         print(f"{m:<16} {u:<13} {fmt(s['accuracy']):>6} {fmt(s['min_user']):>9} {fmt(s['z_shuffled']):>7} "
+              f"{fmt(s['fresh']):>6} "
               f"{s['ok_share']:>5.2f} {fmt(s['ref_global']):>7} {fmt(s['ref_group']):>7} {fmt(s['ref_probe']):>7} "
               f"{fmt(s['gap_closed'], '.2f'):>6} {fmt(s['wall_s'], '.0f'):>6}")
     out = Path(args.out)

@@ -13,6 +13,11 @@ For each split (N pairs):
 Questions are split between train and test, so no prompt is on both sides. Each user's
 demonstration pool (``pool_size`` of their train pairs) is fixed by the seed; every query's K
 demonstrations come from that pool, never from the query's own question.
+
+``test_fresh`` holds the same test pairs read with demonstrations from a second pool per user, drawn
+from their train pairs outside the first: pairs the model never saw as anyone's demonstrations. A model
+that learned to recognise *which* pairs make up a user's pool, rather than reading the taste they show,
+scores well on ``test`` and not on ``test_fresh`` (with four users the pool alone names the user).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class PrefData:
     test: Split
     texts: list[str]  # text id -> text
     n_users: int
+    test_fresh: Split | None = None  # test pairs, demonstrations from a second pool (None: too few pairs)
 
     def summary(self) -> dict:
         return {
@@ -81,7 +87,10 @@ def build(table: PreferenceTable, W: np.ndarray, *, seed: int = 0, test_share: f
     else:
         per_user = user_pairs(table, W)
 
-    splits = {"train": [], "test": []}
+    splits = {"train": [], "test": [], "fresh": []}
+    # a separate stream for the second pools, so adding them left the seed's pairs and pools unchanged
+    fresh_rng = np.random.default_rng([seed, 1])
+    fresh_ok = True
     for u, p in enumerate(per_user):
         tr, te = p[~is_test[p[:, 0]]], p[is_test[p[:, 0]]]
         tr, te = rng.permutation(tr), rng.permutation(te)
@@ -91,7 +100,20 @@ def build(table: PreferenceTable, W: np.ndarray, *, seed: int = 0, test_share: f
             te = te[:max_test_per_user]
         if len(tr) < n_demos + 1:
             raise ValueError(f"user {u} has only {len(tr)} training pairs; need more than n_demos={n_demos}")
-        pool = tr[demo_pool(len(tr), pool_size, rng)]  # (P, 3)
+        in_pool = demo_pool(len(tr), pool_size, rng)
+        pool = tr[in_pool]  # (P, 3)
+        rest = np.delete(tr, in_pool, axis=0)  # train pairs never used as demonstrations
+        fresh_pool = rest[demo_pool(len(rest), pool_size, fresh_rng)] if len(rest) else rest
+        if fresh_ok and len(te):
+            try:
+                ctx = sample_contexts(te[:, 0], fresh_pool[:, 0], n_demos, fresh_rng)
+                splits["fresh"].append(Split(
+                    np.full(len(te), u, dtype=np.int64), te[:, 0].astype(np.int64),
+                    (te[:, 0] * C + te[:, 1]).astype(np.int64), (te[:, 0] * C + te[:, 2]).astype(np.int64),
+                    (fresh_pool[ctx, 0] * C + fresh_pool[ctx, 1]).astype(np.int64),
+                    (fresh_pool[ctx, 0] * C + fresh_pool[ctx, 2]).astype(np.int64)))
+            except ValueError:  # the pool took (nearly) all of this user's pairs: no fresh reading
+                fresh_ok = False
         for name, part in (("train", tr), ("test", te)):
             if len(part) == 0:
                 continue
@@ -113,12 +135,15 @@ def build(table: PreferenceTable, W: np.ndarray, *, seed: int = 0, test_share: f
                        ("user", "question", "chosen", "rejected", "ctx_chosen", "ctx_rejected")))
 
     texts = [table.texts(q, c) for q in range(Q) for c in range(C)]
-    return PrefData(train=cat(splits["train"]), test=cat(splits["test"]), texts=texts, n_users=len(W))
+    fresh = cat(splits["fresh"]) if fresh_ok and splits["fresh"] else None
+    return PrefData(train=cat(splits["train"]), test=cat(splits["test"]), texts=texts, n_users=len(W),
+                    test_fresh=fresh)
 
 
 def used_text_ids(data: PrefData) -> np.ndarray:
     """Sorted unique text ids any split reads (only these need embedding)."""
     parts = []
-    for s in (data.train, data.test):
-        parts += [s.chosen, s.rejected, s.ctx_chosen.ravel(), s.ctx_rejected.ravel()]
+    for s in (data.train, data.test, data.test_fresh):
+        if s is not None:
+            parts += [s.chosen, s.rejected, s.ctx_chosen.ravel(), s.ctx_rejected.ravel()]
     return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)

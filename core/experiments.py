@@ -65,8 +65,9 @@ def run_row(path: str | Path) -> dict | None:
     if isinstance(ref, dict):  # the ceilings on this run's own test pairs (core.references)
         for k in ("global", "group", "probe"):
             row[f"ref_{k}"] = ref.get(k)
-    if "z_shuffled_accuracy" in last:
-        row["z_shuffled_accuracy"] = last["z_shuffled_accuracy"]
+    for key in ("z_shuffled_accuracy", "fresh_demos_accuracy"):
+        if key in last:
+            row[key] = last[key]
     if "uniform_k0_accuracy" in last:  # few-shot runs carry the study's Figure 4 reference line
         row["uniform_k0_accuracy"] = last["uniform_k0_accuracy"]
     for u, a in (last.get("user_accuracy") or {}).items():
@@ -110,7 +111,7 @@ def summarize(rows: Iterable[dict]) -> list[dict]:
             "wall_s": mean("wall_s", rs),
             "encoder": ", ".join(encoders) or None,  # last: the CSV's first columns stay as they were
         })
-        for key in ("z_shuffled_accuracy", "ref_global", "ref_group", "ref_probe"):
+        for key in ("z_shuffled_accuracy", "fresh_demos_accuracy", "ref_global", "ref_group", "ref_probe"):
             if any(r.get(key) is not None for r in rs):
                 out[-1][key] = mean(key, [r for r in rs if key in r])
     return out

@@ -344,6 +344,15 @@ class Trainer:
             # the same pairs, each read with another user's demonstrations: near `accuracy` = z is ignored
             per = [float(shuf[test.user == u].mean()) for u in range(self.data.n_users) if (test.user == u).any()]
             record["z_shuffled_accuracy"] = float(np.mean(per))
+        if self.cfg.method == "vpl" and self.data.test_fresh is not None:
+            # the same pairs read with demonstrations from outside the user's training pool: far below
+            # `accuracy` = the model recognises which pairs make up a user's pool instead of reading taste
+            fresh = self.data.test_fresh
+            _, corr_f, _ = self._score(fresh)
+            per_f = {str(u): float(corr_f[fresh.user == u].mean()) for u in range(self.data.n_users)
+                     if (fresh.user == u).any()}
+            record["fresh_demos_accuracy"] = float(np.mean(list(per_f.values())))
+            record["fresh_demos_user_accuracy"] = per_f
         if self.step == 0:
             record["reference_accuracy"] = self.references()
         if self.cfg.method == "vpl" and len(self.probe):

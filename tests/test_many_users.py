@@ -39,6 +39,30 @@ def test_shuffled_contexts_always_borrow_another_users_demonstrations(small_corp
     assert shuffled_contexts(data.test.take(np.flatnonzero(data.test.user == 0)), seed=1) is None
 
 
+def test_fresh_demonstrations_are_the_users_own_pairs_from_outside_the_training_pool(small_corpus):
+    W = preset("four-one-hot")
+    data = build(small_corpus, W, seed=0, pool_size=30, n_demos=4)
+    fresh, test = data.test_fresh, data.test
+    assert np.array_equal(fresh.user, test.user) and np.array_equal(fresh.chosen, test.chosen)
+    for u in range(4):
+        m = data.train.user == u
+        own = set(zip(data.train.chosen[m].tolist(), data.train.rejected[m].tolist(), strict=True))  # as this user oriented them
+        pool = set()
+        for s in (data.train, test):
+            k = s.user == u
+            pool |= set(zip(s.ctx_chosen[k].ravel().tolist(), s.ctx_rejected[k].ravel().tolist(), strict=True))
+        k = fresh.user == u
+        demos = set(zip(fresh.ctx_chosen[k].ravel().tolist(), fresh.ctx_rejected[k].ravel().tolist(), strict=True))
+        assert demos <= own and not demos & pool and len(demos) > 4
+    C = small_corpus.n_completions
+    assert not (fresh.ctx_chosen // C == fresh.question[:, None]).any()  # never the query's own question
+    # the second pools draw on their own stream: the seed's pairs and first pools are what they were
+    again = build(small_corpus, W, seed=0, pool_size=30, n_demos=4)
+    assert np.array_equal(again.test.ctx_chosen, test.ctx_chosen)
+    # a pool that takes every training pair leaves nothing fresh to read
+    assert build(small_corpus, W, seed=0, pool_size=10**6, n_demos=4).test_fresh is None
+
+
 def test_reference_ceilings_on_two_opposed_users(small_corpus, small_corpus_embeddings):
     W = preset("two-opposed")
     data = build(small_corpus, W, seed=0)
@@ -60,13 +84,13 @@ def test_records_carry_references_at_step_0_and_z_shuffle_at_every_vpl_eval(tmp_
                         "cache_dir": cache_root})
     hist = train(cfg, tmp_path / "v", log=lambda m: None)
     assert [r["step"] for r in hist] == [0, 2, 4]
-    assert all(0.0 <= r["z_shuffled_accuracy"] <= 1.0 for r in hist)
+    assert all(0.0 <= r["z_shuffled_accuracy"] <= 1.0 and 0.0 <= r["fresh_demos_accuracy"] <= 1.0 for r in hist)
     ref = hist[0]["reference_accuracy"]
     assert set(ref["user"]["probe"]) == {"0", "1", "2", "3"} and "reference_accuracy" not in hist[-1]
     assert RunDir(tmp_path / "v").metrics()[0][0]["reference_accuracy"] == ref  # written, not only returned
     btl = train(build_config({"preset": "traditional", **SMALL, "users": "four-one-hot", "steps": 2,
                               "eval_every": 2, "cache_dir": cache_root}), tmp_path / "b", log=lambda m: None)
-    assert "z_shuffled_accuracy" not in btl[-1] and btl[0]["reference_accuracy"]["group"] == pytest.approx(1.0)
+    assert "z_shuffled_accuracy" not in btl[-1] and "fresh_demos_accuracy" not in btl[-1] and btl[0]["reference_accuracy"]["group"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("kind", DECODERS)
