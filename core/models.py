@@ -16,6 +16,14 @@ VPL:  z ~ q(z | demos) (mean at evaluation);  r(x, y, z) = decoder(e(x, y), z), 
     film      w . (GELU(A e) * (1 + G z) + B z)          z scales and shifts every hidden feature of e
     hyper     <GELU(A e), w0 + MLP(z)> / sqrt(H)         z writes the weights of a reward head over e
 
+and the user encoder q(z | demos) reads the K demonstrations either as
+
+    pairs        MLP([e_w, e_l]) per demonstration, self-attention across them, mean-pool   the study's
+    differences  MLP(e_w - e_l) per demonstration, mean-pool, MLP                          a DeepSets reader
+
+The differences reader sees each demonstration only through the direction of preference e_w - e_l
+(swap the two sides and its input changes sign), which is what a user's taste is a function of.
+
 With the concat decoder a reward difference r(y_w) - r(y_l) depends on z only through the MLP's
 curvature, which at these sizes is too weak to give many users opposite readings of the same
 response (DESIGN §5); the multiplicative decoders make z choose a direction in e directly.
@@ -147,7 +155,8 @@ class VPLRewardModel(nn.Module):
     conditional = True
 
     def __init__(self, encoder_dim: int, dims: VPLDims | None = None, n_heads: int = 4, dropout: float = 0.0,
-                 query_head: str = "none", z_mode: str = "sample", decoder: str = "concat", pair_diff: bool = False):
+                 query_head: str = "none", z_mode: str = "sample", decoder: str = "concat", pair_diff: bool = False,
+                 user_encoder: str = "pairs"):
         super().__init__()
         d = dims or VPLDims.scaled(encoder_dim)
         self.dims = d
@@ -155,14 +164,22 @@ class VPLRewardModel(nn.Module):
             raise ValueError(f"z_mode: unknown mode {z_mode!r}")
         self.z_mode = z_mode
         self.query_head = query_projection(encoder_dim, query_head)
-        # pair encoder: [e_chosen, e_rejected] (+ their difference with pair_diff) -> one vector per demonstration
+        if user_encoder not in ("pairs", "differences"):
+            raise ValueError(f"user_encoder: unknown kind {user_encoder!r}; choose pairs or differences")
+        self.user_encoder = user_encoder
         self.pair_diff = pair_diff
-        self.pair_encoder = mlp((3 if pair_diff else 2) * encoder_dim, d.pair_hidden, d.pair_out, dropout)
-        # sequence encoder: self-attention across the K demonstrations, then mean-pool
-        heads = n_heads if d.pair_out % n_heads == 0 else 1
-        self.attn = nn.MultiheadAttention(d.pair_out, heads, dropout=dropout, batch_first=True)
-        self.norm = nn.LayerNorm(d.pair_out)
-        self.to_mu = nn.Linear(d.pair_out, d.latent)
+        if user_encoder == "pairs":
+            # pair encoder: [e_chosen, e_rejected] (+ their difference with pair_diff) -> one vector per demonstration
+            self.pair_encoder = mlp((3 if pair_diff else 2) * encoder_dim, d.pair_hidden, d.pair_out, dropout)
+            # sequence encoder: self-attention across the K demonstrations, then mean-pool
+            heads = n_heads if d.pair_out % n_heads == 0 else 1
+            self.attn = nn.MultiheadAttention(d.pair_out, heads, dropout=dropout, batch_first=True)
+            self.norm = nn.LayerNorm(d.pair_out)
+            self.to_mu = nn.Linear(d.pair_out, d.latent)
+        else:
+            # e_chosen - e_rejected -> one vector per demonstration; the mean over them -> mu through an MLP
+            self.pair_encoder = mlp(encoder_dim, d.pair_hidden, d.pair_out, dropout)
+            self.to_mu = mlp(d.pair_out, d.pair_hidden, d.latent, dropout)
         self.to_logvar = nn.Linear(d.pair_out, d.latent)
         # decoder: (e(x, y), z) -> reward
         self.decoder_kind = decoder
@@ -170,6 +187,9 @@ class VPLRewardModel(nn.Module):
 
     def encode_user(self, ctx_chosen: torch.Tensor, ctx_rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, K, D) x 2 -> mu, logvar (B, L)."""
+        if self.user_encoder == "differences":
+            pooled = self.pair_encoder(ctx_chosen - ctx_rejected).mean(dim=1)  # (B, K, P) -> (B, P)
+            return self.to_mu(pooled), self.to_logvar(pooled).clamp(-10.0, 10.0)
         parts = [ctx_chosen, ctx_rejected] + ([ctx_chosen - ctx_rejected] if self.pair_diff else [])
         h = self.pair_encoder(torch.cat(parts, dim=-1))  # (B, K, P)
         a, _ = self.attn(h, h, h, need_weights=False)  # (B, K, P)
@@ -243,4 +263,4 @@ def model_from_config(cfg, encoder_dim: int) -> nn.Module:
     dims = VPLDims.scaled(encoder_dim, pair_hidden=cfg.pair_hidden, pair_out=cfg.pair_out, latent=cfg.latent,
                           decoder_hidden=cfg.decoder_hidden)
     return VPLRewardModel(encoder_dim, dims, query_head=cfg.query_head, z_mode=cfg.z_mode, decoder=cfg.decoder,
-                          pair_diff=cfg.pair_diff)
+                          pair_diff=cfg.pair_diff, user_encoder=cfg.user_encoder)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from core.models import (
@@ -34,6 +35,35 @@ def test_vpl_shapes_and_a_step_changes_every_trainable_parameter():
     assert unchanged == ["decoder.3.bias"], unchanged
     # at evaluation the mean is used: same demonstrations, same reward, every time
     assert torch.equal(m.reward(q_w, mu), m.reward(q_w, mu))
+
+
+def test_differences_reader_sees_only_the_direction_of_preference_and_trains():
+    """The 'differences' user encoder reads e_w - e_l: a shift shared by both sides of every
+    demonstration leaves mu unchanged (the study's 'pairs' reader moves), demonstration order does not
+    matter, and one step moves every parameter it has (no attention or layer norm left unused)."""
+    torch.manual_seed(0)
+    diff, pairs = VPLRewardModel(32, user_encoder="differences"), VPLRewardModel(32)
+    ctx_c, ctx_r, shift = torch.randn(4, 8, 32), torch.randn(4, 8, 32), torch.randn(4, 1, 32)
+    for m in (diff, pairs):
+        m.eval()
+    mu, _ = diff.encode_user(ctx_c, ctx_r)
+    assert torch.allclose(diff.encode_user(ctx_c + shift, ctx_r + shift)[0], mu, atol=1e-5)
+    assert not torch.allclose(pairs.encode_user(ctx_c + shift, ctx_r + shift)[0], pairs.encode_user(ctx_c, ctx_r)[0],
+                              atol=1e-3)
+    perm = torch.randperm(8)
+    assert torch.allclose(diff.encode_user(ctx_c[:, perm], ctx_r[:, perm])[0], mu, atol=1e-5)
+    assert not hasattr(diff, "attn")
+
+    before = {n: p.detach().clone() for n, p in diff.named_parameters()}
+    mu, logvar = diff.encode_user(ctx_c, ctx_r)
+    z = diff.sample(mu, logvar)
+    loss = btl_loss(diff.reward(torch.randn(4, 32), z), diff.reward(torch.randn(4, 32), z)).mean()
+    (loss + 0.1 * kl_to_standard_normal(mu, logvar).mean()).backward()
+    torch.optim.SGD(diff.parameters(), lr=0.1).step()
+    unchanged = [n for n, p in diff.named_parameters() if torch.equal(p, before[n])]
+    assert unchanged == ["decoder.3.bias"], unchanged
+    with pytest.raises(ValueError, match="user_encoder"):
+        VPLRewardModel(32, user_encoder="set")
 
 
 def test_losses_by_hand():
