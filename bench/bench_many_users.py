@@ -6,7 +6,8 @@
 Runs the preset on the 100-user preset and on two-opposed (the baseline, same settings, same process)
 with the frozen bundled MiniLM on cached embeddings, and prints seconds for: building the data (pairs,
 demonstrations), the step-0 reference ceilings, the training steps, and the evaluations (each eval
-scores the test pairs twice: with the user's own demonstrations and with another user's), plus the
+scores the test pairs three times: with the user's own demonstrations, another user's, and the user's
+from outside the training pool), plus the
 ratios 100 users / 2 users. The target (issue 9): 400 steps of the 100-user run within 60 s in all.
 Writes bench/out/many_users.json. Embeddings are cached on first use (run once to warm the cache);
 ``--cold-encode N`` also times encoding every text of an N-question corpus into an empty cache.

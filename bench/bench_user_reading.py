@@ -13,9 +13,11 @@ corpus), each reader gives z to the same bilinear decoder, trained the same way 
 and, separately, how well the user's id can be told from the demonstrations at all: a small classifier
 over the mean of projected (chosen - rejected) differences, trained with the ids as labels. Prints per-user
 test accuracy at four points of training for each, with the step-0 reference ceilings. This is the
-measurement behind the ``personal`` preset (issue 9): the ids are readable from 8 demonstrations (the
-classifier is near 1.0) and the decoder can serve four one-hot users (oracle), yet the reward loss alone
-does not teach the encoder to tell them apart; the contrastive term does.
+measurement behind the ``personal`` preset (issue 9). With four one-hot users the ids are readable from
+8 demonstrations (the classifier is near 1.0), but those demonstrations come from each user's fixed pool,
+and much of that is recognising the pool: the runs' ``fresh_demos_accuracy`` reads the same users with
+demonstrations from outside it. On ``cluster`` (100 users) the oracle reaches 0.865 in 400 steps of 128
+while the encoder is at 0.79 and the classifier names the user 30% of the time: reading is the limit.
 """
 
 from __future__ import annotations
