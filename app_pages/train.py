@@ -238,10 +238,11 @@ if not runs:
             "*Four users* (one per aspect): the study's VPL model only appends who the user is (z) to the "
             "response embedding, so it stalls at the traditional model's level, and its *z shuffled* accuracy "
             "(the same questions read with another user's examples) equals its accuracy: it ignores z. "
-            "PrefLens's `personal` preset lets z multiply the response features and reads each user from "
-            "the direction of their choices: it serves all four (about 0.92 on average, every user above 0.85; "
-            "the dashed *per-user probe* line is what a linear head trained on one user alone reaches), and "
-            "about 0.81 when read with examples it never saw in training. Two to four minutes on a "
+            "PrefLens's `personal` preset lets z multiply the response features and reads a user by asking "
+            "which known user's taste best explains their examples: it serves all four (about 0.93 on "
+            "average, every user above 0.85, also with examples it never saw in training; the dashed "
+            "*per-user probe* line is what a linear head trained on one user alone reaches). Two to four "
+            "minutes on a "
             "laptop CPU.")
     c1, c2 = st.columns(2)
     if c1.button("Run the two-opposed lesson", type="primary", key="lesson"):

@@ -20,9 +20,15 @@ and the user encoder q(z | demos) reads the K demonstrations either as
 
     pairs        MLP([e_w, e_l]) per demonstration, self-attention across them, mean-pool   the study's
     differences  MLP(e_w - e_l) per demonstration, mean-pool, MLP                          a DeepSets reader
+    mixture      sum_j softmax_j(sum_k log sigmoid(t m_kj)) v_j over the U training users   a recogniser
 
 The differences reader sees each demonstration only through the direction of preference e_w - e_l
 (swap the two sides and its input changes sign), which is what a user's taste is a function of.
+The mixture reader keeps one learned latent v_j (L,) per training user and asks how well each of those
+users' rewards explains the demonstrations: m_kj = <U (e_w,k - e_l,k), V v_j> / sqrt(H) is the margin the
+bilinear decoder's z-dependent term gives demonstration k under user j (B, K, U), t a learned sharpness.
+It can only weigh demonstrations by the tastes they show, never by which pairs they are, and it reads a
+new user as a blend of the known ones.
 
 With the concat decoder a reward difference r(y_w) - r(y_l) depends on z only through the MLP's
 curvature, which at these sizes is too weak to give many users opposite readings of the same
@@ -86,6 +92,7 @@ class BTLRewardModel(nn.Module):
 
 
 DECODERS = ("concat", "bilinear", "film", "hyper")
+USER_ENCODERS = ("pairs", "differences", "mixture")
 
 
 class ConcatDecoder(nn.Sequential):
@@ -156,7 +163,7 @@ class VPLRewardModel(nn.Module):
 
     def __init__(self, encoder_dim: int, dims: VPLDims | None = None, n_heads: int = 4, dropout: float = 0.0,
                  query_head: str = "none", z_mode: str = "sample", decoder: str = "concat", pair_diff: bool = False,
-                 user_encoder: str = "pairs"):
+                 user_encoder: str = "pairs", n_users: int = 0):
         super().__init__()
         d = dims or VPLDims.scaled(encoder_dim)
         self.dims = d
@@ -164,11 +171,19 @@ class VPLRewardModel(nn.Module):
             raise ValueError(f"z_mode: unknown mode {z_mode!r}")
         self.z_mode = z_mode
         self.query_head = query_projection(encoder_dim, query_head)
-        if user_encoder not in ("pairs", "differences"):
-            raise ValueError(f"user_encoder: unknown kind {user_encoder!r}; choose pairs or differences")
+        if user_encoder not in USER_ENCODERS:
+            raise ValueError(f"user_encoder: unknown kind {user_encoder!r}; choose one of {', '.join(USER_ENCODERS)}")
+        if user_encoder == "mixture" and (decoder != "bilinear" or n_users < 1):
+            raise ValueError("user_encoder: 'mixture' needs decoder 'bilinear' and the number of training users")
         self.user_encoder = user_encoder
         self.pair_diff = pair_diff
-        if user_encoder == "pairs":
+        if user_encoder == "mixture":
+            # (U, L) one v_j per user, N(0, 1) like an embedding table: distinct users from the first step (at
+            # 0.1 the mixture starts near uniform, every user reads alike, and four users never separated)
+            self.user_latents = nn.Parameter(torch.randn(n_users, d.latent))
+            self.user_logvar = nn.Parameter(torch.zeros(n_users, d.latent))  # (U, L), mixed like the means
+            self.log_sharpness = nn.Parameter(torch.zeros(()))
+        elif user_encoder == "pairs":
             # pair encoder: [e_chosen, e_rejected] (+ their difference with pair_diff) -> one vector per demonstration
             self.pair_encoder = mlp((3 if pair_diff else 2) * encoder_dim, d.pair_hidden, d.pair_out, dropout)
             # sequence encoder: self-attention across the K demonstrations, then mean-pool
@@ -180,13 +195,17 @@ class VPLRewardModel(nn.Module):
             # e_chosen - e_rejected -> one vector per demonstration; the mean over them -> mu through an MLP
             self.pair_encoder = mlp(encoder_dim, d.pair_hidden, d.pair_out, dropout)
             self.to_mu = mlp(d.pair_out, d.pair_hidden, d.latent, dropout)
-        self.to_logvar = nn.Linear(d.pair_out, d.latent)
+        if user_encoder != "mixture":
+            self.to_logvar = nn.Linear(d.pair_out, d.latent)
         # decoder: (e(x, y), z) -> reward
         self.decoder_kind = decoder
         self.decoder = make_decoder(decoder, encoder_dim, d.latent, d.decoder_hidden, dropout)
 
     def encode_user(self, ctx_chosen: torch.Tensor, ctx_rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, K, D) x 2 -> mu, logvar (B, L)."""
+        if self.user_encoder == "mixture":
+            w = self.user_weights(ctx_chosen, ctx_rejected)  # (B, U)
+            return w @ self.user_latents, w @ self.user_logvar
         if self.user_encoder == "differences":
             pooled = self.pair_encoder(ctx_chosen - ctx_rejected).mean(dim=1)  # (B, K, P) -> (B, P)
             return self.to_mu(pooled), self.to_logvar(pooled).clamp(-10.0, 10.0)
@@ -195,6 +214,14 @@ class VPLRewardModel(nn.Module):
         a, _ = self.attn(h, h, h, need_weights=False)  # (B, K, P)
         pooled = self.norm(h + a).mean(dim=1)  # (B, P)
         return self.to_mu(pooled), self.to_logvar(pooled).clamp(-10.0, 10.0)
+
+    def user_weights(self, ctx_chosen: torch.Tensor, ctx_rejected: torch.Tensor) -> torch.Tensor:
+        """Mixture reader: (B, K, D) x 2 -> (B, U) posterior weights over the training users."""
+        dec = self.decoder
+        du = dec.U(self.query_head(ctx_chosen)) - dec.U(self.query_head(ctx_rejected))  # (B, K, H)
+        margins = torch.einsum("bkh,uh->bku", du, dec.V(self.user_latents)) * dec.scale  # (B, K, U)
+        loglik = F.logsigmoid(margins * self.log_sharpness.exp()).sum(dim=1)  # (B, U)
+        return loglik.softmax(dim=-1)
 
     def posterior(self, ctx_chosen: torch.Tensor, ctx_rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """encode_user, then the z_mode's clamp: 'vpl' keeps mu and logvar in [-1, 1]."""
@@ -256,11 +283,18 @@ def active_units(mu: torch.Tensor, threshold: float = 0.01) -> float:
     return float((mu.var(dim=0) > threshold).float().mean())
 
 
-def model_from_config(cfg, encoder_dim: int) -> nn.Module:
-    """The reward model a TrainConfig describes (BTL or VPL, widths scaled from the encoder's)."""
+def model_from_config(cfg, encoder_dim: int, n_users: int | None = None) -> nn.Module:
+    """The reward model a TrainConfig describes (BTL or VPL, widths scaled from the encoder's).
+
+    ``n_users``: how many users it is trained on (the mixture reader keeps one latent each); taken from
+    the config's users when not given."""
     if cfg.method == "btl":
         return BTLRewardModel(encoder_dim, hidden=cfg.decoder_hidden or None, query_head=cfg.query_head)
     dims = VPLDims.scaled(encoder_dim, pair_hidden=cfg.pair_hidden, pair_out=cfg.pair_out, latent=cfg.latent,
                           decoder_hidden=cfg.decoder_hidden)
+    if n_users is None and cfg.user_encoder == "mixture":
+        from .train import load_users
+
+        n_users = len(load_users(cfg))
     return VPLRewardModel(encoder_dim, dims, query_head=cfg.query_head, z_mode=cfg.z_mode, decoder=cfg.decoder,
-                          pair_diff=cfg.pair_diff, user_encoder=cfg.user_encoder)
+                          pair_diff=cfg.pair_diff, user_encoder=cfg.user_encoder, n_users=n_users or 0)

@@ -122,8 +122,8 @@ def run_configs(cfg: StudyConfig) -> dict[str, dict]:
     for method in cfg.methods or default_methods():
         size = {**STUDY_ENCODER, **SIZES[cfg.size]}
         if PRESETS.get(method, {}).get("grad_accum") == 1:
-            # a preset that wants one micro-batch a step (personal: its contrastive term needs same-user
-            # pairs inside the batch) gets the same pairs per step as one batch
+            # a preset that wants one micro-batch a step (personal; a contrastive term, for one, needs
+            # same-user pairs inside the batch) gets the same pairs per step as one batch
             size = {**size, "batch_size": size["batch_size"] * size["grad_accum"], "grad_accum": 1}
         for seed in cfg.seeds:
             raw = {"preset": method, **size, "users": cfg.users,

@@ -102,7 +102,7 @@ class Trainer:
             # small heads on cached embeddings: one thread is ~70x faster than two fighting a busy core
             threads = cfg.cpu_threads or (1 if cfg.query_encoder == "frozen" else torch.get_num_threads())
             torch.set_num_threads(threads)
-        self.model = model_from_config(cfg, self.encoder.dim).to(self.device)
+        self.model = model_from_config(cfg, self.encoder.dim, n_users=len(self.W)).to(self.device)
         self.query_encoder = self._setup_query_encoder()
         # Micro-batches of equal size under a plain sum give the same gradient as one batch of all of
         # them; fusing them pays off where a step is launch-bound (a trained encoder on CUDA: measured

@@ -151,7 +151,8 @@ def test_compare_takes_users_by_preset_name_or_json_file_and_names_what_is_wrong
 @pytest.mark.slow
 def test_z_shuffle_tells_a_model_that_reads_the_user_from_one_that_stalls(tmp_path, small_corpus_embeddings,
                                                                           cache_root):
-    """Four one-hot users at CPU size: the study's concat decoder stalls and ignores z; personal uses it."""
+    """Four one-hot users at CPU size: the study's concat decoder stalls and ignores z; personal uses it,
+    also when the demonstrations are new to it."""
     out = {}
     for p in ("vpl", "personal"):
         cfg = build_config({"preset": p, **SMALL, "users": "four-one-hot", "steps": 400, "eval_every": 100,
@@ -161,6 +162,8 @@ def test_z_shuffle_tells_a_model_that_reads_the_user_from_one_that_stalls(tmp_pa
     assert abs(stalled["accuracy"] - stalled["z_shuffled_accuracy"]) < 0.05, stalled
     assert personal["z_shuffled_accuracy"] < personal["accuracy"] - 0.10, personal
     assert personal["accuracy"] > stalled["accuracy"] + 0.05
+    # and it reads taste, not which pairs make up a user's pool: new demonstrations of the same user serve
+    assert personal["fresh_demos_accuracy"] > personal["accuracy"] - 0.05, personal
 
 
 def test_many_users_get_an_automatic_test_cap_unless_one_is_set(tmp_path, small_corpus_embeddings, cache_root):

@@ -66,6 +66,47 @@ def test_differences_reader_sees_only_the_direction_of_preference_and_trains():
         VPLRewardModel(32, user_encoder="set")
 
 
+def test_mixture_reader_recognises_the_user_whose_reward_explains_the_demonstrations():
+    """The 'mixture' user encoder weighs the training users by how well each one's reward orders the
+    demonstrations: demonstrations oriented the way user 2 ranks them put most weight on user 2, the
+    opposite orientation takes it away, and z is that blend of the users' latents."""
+    torch.manual_seed(0)
+    m = VPLRewardModel(32, decoder="bilinear", user_encoder="mixture", n_users=5).eval()
+    a, b = torch.randn(3, 8, 32), torch.randn(3, 8, 32)
+    dec = m.decoder
+    margin2 = ((dec.U(a) - dec.U(b)) * dec.V(m.user_latents[2])).sum(-1)  # (3, 8) under user 2's latent
+    flip = (margin2 < 0).unsqueeze(-1)
+    chosen, rejected = torch.where(flip, b, a), torch.where(flip, a, b)  # every demonstration as user 2 orders it
+    with torch.no_grad():
+        w = m.user_weights(chosen, rejected)  # (3, 5)
+        assert torch.allclose(w.sum(-1), torch.ones(3)) and (w.argmax(-1) == 2).all(), w
+        assert (m.user_weights(rejected, chosen).argmin(-1) == 2).all()  # reversed: the least likely user
+        mu, _ = m.encode_user(chosen, rejected)
+        assert torch.allclose(mu, w @ m.user_latents, atol=1e-6)
+        shift = torch.randn(3, 1, 32)  # what the two sides share cannot change the reading
+        assert torch.allclose(m.encode_user(chosen + shift, rejected + shift)[0], mu, atol=1e-4)
+
+    m.train()
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    mu, logvar = m.encode_user(chosen, rejected)
+    z = m.sample(mu, logvar)
+    loss = btl_loss(m.reward(torch.randn(3, 32), z), m.reward(torch.randn(3, 32), z)).mean()
+    (loss + 0.1 * kl_to_standard_normal(mu, logvar).mean()).backward()
+    torch.optim.SGD(m.parameters(), lr=0.1).step()
+    unchanged = [n for n, p in m.named_parameters() if torch.equal(p, before[n])]
+    assert unchanged == ["decoder.mlp.3.bias"], unchanged
+    with pytest.raises(ValueError, match="user_encoder"):
+        VPLRewardModel(32, decoder="concat", user_encoder="mixture", n_users=5)
+
+
+def test_mixture_reader_needs_the_bilinear_decoder_in_a_config():
+    from core.config import ConfigError, build_config
+
+    with pytest.raises(ConfigError, match="user_encoder"):
+        build_config({"preset": "personal", "decoder": "concat"})
+    assert build_config({"preset": "personal"}).user_encoder == "mixture"
+
+
 def test_losses_by_hand():
     assert torch.allclose(btl_loss(torch.tensor([0.0]), torch.tensor([0.0])), torch.log(torch.tensor([2.0])))
     assert float(kl_to_standard_normal(torch.zeros(1, 3), torch.zeros(1, 3))) == 0.0
