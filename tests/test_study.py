@@ -159,13 +159,13 @@ def test_study_config_errors_name_the_field():
 
 
 def test_study_grid_gives_every_method_the_same_pairs_per_step_and_personal_one_micro_batch():
-    """personal's contrastive term needs same-user pairs inside a micro-batch: it gets the others' pairs per
-    step as one batch, while the study's methods keep the study's 4 x 8."""
+    """personal wants one micro-batch a step: it gets the others' pairs per step as one batch, while the
+    study's methods keep the study's 4 x 8."""
     for size in ("tiny", "full"):
         cfgs = run_configs(validate_study({"size": size, "seeds": [0]}))
         per_step = {k: c["batch_size"] * c["grad_accum"] for k, c in cfgs.items()}
         assert len(set(per_step.values())) == 1, per_step
-        assert cfgs["personal-s0"]["grad_accum"] == 1 and cfgs["personal-s0"]["contrastive_coef"] > 0
+        assert cfgs["personal-s0"]["grad_accum"] == 1 and cfgs["personal-s0"]["user_encoder"] == "mixture"
         assert cfgs["vpl-s0"]["grad_accum"] == (8 if size == "full" else 2)
 
 
