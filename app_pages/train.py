@@ -241,9 +241,8 @@ if not runs:
             "PrefLens's `personal` preset lets z multiply the response features and reads a user by asking "
             "which known user's taste best explains their examples: it serves all four (about 0.93 on "
             "average, every user above 0.85, also with examples it never saw in training; the dashed "
-            "*per-user probe* line is what a linear head trained on one user alone reaches). Two to four "
-            "minutes on a "
-            "laptop CPU.")
+            "*per-user probe* line is what a linear head trained on one user alone reaches). About a "
+            "minute and a half on a 2-core CPU.")
     c1, c2 = st.columns(2)
     if c1.button("Run the two-opposed lesson", type="primary", key="lesson"):
         ids = submit_all(jm, ["traditional", "vpl-adaptive"], [0], {"users": "two-opposed", **QUICK})
