@@ -7,8 +7,8 @@ On one run's data (the ``personal`` preset's: frozen bundled MiniLM on cached em
 corpus), each reader gives z to the same bilinear decoder, trained the same way (AdamW, cosine, batch 32):
 
     oracle      a learned vector per user id: no reading at all, the decoder's ceiling
-    encoder     the VPL user encoder over the query's 8 demonstrations (what ``personal`` trains)
-    encoder+con the same plus the study's contrastive term on the latent means (``personal``'s setting)
+    encoder     the study's VPL user encoder (pairs + attention) over the query's 8 demonstrations
+    encoder+con the same plus the study's contrastive term on the latent means
 
 and, separately, how well the user's id can be told from the demonstrations at all: a small classifier
 over the mean of projected (chosen - rejected) differences, trained with the ids as labels. Prints per-user
@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from core.models import model_from_config
 
-            reader = EncoderReader(model_from_config(cfg, D))
+            # the study's reader (personal itself now reads by recognition, the mixture reader)
+            reader = EncoderReader(model_from_config(cfg.model_copy(update={"user_encoder": "pairs"}), D))
         decoder = make_decoder("bilinear", D, L, H)
         params = list(reader.parameters()) + list(decoder.parameters())
         opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.001)
