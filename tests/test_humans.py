@@ -120,43 +120,34 @@ def _error(path, **kw) -> str:
     return str(e.value)
 
 
-def test_bad_inputs_raise_named_errors(tmp_path):
-    good = tmp_path / "good.csv"
-    good.write_text("user,item,rating,job\nu1,a,4,nurse\nu2,a,5,nurse\nu2,b,five,nurse\n")
-    msg = _error(good, rating="score")
-    assert "'score'" in msg and "--rating" in msg and "columns present: user, item, rating, job" in msg
-    msg = _error(good, group="occupation")
-    assert "'occupation'" in msg and "columns present" in msg
-    msg = _error(good)
-    assert "line 4" in msg and "'five'" in msg and "'rating'" in msg
-    empty = tmp_path / "empty.csv"
-    empty.write_text("")
-    assert "empty" in _error(empty)
-    header_only = tmp_path / "header.csv"
-    header_only.write_text("user,item,rating\n")
-    assert "no ratings" in _error(header_only)
-    (tmp_path / "empty.jsonl").write_text("")
-    assert "empty" in _error(tmp_path / "empty.jsonl")
-    (tmp_path / "r.xlsx").write_text("x")
-    msg = _error(tmp_path / "r.xlsx")
-    assert "'.xlsx'" in msg and ".csv" in msg and ".parquet" in msg
-    bad_json = tmp_path / "bad.jsonl"
-    bad_json.write_text('{"user": "u1", "item": "a", "rating": 3}\n{"user": "u2", "item": \n')
-    assert "line 2" in _error(bad_json)
-    blank = tmp_path / "blank.csv"
-    blank.write_text("user,item,rating\nu1,a,3\nu2,a,\n")
-    msg = _error(blank)
-    assert "line 3" in msg and "is empty" in msg
-    two_groups = tmp_path / "groups.csv"
-    two_groups.write_text("user,item,rating,job\nu1,a,4,nurse\nu1,b,5,pilot\nu2,a,3,nurse\n")
-    msg = _error(two_groups, group="job")
-    assert "'u1'" in msg and "'nurse'" in msg and "'pilot'" in msg
-    one = tmp_path / "one.csv"
-    one.write_text("user,item,rating\nu1,a,4\nu1,b,3\n")
-    assert "at least two" in _error(one)
-    not_parquet = tmp_path / "fake.parquet"
-    not_parquet.write_text("user,item,rating\n")
-    assert "fake.parquet" in _error(not_parquet)
+GOOD = "user,item,rating,job\nu1,a,4,nurse\nu2,a,5,nurse\nu2,b,five,nurse\n"
+# (file name, its text, read_ratings arguments, what the error must name)
+BAD_INPUTS = [
+    ("good.csv", GOOD, {"rating": "score"}, ["'score'", "--rating", "columns present: user, item, rating, job"]),
+    ("good.csv", GOOD, {"group": "occupation"}, ["'occupation'", "columns present"]),
+    ("good.csv", GOOD, {}, ["line 4", "'five'", "'rating'"]),
+    ("empty.csv", "", {}, ["empty"]),
+    ("header.csv", "user,item,rating\n", {}, ["no ratings"]),
+    ("empty.jsonl", "", {}, ["empty"]),
+    ("r.xlsx", "x", {}, ["'.xlsx'", ".csv", ".parquet"]),
+    ("bad.jsonl", '{"user": "u1", "item": "a", "rating": 3}\n{"user": "u2", "item": \n', {}, ["line 2"]),
+    ("blank.csv", "user,item,rating\nu1,a,3\nu2,a,\n", {}, ["line 3", "is empty"]),
+    ("groups.csv", "user,item,rating,job\nu1,a,4,nurse\nu1,b,5,pilot\nu2,a,3,nurse\n", {"group": "job"},
+     ["'u1'", "'nurse'", "'pilot'"]),
+    ("one.csv", "user,item,rating\nu1,a,4\nu1,b,3\n", {}, ["at least two"]),
+    ("fake.parquet", "user,item,rating\n", {}, ["fake.parquet"]),
+]
+
+
+@pytest.mark.parametrize("name, text, kw, named", BAD_INPUTS,
+                         ids=[f"{n}-{'-'.join(kw) or 'read'}" for n, _, kw, _ in BAD_INPUTS])
+def test_bad_inputs_raise_named_errors(tmp_path, name, text, kw, named):
+    (tmp_path / name).write_text(text)
+    msg = _error(tmp_path / name, **kw)
+    assert all(part in msg for part in named), msg
+
+
+def test_bad_analysis_settings_name_their_option(tmp_path):
     r = read_ratings(_write(_planted().head(300), tmp_path / "ok.csv"), **COLS)
     with pytest.raises(HumansError, match="--min-overlap"):
         analyse(r, min_overlap=1)

@@ -81,6 +81,19 @@ def app_server(tmp_path: Path, runs: Path, cache_root):
         log.close()
 
 
+@contextlib.contextmanager
+def browser_page():
+    """A 1400 x 1100 page of Debian's chromium driven through playwright; the browser closes on exit."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 1100})
+        finally:
+            browser.close()
+
+
 @pytest.fixture
 def server(tmp_path, cache_root, small_corpus_embeddings):
     runs = tmp_path / "runs"
@@ -89,47 +102,40 @@ def server(tmp_path, cache_root, small_corpus_embeddings):
 
 
 def test_lesson_curves_advance_then_latent_chart(server):
-    from playwright.sync_api import sync_playwright
-
     url, runs = server
     SHOTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(url + "/train", wait_until="domcontentloaded")
-            page.get_by_role("button", name="Run the two-opposed lesson").click(timeout=90_000)
+    with browser_page() as page:
+        page.goto(url + "/train", wait_until="domcontentloaded")
+        page.get_by_role("button", name="Run the two-opposed lesson").click(timeout=90_000)
 
-            # the live fragment redraws the accuracy chart as evaluations land. Watch it until both runs
-            # end (a loaded CI machine can be several times slower than a laptop, so the deadline is the
-            # runs', not a fixed budget) and note each time the drawn point count grows.
-            jm, seen, t0, done_at = JobManager(runs), [], time.time(), None
-            while time.time() - t0 < 480:
-                counts = page.evaluate(POINTS_JS)
-                total = max(counts) if counts else 0
-                states = {r["label"]: r["state"] for r in jm.list()}
-                if total and (not seen or total > seen[-1][1]):
-                    seen.append((round(time.time() - t0, 1), total))
-                    if len(seen) == 2:
-                        page.screenshot(path=str(SHOTS / "train-live.png"), full_page=True)
-                if len(states) == 2 and set(states.values()) <= set(FINAL_STATES):
-                    done_at = done_at or time.time()  # then give the page 30 s for its last redraw
-                    if (seen and seen[-1][1] >= FULL) or time.time() - done_at > 30:
-                        break
-                page.wait_for_timeout(500)
-            assert states == {"traditional-s0": "succeeded", "vpl-adaptive-s0": "succeeded"}, (states, seen)
-            # 2 runs x 2 users x 13 evaluations (steps 0, 5, ..., 60), all drawn once the runs are done
-            assert seen and seen[-1][1] == FULL, f"(seconds, points) seen: {seen}"
-            # and the chart grew while the page stayed open: at least two redraws before the last one
-            assert len(seen) >= 3, f"(seconds, points) seen: {seen}"
-            page.screenshot(path=str(SHOTS / "train.png"), full_page=True)
+        # the live fragment redraws the accuracy chart as evaluations land. Watch it until both runs
+        # end (a loaded CI machine can be several times slower than a laptop, so the deadline is the
+        # runs', not a fixed budget) and note each time the drawn point count grows.
+        jm, seen, t0, done_at = JobManager(runs), [], time.time(), None
+        while time.time() - t0 < 480:
+            counts = page.evaluate(POINTS_JS)
+            total = max(counts) if counts else 0
+            states = {r["label"]: r["state"] for r in jm.list()}
+            if total and (not seen or total > seen[-1][1]):
+                seen.append((round(time.time() - t0, 1), total))
+                if len(seen) == 2:
+                    page.screenshot(path=str(SHOTS / "train-live.png"), full_page=True)
+            if len(states) == 2 and set(states.values()) <= set(FINAL_STATES):
+                done_at = done_at or time.time()  # then give the page 30 s for its last redraw
+                if (seen and seen[-1][1] >= FULL) or time.time() - done_at > 30:
+                    break
+            page.wait_for_timeout(500)
+        assert states == {"traditional-s0": "succeeded", "vpl-adaptive-s0": "succeeded"}, (states, seen)
+        # 2 runs x 2 users x 13 evaluations (steps 0, 5, ..., 60), all drawn once the runs are done
+        assert seen and seen[-1][1] == FULL, f"(seconds, points) seen: {seen}"
+        # and the chart grew while the page stayed open: at least two redraws before the last one
+        assert len(seen) >= 3, f"(seconds, points) seen: {seen}"
+        page.screenshot(path=str(SHOTS / "train.png"), full_page=True)
 
-            # the second lesson run (VPL) wrote latents; the Latent page draws them
-            assert list(runs.glob("vpl-adaptive-*/latents/step-*.npz")), "the VPL run wrote no latents"
-            page.goto(url + "/latent", wait_until="domcontentloaded")
-            page.wait_for_function("() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
-                                   ".some(g => (g.data || []).length >= 2)", timeout=90_000)
-            assert page.get_by_text("Reading t-SNE with care").count() >= 1
-            page.screenshot(path=str(SHOTS / "latent.png"), full_page=True)
-        finally:
-            browser.close()
+        # the second lesson run (VPL) wrote latents; the Latent page draws them
+        assert list(runs.glob("vpl-adaptive-*/latents/step-*.npz")), "the VPL run wrote no latents"
+        page.goto(url + "/latent", wait_until="domcontentloaded")
+        page.wait_for_function("() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
+                               ".some(g => (g.data || []).length >= 2)", timeout=90_000)
+        assert page.get_by_text("Reading t-SNE with care").count() >= 1
+        page.screenshot(path=str(SHOTS / "latent.png"), full_page=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.personas import humans
-from tests.e2e.test_browser import ARGS, CHROMIUM, SHOTS, app_server
+from tests.e2e.test_browser import SHOTS, app_server, browser_page
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -14,8 +14,6 @@ GROUP_TRACES_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot
 
 
 def test_personas_page_draws_the_humans_graph(tmp_path, cache_root):
-    from playwright.sync_api import sync_playwright
-
     runs = tmp_path / "runs"
     out = runs / "humans" / "planted"
     csv = tmp_path / "ratings.csv"
@@ -24,19 +22,14 @@ def test_personas_page_draws_the_humans_graph(tmp_path, cache_root):
     s = humans.write_outputs(out, r, humans.analyse(r, permutations=200),
                              {"min_overlap": 5, "top_k": 5, "metric": "pearson", "seed": 0})
     SHOTS.mkdir(exist_ok=True)
-    with app_server(tmp_path, runs, cache_root) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(f"{url}/personas?humans=humans/planted", wait_until="domcontentloaded")
-            page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=120_000)
-            page.get_by_role("tab", name="Results").click()
-            page.wait_for_function(f"() => ({GROUP_TRACES_JS})().includes('g0,g1,g2,g3')", timeout=60_000)
-            page.get_by_text(f"{s['within_mean']:.3f}", exact=True).first.wait_for(timeout=30_000)
-            page.get_by_text(f"{s['between_mean']:.3f}", exact=True).first.wait_for(timeout=30_000)
-            graph = page.locator(".js-plotly-plot", has_text="Mutual top-5 neighbours of 60 people").first
-            graph.scroll_into_view_if_needed()
-            assert graph.bounding_box()["height"] > 300  # drawn, not a hidden empty box
-            page.screenshot(path=str(SHOTS / "personas-humans.png"), full_page=True)
-        finally:
-            browser.close()
+    with app_server(tmp_path, runs, cache_root) as url, browser_page() as page:
+        page.goto(f"{url}/personas?humans=humans/planted", wait_until="domcontentloaded")
+        page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=120_000)
+        page.get_by_role("tab", name="Results").click()
+        page.wait_for_function(f"() => ({GROUP_TRACES_JS})().includes('g0,g1,g2,g3')", timeout=60_000)
+        page.get_by_text(f"{s['within_mean']:.3f}", exact=True).first.wait_for(timeout=30_000)
+        page.get_by_text(f"{s['between_mean']:.3f}", exact=True).first.wait_for(timeout=30_000)
+        graph = page.locator(".js-plotly-plot", has_text="Mutual top-5 neighbours of 60 people").first
+        graph.scroll_into_view_if_needed()
+        assert graph.bounding_box()["height"] > 300  # drawn, not a hidden empty box
+        page.screenshot(path=str(SHOTS / "personas-humans.png"), full_page=True)

@@ -14,7 +14,7 @@ import pytest
 from core import slurm
 from core.jobs import JobManager
 from core.runs import FINAL_STATES
-from tests.e2e.test_browser import ARGS, CHROMIUM, SHOTS, server  # noqa: F401 - server is the fixture
+from tests.e2e.test_browser import SHOTS, browser_page, server  # noqa: F401 - server is the fixture
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 STEPS = 6
@@ -31,41 +31,34 @@ def slurm_partition():
 
 
 def test_launch_a_run_on_slurm_from_the_train_page(slurm_partition, server):  # noqa: F811
-    from playwright.sync_api import sync_playwright
-
     url, runs = server
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(url + "/train", wait_until="domcontentloaded")
-            # the launcher choice appears only where sinfo answers; widgets are found by their keys
-            page.locator(".st-key-launcher").get_by_text("Slurm", exact=True).click(timeout=90_000)
-            page.locator(".st-key-slurm_partition").wait_for(timeout=30_000)
-            steps = page.locator(".st-key-steps input")
-            steps.fill(str(STEPS))
-            steps.press("Enter")
-            page.wait_for_function(f"() => document.querySelector('.st-key-steps input').value === '{STEPS}'")
-            page.locator(".st-key-slurm_time input").fill("9")
-            page.locator(".st-key-slurm_time input").press("Enter")
-            page.wait_for_timeout(1000)  # let the reruns for the edited inputs settle before launching
-            page.locator(".st-key-launch button").click()
+    with browser_page() as page:
+        page.goto(url + "/train", wait_until="domcontentloaded")
+        # the launcher choice appears only where sinfo answers; widgets are found by their keys
+        page.locator(".st-key-launcher").get_by_text("Slurm", exact=True).click(timeout=90_000)
+        page.locator(".st-key-slurm_partition").wait_for(timeout=30_000)
+        steps = page.locator(".st-key-steps input")
+        steps.fill(str(STEPS))
+        steps.press("Enter")
+        page.wait_for_function(f"() => document.querySelector('.st-key-steps input').value === '{STEPS}'")
+        page.locator(".st-key-slurm_time input").fill("9")
+        page.locator(".st-key-slurm_time input").press("Enter")
+        page.wait_for_timeout(1000)  # let the reruns for the edited inputs settle before launching
+        page.locator(".st-key-launch button").click()
 
-            jm, t0 = JobManager(runs), time.time()
-            while time.time() - t0 < 240:
-                listed = jm.list()
-                if len(listed) == 2 and all(r["state"] in FINAL_STATES for r in listed):
-                    break
-                page.wait_for_timeout(1000)
+        jm, t0 = JobManager(runs), time.time()
+        while time.time() - t0 < 240:
             listed = jm.list()
-            assert {r["label"]: r["state"] for r in listed} == {"traditional-s0": "succeeded",
-                                                                 "vpl-adaptive-s0": "succeeded"}, listed
-            assert all(r["launcher"] == "slurm" and r["job_id"] and r["slurm"]["time_min"] == 9 for r in listed)
-            assert all((r.get("progress") or {}).get("done") == STEPS for r in listed)
-            # and the page says so: the live fragment's state line for the runs it shows
-            for label in ("traditional-s0", "vpl-adaptive-s0"):
-                page.get_by_text(f"{label}: succeeded", exact=False).first.wait_for(timeout=60_000)
-            page.screenshot(path=str(SHOTS / "train-slurm.png"), full_page=True)
-        finally:
-            browser.close()
+            if len(listed) == 2 and all(r["state"] in FINAL_STATES for r in listed):
+                break
+            page.wait_for_timeout(1000)
+        listed = jm.list()
+        assert {r["label"]: r["state"] for r in listed} == {"traditional-s0": "succeeded",
+                                                             "vpl-adaptive-s0": "succeeded"}, listed
+        assert all(r["launcher"] == "slurm" and r["job_id"] and r["slurm"]["time_min"] == 9 for r in listed)
+        assert all((r.get("progress") or {}).get("done") == STEPS for r in listed)
+        # and the page says so: the live fragment's state line for the runs it shows
+        for label in ("traditional-s0", "vpl-adaptive-s0"):
+            page.get_by_text(f"{label}: succeeded", exact=False).first.wait_for(timeout=60_000)
+        page.screenshot(path=str(SHOTS / "train-slurm.png"), full_page=True)
