@@ -73,7 +73,8 @@ class TrainConfig(BaseModel):
     corpus_seed: int = Field(0, ge=0, description="Seed of the offline corpus.")
     signal: float = Field(1.0, ge=0.0, le=1.0, description="Offline corpus: share of text cues that follow the ratings.")
     rating_noise: float = Field(0.0, ge=0.0, le=1.0, description="Offline corpus: share of ratings replaced at random.")
-    contested_only: bool = Field(True, description="Keep only pairs on which the users disagree (the study's filter).")
+    contested_only: bool = Field(True, description="Keep only pairs on which the users disagree (the study's filter). False: every pair each user strictly prefers.")
+    agreed_share: float = Field(0.0, ge=0.0, le=1.0, description="With contested_only: also keep this share of each user's other strict pairs (those the users agree on, or on which another user ties), drawn by seed. 0 = the study's filter; 1 = every pair, as contested_only=false. Contested-only training with two users teaches 'the opposite of the other user', not a taste.")
     test_share: float = Field(0.2, gt=0.0, lt=1.0, description="Share of questions held out for evaluation.")
     pool_size: int = Field(100, ge=2, description="Demonstration pool per user (fixed by seed).")
     n_demos: int = Field(8, ge=1, le=64, description="Demonstrations given with each query.")
@@ -92,8 +93,9 @@ class TrainConfig(BaseModel):
     latent: int = Field(0, ge=0, description="Latent z width (0 = auto).")
     decoder_hidden: int = Field(0, ge=0, description="Decoder hidden width (0 = auto).")
     pair_diff: bool = Field(False, description="Give the pair encoder e(chosen) - e(rejected) beside the two embeddings (the study: only the two), so a demonstration's direction of preference is one linear read away.")
-    user_encoder: Literal["pairs", "differences", "mixture"] = Field("pairs", description="How the VPL model reads the user from the demonstrations. 'pairs': the study's: an MLP over [e(chosen), e(rejected)] per demonstration, self-attention across them, mean-pool. 'differences': an MLP over e(chosen) - e(rejected) per demonstration, mean-pool, an MLP (a DeepSets reader that sees only each demonstration's direction of preference). 'mixture': one learned latent per training user, mixed by how well each user's reward (the bilinear decoder's z term) explains the demonstrations; needs decoder 'bilinear'. See core.models.")
-    decoder: Literal["concat", "bilinear", "film", "hyper"] = Field("concat", description="How the VPL decoder joins the response embedding e and the user latent z. 'concat': the study's MLP([e, z]). 'bilinear': MLP([e, z]) + <U e, V z>. 'film': z scales and shifts the hidden features of e. 'hyper': z writes the weights of a reward head over features of e. See core.models.")
+    user_encoder: Literal["pairs", "differences", "mixture", "fit", "blend"] = Field("pairs", description="How the VPL model reads the user from the demonstrations. 'pairs': the study's: an MLP over [e(chosen), e(rejected)] per demonstration, self-attention across them, mean-pool. 'differences': an MLP over e(chosen) - e(rejected) per demonstration, mean-pool, an MLP (a DeepSets reader that sees only each demonstration's direction of preference). 'mixture': one learned latent per training user, mixed by how well each user's reward (the bilinear decoder's z term) explains the demonstrations; needs decoder 'bilinear' or 'linear'. 'fit': the z that best explains the demonstrations under the model's own BTL likelihood and a Gaussian prior (a few Newton steps, trained through), with a Laplace uncertainty; reads blends and people unlike any training user; needs decoder 'linear'. See core.models.")
+    fit_steps: int = Field(4, ge=1, le=20, description="Newton steps of the 'fit' user reader.")
+    decoder: Literal["concat", "bilinear", "linear", "film", "hyper"] = Field("concat", description="How the VPL decoder joins the response embedding e and the user latent z. 'concat': the study's MLP([e, z]). 'bilinear': MLP([e, z]) + <U e, V z>. 'linear': MLP(e) + <U e, V z> (z only in the bilinear term, so a margin is linear in z). 'film': z scales and shifts the hidden features of e. 'hyper': z writes the weights of a reward head over features of e. See core.models.")
     beta: float = Field(0.0, ge=0.0, description="Weight of the KL term (the study: 0 or tiny).")
     # optimization
     lr: float = Field(1e-4, gt=0.0, le=1.0, description="Peak learning rate (AdamW).")
@@ -114,6 +116,8 @@ class TrainConfig(BaseModel):
     # evaluation and bookkeeping
     eval_every: int = Field(20, ge=1, description="Evaluate, record metrics and latents, and checkpoint every N steps.")
     converge_threshold: float = Field(0.8, gt=0.0, lt=1.0, description="A run has converged once every user's accuracy stays at or above this.")
+    people_every: int = Field(100, ge=0, description="Score people on all pairs of the test questions (all_pairs_accuracy for the training users, new_users_accuracy for people outside training: core.people) every N steps, and always at the last evaluation; 0 = only at the last.")
+    people_readings: int = Field(3, ge=1, le=20, description="Readings (independent sets of n_demos of the person's own choices) each person is scored with; their accuracies are averaged.")
     probe_per_user: int = Field(48, ge=1, description="Test queries per user whose latent means are saved at each evaluation.")
     seed: int = Field(0, ge=0, description="Seed for splits, demonstrations, sampling and initialization.")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'.")
@@ -142,9 +146,15 @@ class TrainConfig(BaseModel):
     def _check_combinations(self):
         if self.adaptive_order is not None and sorted(self.adaptive_order) != list(range(len(self.adaptive_order))):
             raise ValueError("adaptive_order must be a permutation of 0..n_users-1")
-        if self.user_encoder == "mixture" and self.decoder != "bilinear":
-            raise ValueError(f"user_encoder 'mixture' scores demonstrations with the bilinear decoder's z term; "
-                             f"set decoder to 'bilinear' (got {self.decoder!r})")
+        if self.user_encoder in ("mixture", "blend") and self.decoder not in ("bilinear", "linear"):
+            raise ValueError(f"user_encoder {self.user_encoder!r} scores demonstrations with the bilinear decoder's z term; "
+                             f"set decoder to 'bilinear' or 'linear' (got {self.decoder!r})")
+        if self.user_encoder == "fit" and self.decoder not in ("linear", "bilinear"):
+            raise ValueError(f"user_encoder 'fit' solves for z through a reward that is linear in z; "
+                             f"set decoder to 'linear' (got {self.decoder!r})")
+        if self.agreed_share > 0 and not self.contested_only:
+            raise ValueError("agreed_share: only means something with contested_only=true "
+                             "(contested_only=false already keeps every pair)")
         return self
 
 

@@ -54,6 +54,15 @@ class PrefData:
     texts: list[str]  # text id -> text
     n_users: int
     test_fresh: Split | None = None  # test pairs, demonstrations from a second pool (None: too few pairs)
+    is_test: np.ndarray | None = None  # bool (Q,): the held-out questions
+
+    @property
+    def test_questions(self) -> np.ndarray:
+        return np.flatnonzero(self.is_test) if self.is_test is not None else np.unique(self.test.question)
+
+    @property
+    def train_questions(self) -> np.ndarray:
+        return np.flatnonzero(~self.is_test) if self.is_test is not None else np.unique(self.train.question)
 
     def summary(self) -> dict:
         return {
@@ -67,15 +76,17 @@ class PrefData:
 
 def build(table: PreferenceTable, W: np.ndarray, *, seed: int = 0, test_share: float = 0.2,
           contested_only: bool = True, pool_size: int = 100, n_demos: int = 8,
-          max_train_per_user: int | None = None, max_test_per_user: int | None = None) -> PrefData:
-    """Labelled pairs per user, a question-level split, and fixed demonstrations."""
+          max_train_per_user: int | None = None, max_test_per_user: int | None = None,
+          agreed_share: float = 0.0) -> PrefData:
+    """Labelled pairs per user, a question-level split, and fixed demonstrations.
+
+    ``contested_only`` keeps the pairs the users disagree on (the study's filter); ``agreed_share`` adds
+    that share of each user's other strict pairs to them (drawn from their own random stream, so the
+    split is the same at every share)."""
     rng = np.random.default_rng(seed)
     W = np.atleast_2d(W)
     Q, C = len(table), table.n_completions
-    perm = rng.permutation(Q)
-    n_test = max(1, int(round(test_share * Q)))
-    is_test = np.zeros(Q, dtype=bool)
-    is_test[perm[:n_test]] = True
+    is_test = split_questions(Q, rng, test_share)
 
     if contested_only and len(W) > 1:
         pairs, first = contested_pairs(table, W)  # (n, 3), (U, n)
@@ -84,6 +95,16 @@ def build(table: PreferenceTable, W: np.ndarray, *, seed: int = 0, test_share: f
             win = np.where(first[u], pairs[:, 1], pairs[:, 2])
             lose = np.where(first[u], pairs[:, 2], pairs[:, 1])
             per_user.append(np.stack([pairs[:, 0], win, lose], axis=1))
+        if agreed_share > 0:
+            agreed_rng = np.random.default_rng([seed, 2])
+            C_ = table.n_completions
+            for u, own in enumerate(user_pairs(table, W)):
+                key = lambda p: p[:, 0] * C_ * C_ + np.minimum(p[:, 1], p[:, 2]) * C_ + np.maximum(p[:, 1], p[:, 2])  # noqa: E731
+                rest = own[~np.isin(key(own), key(per_user[u]))]
+                n = int(round(agreed_share * len(rest)))
+                if n:
+                    keep = np.sort(agreed_rng.choice(len(rest), size=n, replace=False))
+                    per_user[u] = np.concatenate([per_user[u], rest[keep]])
     else:
         per_user = user_pairs(table, W)
 
@@ -137,12 +158,22 @@ def build(table: PreferenceTable, W: np.ndarray, *, seed: int = 0, test_share: f
     texts = [table.texts(q, c) for q in range(Q) for c in range(C)]
     fresh = cat(splits["fresh"]) if fresh_ok and splits["fresh"] else None
     return PrefData(train=cat(splits["train"]), test=cat(splits["test"]), texts=texts, n_users=len(W),
-                    test_fresh=fresh)
+                    test_fresh=fresh, is_test=is_test)
 
 
-def used_text_ids(data: PrefData) -> np.ndarray:
-    """Sorted unique text ids any split reads (only these need embedding)."""
-    parts = []
+def split_questions(n_questions: int, rng: np.random.Generator | int, test_share: float) -> np.ndarray:
+    """bool (Q,): the held-out questions. ``rng`` an int seed reproduces ``build``'s split for that seed."""
+    if not isinstance(rng, np.random.Generator):
+        rng = np.random.default_rng(rng)
+    perm = rng.permutation(n_questions)
+    is_test = np.zeros(n_questions, dtype=bool)
+    is_test[perm[:max(1, int(round(test_share * n_questions)))]] = True
+    return is_test
+
+
+def used_text_ids(data: PrefData, extra: np.ndarray | None = None) -> np.ndarray:
+    """Sorted unique text ids any split reads, plus ``extra`` (only these need embedding)."""
+    parts = [] if extra is None else [np.asarray(extra, dtype=np.int64).ravel()]
     for s in (data.train, data.test, data.test_fresh):
         if s is not None:
             parts += [s.chosen, s.rejected, s.ctx_chosen.ravel(), s.ctx_rejected.ravel()]

@@ -13,6 +13,8 @@ VPL:  z ~ q(z | demos) (mean at evaluation);  r(x, y, z) = decoder(e(x, y), z), 
 
     concat    MLP([e, z])                                the study's; z only shifts the MLP's input
     bilinear  MLP([e, z]) + <U e, V z> / sqrt(H)         adds a term where z multiplies e
+    linear    MLP(e) + <U e, V z> / sqrt(H)              z enters only through the bilinear term: a reward
+                                                         margin is (base margin) + a . z, linear in z
     film      w . (GELU(A e) * (1 + G z) + B z)          z scales and shifts every hidden feature of e
     hyper     <GELU(A e), w0 + MLP(z)> / sqrt(H)         z writes the weights of a reward head over e
 
@@ -21,6 +23,7 @@ and the user encoder q(z | demos) reads the K demonstrations either as
     pairs        MLP([e_w, e_l]) per demonstration, self-attention across them, mean-pool   the study's
     differences  MLP(e_w - e_l) per demonstration, mean-pool, MLP                          a DeepSets reader
     mixture      sum_j softmax_j(sum_k log sigmoid(t m_kj)) v_j over the U training users   a recogniser
+    fit          argmax_z sum_k log sigmoid(c_k + a_k . z) - lam/2 |z|^2, by Newton steps  an estimator
 
 The differences reader sees each demonstration only through the direction of preference e_w - e_l
 (swap the two sides and its input changes sign), which is what a user's taste is a function of.
@@ -29,6 +32,15 @@ users' rewards explains the demonstrations: m_kj = <U (e_w,k - e_l,k), V v_j> / 
 bilinear decoder's z-dependent term gives demonstration k under user j (B, K, U), t a learned sharpness.
 It can only weigh demonstrations by the tastes they show, never by which pairs they are, and it reads a
 new user as a blend of the known ones.
+The fit reader (decoder 'linear') asks which z makes the model's own BTL likelihood of the K demonstrations
+highest under a Gaussian prior N(0, I / lam): with a_k = V^T U (e_w,k - e_l,k) / sqrt(H) (B, K, L) and
+c_k = MLP(e_w,k) - MLP(e_l,k) (B, K) the demonstration's margin is c_k + a_k . z, the objective is concave,
+and a few Newton steps solve it. z stays in the span of the a_k, so Newton runs on K coefficients
+(z = A^T alpha): alpha += (D G + lam I)^-1 (1 - p - lam alpha), with G = A A^T (B, K, K), p = sigmoid(margins),
+D = diag(p (1 - p)). The steps are unrolled and differentiated, so the latent space is trained with the
+reader it is read by. logvar is the Laplace posterior's diagonal, diag((lam I + A^T D A)^-1). No demonstration
+pulls z from 0, where the reward is MLP(e) alone: the population's shared taste; the uniform person and
+blends are points of the same space as the trained users.
 
 With the concat decoder a reward difference r(y_w) - r(y_l) depends on z only through the MLP's
 curvature, which at these sizes is too weak to give many users opposite readings of the same
@@ -91,8 +103,8 @@ class BTLRewardModel(nn.Module):
         return self.head(self.query_head(query_emb)).squeeze(-1)  # (B,)
 
 
-DECODERS = ("concat", "bilinear", "film", "hyper")
-USER_ENCODERS = ("pairs", "differences", "mixture")
+DECODERS = ("concat", "bilinear", "linear", "film", "hyper")
+USER_ENCODERS = ("pairs", "differences", "mixture", "fit", "blend")
 
 
 class ConcatDecoder(nn.Sequential):
@@ -117,6 +129,25 @@ class BilinearDecoder(nn.Module):
 
     def forward(self, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.mlp(e, z) + (self.U(e) * self.V(z)).sum(-1) * self.scale
+
+
+class LinearDecoder(nn.Module):
+    """MLP(e) + <U e, V z> / sqrt(H): a shared reward plus a term linear in z (the fit reader's decoder)."""
+
+    def __init__(self, d_e: int, d_z: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.base = mlp(d_e, hidden, 1, dropout)
+        import os
+        self.U = mlp(d_e, hidden, hidden, dropout) if os.environ.get("PL_UMLP") else nn.Linear(d_e, hidden, bias=False)
+        self.V = nn.Linear(d_z, hidden, bias=False)
+        self.scale = hidden ** -0.5
+
+    def forward(self, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # (B, D), (B, L) -> (B,)
+        return self.base(e).squeeze(-1) + (self.U(e) * self.V(z)).sum(-1) * self.scale
+
+    def grid(self, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Every response under every latent: (T, D), (N, L) -> (N, T), without repeating e N times."""
+        return self.base(e).squeeze(-1)[None] + (self.V(z) @ self.U(e).T) * self.scale
 
 
 class FiLMDecoder(nn.Module):
@@ -149,8 +180,17 @@ class HyperDecoder(nn.Module):
         return (F.gelu(self.inp(e)) * (self.w0 + self.weights(z))).sum(-1) * self.scale
 
 
+def blend_grid(n_users: int, n_samples: int = 256, seed: int = 0) -> torch.Tensor:
+    """(S, U) points of the simplex over U users: each user, the even blend, and Dirichlet(1) draws (fixed)."""
+    import numpy as np
+
+    draws = torch.from_numpy(np.random.default_rng(seed).dirichlet(np.ones(n_users), size=n_samples)).float()
+    return torch.cat([torch.eye(n_users), torch.full((1, n_users), 1.0 / n_users), draws])
+
+
 def make_decoder(kind: str, d_e: int, d_z: int, hidden: int, dropout: float = 0.0) -> nn.Module:
-    table = {"concat": ConcatDecoder, "bilinear": BilinearDecoder, "film": FiLMDecoder, "hyper": HyperDecoder}
+    table = {"concat": ConcatDecoder, "bilinear": BilinearDecoder, "linear": LinearDecoder, "film": FiLMDecoder,
+             "hyper": HyperDecoder}
     if kind not in table:
         raise ValueError(f"decoder: unknown kind {kind!r}; choose one of {', '.join(DECODERS)}")
     return table[kind](d_e, d_z, hidden, dropout)
@@ -163,7 +203,7 @@ class VPLRewardModel(nn.Module):
 
     def __init__(self, encoder_dim: int, dims: VPLDims | None = None, n_heads: int = 4, dropout: float = 0.0,
                  query_head: str = "none", z_mode: str = "sample", decoder: str = "concat", pair_diff: bool = False,
-                 user_encoder: str = "pairs", n_users: int = 0):
+                 user_encoder: str = "pairs", n_users: int = 0, fit_steps: int = 4):
         super().__init__()
         d = dims or VPLDims.scaled(encoder_dim)
         self.dims = d
@@ -173,11 +213,23 @@ class VPLRewardModel(nn.Module):
         self.query_head = query_projection(encoder_dim, query_head)
         if user_encoder not in USER_ENCODERS:
             raise ValueError(f"user_encoder: unknown kind {user_encoder!r}; choose one of {', '.join(USER_ENCODERS)}")
-        if user_encoder == "mixture" and (decoder != "bilinear" or n_users < 1):
-            raise ValueError("user_encoder: 'mixture' needs decoder 'bilinear' and the number of training users")
+        if user_encoder in ("mixture", "blend") and (decoder not in ("bilinear", "linear") or n_users < 1):
+            raise ValueError("user_encoder: 'mixture' needs decoder 'bilinear' or 'linear' and the number of "
+                             "training users")
+        if user_encoder == "fit" and decoder not in ("linear", "bilinear"):
+            raise ValueError(f"user_encoder: 'fit' needs decoder 'linear' (got {decoder!r})")
         self.user_encoder = user_encoder
         self.pair_diff = pair_diff
-        if user_encoder == "mixture":
+        self.fit_steps = fit_steps
+        if user_encoder == "fit":
+            self.log_prior_precision = nn.Parameter(torch.zeros(()))  # lam = exp(.), learned with the rest
+            self.prior_shape = nn.Parameter(torch.eye(d.latent))  # (L, L) S: z = z0 + S y, y ~ N(0, I / lam)
+            self.prior_mean = nn.Parameter(torch.zeros(d.latent))  # (L,) z0
+        if user_encoder == "blend":
+            self.user_latents = nn.Parameter(torch.randn(n_users, d.latent))
+            self.log_sharpness = nn.Parameter(torch.zeros(()))
+            self.register_buffer("blend_grid", blend_grid(n_users), persistent=False)  # (S, U)
+        elif user_encoder == "mixture":
             # (U, L) one v_j per user, N(0, 1) like an embedding table: distinct users from the first step (at
             # 0.1 the mixture starts near uniform, every user reads alike, and four users never separated)
             self.user_latents = nn.Parameter(torch.randn(n_users, d.latent))
@@ -195,7 +247,7 @@ class VPLRewardModel(nn.Module):
             # e_chosen - e_rejected -> one vector per demonstration; the mean over them -> mu through an MLP
             self.pair_encoder = mlp(encoder_dim, d.pair_hidden, d.pair_out, dropout)
             self.to_mu = mlp(d.pair_out, d.pair_hidden, d.latent, dropout)
-        if user_encoder != "mixture":
+        if user_encoder in ("pairs", "differences"):
             self.to_logvar = nn.Linear(d.pair_out, d.latent)
         # decoder: (e(x, y), z) -> reward
         self.decoder_kind = decoder
@@ -203,6 +255,10 @@ class VPLRewardModel(nn.Module):
 
     def encode_user(self, ctx_chosen: torch.Tensor, ctx_rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, K, D) x 2 -> mu, logvar (B, L)."""
+        if self.user_encoder == "fit":
+            return self.fit_user(ctx_chosen, ctx_rejected)
+        if self.user_encoder == "blend":
+            return self.blend_user(ctx_chosen, ctx_rejected)
         if self.user_encoder == "mixture":
             w = self.user_weights(ctx_chosen, ctx_rejected)  # (B, U)
             return w @ self.user_latents, w @ self.user_logvar
@@ -222,6 +278,57 @@ class VPLRewardModel(nn.Module):
         margins = torch.einsum("bkh,uh->bku", du, dec.V(self.user_latents)) * dec.scale  # (B, K, U)
         loglik = F.logsigmoid(margins * self.log_sharpness.exp()).sum(dim=1)  # (B, U)
         return loglik.softmax(dim=-1)
+
+    def blend_user(self, ctx_chosen: torch.Tensor, ctx_rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blend reader: the posterior mean over blends of the training users' latents (a fixed grid of
+        S simplex points, Dirichlet(1) prior), by how well each blend's reward explains the demonstrations.
+        (B, K, D) x 2 -> mu, logvar (B, L)."""
+        dec = self.decoder
+        e_w, e_l = self.query_head(ctx_chosen), self.query_head(ctx_rejected)
+        Z = self.blend_grid @ self.user_latents  # (S, L) the blends' latents
+        A = ((dec.U(e_w) - dec.U(e_l)) @ dec.V.weight) * dec.scale  # (B, K, L)
+        m = A @ Z.T  # (B, K, S)
+        if hasattr(dec, "base"):
+            m = m + (dec.base(e_w) - dec.base(e_l))  # (B, K, 1) the shared reward's margin
+        post = F.logsigmoid(m * self.log_sharpness.exp()).sum(1).softmax(-1)  # (B, S)
+        mu = post @ Z  # (B, L)
+        var = post @ Z.pow(2) - mu.pow(2)
+        return mu, var.clamp_min(1e-6).log()
+
+    def fit_user(self, ctx_chosen: torch.Tensor, ctx_rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fit reader: the MAP z of the demonstrations under the model's own likelihood, and its Laplace
+        log-variance. (B, K, D) x 2 -> (B, L) x 2; see the module docstring."""
+        dec = self.decoder
+        e_w, e_l = self.query_head(ctx_chosen), self.query_head(ctx_rejected)  # (B, K, D)
+        A = ((dec.U(e_w) - dec.U(e_l)) @ dec.V.weight) * dec.scale  # (B, K, L): margin = c + A z
+        if hasattr(dec, "base"):
+            c = (dec.base(e_w) - dec.base(e_l)).squeeze(-1)
+        else:  # bilinear: the MLP's margin at z0 (its slope in z is left out of the fit)
+            z0 = self.prior_mean.expand(*e_w.shape[:-1], -1)
+            c = dec.mlp(e_w, z0) - dec.mlp(e_l, z0)
+        c = c + A @ self.prior_mean  # (B, K) margin at z = z0
+        A = A @ self.prior_shape  # (B, K, L): margin = c + (A S) y
+        G = A @ A.transpose(1, 2)  # (B, K, K)
+        lam = self.log_prior_precision.exp()
+        eye = torch.eye(G.shape[-1], device=G.device, dtype=G.dtype)
+        alpha = torch.zeros_like(c)  # (B, K); z = A^T alpha starts at 0
+        for _ in range(self.fit_steps):
+            p = torch.sigmoid(c + (G @ alpha[..., None]).squeeze(-1))
+            d = p * (1 - p)
+            step = torch.linalg.solve(d[..., None] * G + lam * eye, (1 - p) - lam * alpha)
+            alpha = alpha + step
+        y = (alpha[:, None, :] @ A).squeeze(1)  # (B, L)
+        p = torch.sigmoid(c + (G @ alpha[..., None]).squeeze(-1))
+        m = (p * (1 - p)).clamp_min(1e-6).sqrt()  # (B, K) D^1/2
+        MA = m[..., None] * A  # (B, K, L)
+        X = m[..., None] * G * m[:, None, :] + lam * eye  # (B, K, K)
+        shrink = (MA * torch.linalg.solve(X, MA)).sum(1)  # (B, L) diag(A^T M X^-1 M A)
+        # Cov(y) = (I - A^T M X^-1 M A) / lam; z = z0 + S y, Cov(z) = S Cov(y) S^T: its diagonal
+        Sm = self.prior_shape
+        cov_y = (torch.eye(len(Sm), device=A.device)[None] - MA.transpose(1, 2) @ torch.linalg.solve(X, MA)) / lam
+        var = torch.einsum("ij,bjk,ik->bi", Sm, cov_y, Sm).clamp_min(1e-8)
+        del shrink
+        return self.prior_mean + y @ Sm.T, var.log()
 
     def posterior(self, ctx_chosen: torch.Tensor, ctx_rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """encode_user, then the z_mode's clamp: 'vpl' keeps mu and logvar in [-1, 1]."""
@@ -249,6 +356,16 @@ class VPLRewardModel(nn.Module):
 
     def reward(self, query_emb: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.query_head(query_emb), z)  # (B,)
+
+    def reward_grid(self, query_emb: torch.Tensor, z: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+        """Every response under every latent: (T, D), (N, L) -> (N, T)."""
+        e = self.query_head(query_emb)
+        if hasattr(self.decoder, "grid"):
+            return self.decoder.grid(e, z)
+        T = len(e)
+        rows = [self.decoder(e.repeat(len(zz), 1), zz.repeat_interleave(T, 0)).view(len(zz), T)
+                for zz in z.split(chunk)]
+        return torch.cat(rows) if rows else e.new_zeros((0, T))
 
 
 def btl_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
@@ -292,9 +409,10 @@ def model_from_config(cfg, encoder_dim: int, n_users: int | None = None) -> nn.M
         return BTLRewardModel(encoder_dim, hidden=cfg.decoder_hidden or None, query_head=cfg.query_head)
     dims = VPLDims.scaled(encoder_dim, pair_hidden=cfg.pair_hidden, pair_out=cfg.pair_out, latent=cfg.latent,
                           decoder_hidden=cfg.decoder_hidden)
-    if n_users is None and cfg.user_encoder == "mixture":
+    if n_users is None and cfg.user_encoder in ("mixture", "blend"):
         from .train import load_users
 
         n_users = len(load_users(cfg))
     return VPLRewardModel(encoder_dim, dims, query_head=cfg.query_head, z_mode=cfg.z_mode, decoder=cfg.decoder,
-                          pair_diff=cfg.pair_diff, user_encoder=cfg.user_encoder, n_users=n_users or 0)
+                          pair_diff=cfg.pair_diff, user_encoder=cfg.user_encoder, n_users=n_users or 0,
+                          fit_steps=cfg.fit_steps)

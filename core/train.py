@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import LESSONS, ConfigError, TrainConfig, build_config, load_config_file
+from .config import LESSONS, MANY_USERS, ConfigError, TrainConfig, build_config, load_config_file
 from .dataset import PrefData, build, used_text_ids
 from .encoders import EmbeddingCache, TextEncoder, default_cache_root
 from .models import (
@@ -33,6 +33,7 @@ from .models import (
     kl_to_standard_normal,
     model_from_config,
 )
+from .people import PeopleSet, build_people_set, outside_people, people_accuracy, reading_latents, trained_people
 from .progress import Progress, echo, status_writer
 from .references import reference_accuracy, shuffled_partners, user_groups
 from .runs import RunDir
@@ -93,8 +94,10 @@ class Trainer:
         self.W = load_users(cfg)
         self.data: PrefData = build(self.table, self.W, seed=cfg.seed, test_share=cfg.test_share,
                                     contested_only=cfg.contested_only, pool_size=cfg.pool_size, n_demos=cfg.n_demos,
-                                    max_train_per_user=cfg.max_train_per_user, max_test_per_user=cfg.test_cap(len(self.W)))
+                                    max_train_per_user=cfg.max_train_per_user, max_test_per_user=cfg.test_cap(len(self.W)),
+                                    agreed_share=cfg.agreed_share)
         self.log(f"data: {json.dumps(self.data.summary())} ({time.perf_counter() - t0:.1f}s)")
+        self.people = self._people_set()  # who is scored on all pairs of the test questions (core.people)
 
         self.encoder = TextEncoder.load(cfg.encoder, device=self.device, max_length=cfg.max_length)
         self.embeddings = self._embed_frozen()  # (n_texts, D) on device
@@ -146,8 +149,30 @@ class Trainer:
         self.shuffled_partner = shuffled_partners(self.data.test, cfg.seed + 11) if cfg.method == "vpl" else None
 
     # ------------------------------------------------------------------ setup helpers
+    def _people_set(self) -> list[PeopleSet] | None:
+        """The run's users and people outside training, each read from n_demos of their own choices on
+        random train questions and scored on every strict pair of the test questions. Fixed by the seed
+        and the user set alone, so runs of any method on the same data score the same people and pairs."""
+        cfg = self.cfg
+        trained = trained_people(self.W)
+        outside = outside_people(cfg.users, self.W, user_seed=cfg.user_seed, seed=cfg.seed)
+        ratings = self.table.ratings
+        try:
+            # many users: one reading each (their figure is a mean over many people anyway)
+            sets = [build_people_set(ratings, trained, self.data.train_questions, self.data.test_questions,
+                                     n_demos=cfg.n_demos, seed=cfg.seed,
+                                     n_readings=1 if len(trained) > MANY_USERS else cfg.people_readings),
+                    build_people_set(ratings, outside, self.data.train_questions, self.data.test_questions,
+                                     n_demos=cfg.n_demos, seed=cfg.seed + 1, n_readings=cfg.people_readings)]
+        except ValueError as err:  # a tiny corpus: too few questions to read somebody from
+            self.log(f"people: not scored ({err})")
+            return None
+        self.n_trained_people = len(trained)
+        return sets
+
     def _embed_frozen(self) -> torch.Tensor:
-        ids = used_text_ids(self.data)
+        extra = np.concatenate([s.needed_ids() for s in self.people]) if self.people else None
+        ids = used_text_ids(self.data, extra)
         cache = EmbeddingCache(self.cfg.cache_dir or default_cache_root(), self.encoder, log=self.log)
         todo = len(cache.missing([self.data.texts[i] for i in ids]))
         self.log(f"embeddings: {len(ids)} texts used, {todo} not cached yet (encoding them once)")
@@ -193,6 +218,14 @@ class Trainer:
             return self.embeddings[torch.as_tensor(ids, device=self.device)]
         batch = self.query_encoder.tokenize([self.data.texts[i] for i in ids])
         return self.query_encoder.forward(batch)
+
+    def _query_chunked(self, ids: np.ndarray, chunk: int = 128) -> torch.Tensor:
+        if self.query_encoder is None:
+            return self._query(ids)
+        return torch.cat([self._query(ids[s:s + chunk]) for s in range(0, len(ids), chunk)])
+
+    def _frozen_rows(self, ids: np.ndarray) -> torch.Tensor:
+        return self.embeddings[torch.as_tensor(ids, device=self.device)]
 
     def forward(self, split, idx: np.ndarray, *, train: bool, latent: tuple | None = None):
         """Per-pair loss (B,), r_chosen - r_rejected (B,), mu (B, L) or None, user (B,).
@@ -355,6 +388,9 @@ class Trainer:
             record["fresh_demos_user_accuracy"] = per_f
         if self.step == 0:
             record["reference_accuracy"] = self.references()
+        every = self.cfg.people_every
+        if self.people and self.step > 0 and (self.step >= self.cfg.steps or (every and self.step % every == 0)):
+            record.update(self.score_people())
         if self.cfg.method == "vpl" and len(self.probe):
             s = test.take(self.probe)
             mu, _ = self._posterior(s)
@@ -366,6 +402,33 @@ class Trainer:
         if self.query_encoder is not None:
             self.query_encoder.model.train()
         return record
+
+    @torch.no_grad()
+    def score_people(self) -> dict:
+        """all_pairs_* for the run's users and new_users_* for people outside training (core.people);
+        the readings' latents go to latents/people-step-N.npz for the Latent page."""
+        trained, outside = self.people
+        out: dict = {}
+        for name, pset in (("trained", trained), ("outside", outside)):
+            lat = reading_latents(self.model, pset, self._frozen_rows)
+            acc = people_accuracy(self.model, pset, self._frozen_rows, self._query_chunked, latents=lat)
+            if name == "trained":
+                per = {str(u): float(a) for u, a in enumerate(acc) if np.isfinite(a)}
+                out["all_pairs_user_accuracy"] = per
+                out["all_pairs_accuracy"] = float(np.mean(list(per.values()))) if per else None
+            else:
+                out["new_users"] = [{**p.to_json(), "accuracy": None if not np.isfinite(a) else float(a)}
+                                    for p, a in zip(pset.people, acc, strict=True)]
+                ok = acc[np.isfinite(acc)]
+                out["new_users_accuracy"] = float(ok.mean()) if len(ok) else None
+            if lat is not None:
+                R = pset.n_readings
+                np.savez(self.run.latents_dir / f"people-{name}-step-{self.step:06d}.npz",
+                         mu=lat[0].float().cpu().numpy(), person=np.repeat(np.arange(len(pset.people)), R),
+                         weights=np.stack([p.weights for p in pset.people]),
+                         names=np.array([p.name for p in pset.people]), kinds=np.array([p.kind for p in pset.people]),
+                         accuracy=acc)
+        return out
 
     # ------------------------------------------------------------------ checkpoints
     def _trainable_state(self) -> dict[str, torch.Tensor]:
@@ -466,6 +529,9 @@ class Trainer:
         accs = " ".join(f"u{u}={a:.3f}" for u, a in record["user_accuracy"].items())
         self.log(f"step {record['step']:>5} loss {record['loss'] if record['loss'] is not None else float('nan'):.4f} "
                  f"eval_acc {record['accuracy']:.3f} [{accs}]")
+        if record.get("new_users_accuracy") is not None:
+            self.log(f"  all pairs (own users) {record['all_pairs_accuracy']:.3f}  "
+                     f"people outside training {record['new_users_accuracy']:.3f}")
         for cb in self.callbacks["on_eval"]:
             cb(self, record)
         return record

@@ -1,0 +1,179 @@
+"""Any person, any question (issue 18): a personal model scored as a person would use it.
+
+    .venv/bin/python bench/bench_any_person.py [--users two-opposed four-one-hot random] [--seeds 0 1] \
+        [--steps 400] [--preset personal] [--set key=value ...] [--workers 2] [--dry-run]
+
+For each user set and seed it trains ``--preset`` (default ``personal``) and a ``traditional`` model on the
+same pairs (the preset's data options: contested_only / agreed_share), then reads people on *fresh
+questions*, a corpus no run saw (``generate_table(n_prompts=300, seed=4242)``): each person gives 8 of
+their own choices on random fresh questions, and is scored on 100 more of their own choices over all pairs
+with a strict preference, on the other fresh questions, averaged over 3 readings. People: the run's own
+users, and people it never trained on (the four one-hot tastes, the six 50/50 blends, the uniform user, 10
+Dirichlet(1) draws, and for random / cluster 30 of a redraw of the same population; core.people).
+
+Printed per cell: the run's own study accuracy (contested test pairs of its users) and its in-run
+``all_pairs_accuracy`` / ``new_users_accuracy``; on fresh questions, each trained user, the mean over new
+people, the worst new person's margin over traditional, and the one-hot tastes; and the TRL check: a
+reward function built from an honesty-only visitor's 8 answers, ranking honesty best-vs-worst pairs of
+fresh questions. Writes bench/out/any_person-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FRESH = {"n_prompts": 300, "seed": 4242}
+
+
+def fresh_scores(run_dir: Path, seed: int, n_demos: int = 8, readings: int = 3) -> dict:
+    """Trained users and outside people of the run, read and scored on the fresh corpus."""
+    import numpy as np
+
+    from core.data import generate_table
+    from core.data.probes import all_texts
+    from core.people import build_people_set, outside_people, people_accuracy, trained_people
+    from core.reward import PersonalRewardModel
+
+    rm = PersonalRewardModel.from_run(run_dir, device="cpu")
+    table = generate_table(**FRESH)
+    E = np.asarray(rm.cache.get(all_texts(table)), dtype=np.float32)  # (Q * C, D)
+    Et = __import__("torch").from_numpy(E)
+
+    def embed(ids):
+        return Et[np.asarray(ids)]
+
+    rng = np.random.default_rng(seed)
+    q = rng.permutation(len(table))
+    demo_q, score_q = q[: len(q) // 2], q[len(q) // 2:]
+    people = trained_people(rm.W) + outside_people(rm.cfg.users, rm.W, user_seed=rm.cfg.user_seed, seed=seed)
+    pset = build_people_set(table.ratings, people, demo_q, score_q, n_demos=n_demos, n_readings=readings,
+                            seed=seed, max_pairs=100)
+    acc = people_accuracy(rm.model, pset, embed)
+    out = {"people": [{**p.to_json(), "accuracy": float(a)} for p, a in zip(people, acc, strict=True)]}
+    # TRL: an honesty-only visitor's 8 answers -> a reward function -> honesty best-vs-worst pairs
+    hon = np.array([0.0, 1.0, 0.0, 0.0])
+    r = table.ratings[score_q][:, :, 1]  # (Qs, C) honesty ratings
+    best, worst = np.nanargmax(r, 1), np.nanargmin(r, 1)
+    ok = np.nanmax(r, 1) > np.nanmin(r, 1)
+    vis = build_people_set(table.ratings, [trained_people(hon[None])[0]], demo_q, score_q, n_demos=n_demos,
+                           n_readings=1, seed=seed + 5)
+    ctx = vis.ctx[0, 0]  # (K, 2)
+    C = table.n_completions
+    user = None
+    if rm.conditional:  # text id q * C + c; both sides of a demonstration answer the same question
+        demos = [(table.prompts[c // C], table.responses[c // C][c % C], table.responses[j // C][j % C])
+                 for c, j in ctx]
+        user = rm.infer_user(demos)
+    fn = rm.as_reward_function(user)
+    qs = score_q[ok]
+    prompts = [table.prompts[x] for x in qs]
+    rb = fn(prompts, [table.responses[x][b] for x, b in zip(qs, best[ok], strict=True)])
+    rw = fn(prompts, [table.responses[x][w] for x, w in zip(qs, worst[ok], strict=True)])
+    out["trl_honesty_best_vs_worst"] = float(np.mean(np.asarray(rb) > np.asarray(rw)))
+    return out
+
+
+def cell(users: str, seed: int, steps: int, preset: str, extra: dict, root: str) -> dict:
+    from core.config import PRESETS, build_config
+    from core.train import train
+
+    data_keys = ("contested_only", "agreed_share")
+    base = {**PRESETS[preset], **extra}
+    shared = {k: base[k] for k in data_keys if k in base}
+    res = {"users": users, "seed": seed, "steps": steps}
+    for name, raw in ((preset, {"preset": preset, **extra}), ("traditional", {"preset": "traditional", **shared})):
+        cfg = build_config({**raw, "users": users, "seed": seed, "steps": steps, "eval_every": max(1, steps // 4),
+                            "people_every": 0})
+        run_dir = Path(root) / f"{name}-{users}-s{seed}"
+        t0 = time.perf_counter()
+        hist = train(cfg, run_dir, log=lambda m: None)
+        last = hist[-1]
+        res[name] = {"accuracy": last["accuracy"], "all_pairs_accuracy": last.get("all_pairs_accuracy"),
+                     "new_users_accuracy": last.get("new_users_accuracy"), "train_s": time.perf_counter() - t0,
+                     **fresh_scores(run_dir, seed)}
+    return res
+
+
+def summarize(res: dict, preset: str) -> dict:
+    import numpy as np
+
+    me, tr = res[preset]["people"], res["traditional"]["people"]
+    new = [i for i, p in enumerate(me) if p["kind"] != "trained"]
+    margins = [me[i]["accuracy"] - tr[i]["accuracy"] for i in new]
+    worst = int(np.argmin(margins))
+    trained = [p["accuracy"] for p in me if p["kind"] == "trained"]
+    return {
+        "trained": [round(a, 3) for a in trained] if len(trained) <= 4 else
+        f"mean {np.mean(trained):.3f} min {np.min(trained):.3f}",
+        "trained_trad": [round(p["accuracy"], 3) for p in tr if p["kind"] == "trained"][:4],
+        "new_mean": float(np.mean([me[i]["accuracy"] for i in new])),
+        "new_mean_trad": float(np.mean([tr[i]["accuracy"] for i in new])),
+        "worst_margin": float(margins[worst]), "worst_person": me[new[worst]]["name"],
+        "one_hot": {p["name"]: round(p["accuracy"], 3) for p in me if max(p["weights"]) == 1.0},
+        "one_hot_vs_trad": {p["name"]: round(p["accuracy"] - t["accuracy"], 3) for p, t in zip(me, tr, strict=True)
+                            if max(p["weights"]) == 1.0},
+        "uniform": next(p["accuracy"] for p in me if max(p["weights"]) == min(p["weights"])),
+        "uniform_trad": next(p["accuracy"] for p in tr if max(p["weights"]) == min(p["weights"])),
+        "trl": res[preset]["trl_honesty_best_vs_worst"],
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--users", nargs="+", default=["two-opposed", "four-one-hot", "random"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--preset", default="personal")
+    ap.add_argument("--set", nargs="*", default=[], help="key=value overrides of the preset (JSON values)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seed", type=int, help="alias of --seeds N")
+    ap.add_argument("--dry-run", action="store_true", help="one cell, 20 steps")
+    args = ap.parse_args(argv)
+    extra = {}
+    for kv in args.set:
+        k, _, v = kv.partition("=")
+        try:
+            extra[k] = json.loads(v)
+        except json.JSONDecodeError:
+            extra[k] = v
+    seeds = [args.seed] if args.seed is not None else args.seeds
+    cells = [(u, s) for u in args.users for s in seeds]
+    steps = args.steps
+    if args.dry_run:
+        cells, steps = cells[:1], 20
+    cmd = "bench/bench_any_person.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    print(f"$ {cmd}")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as root, ProcessPoolExecutor(max_workers=args.workers) as ex:
+        futs = [ex.submit(cell, u, s, steps, args.preset, extra, root) for u, s in cells]
+        results = [f.result() for f in futs]
+    print(f"{'users':<13}{'seed':>4} {'study':>6} {'allp':>6} {'newp':>6} | fresh: {'trained users':<22}"
+          f"{'new':>6} {'trad':>6} {'worst-vs-trad':>22} {'unif':>5}/{'trad':<5} {'trl':>5}")
+    rows = []
+    for res in results:
+        s = summarize(res, args.preset)
+        rows.append({**res, "summary": s})
+        me = res[args.preset]
+        print(f"{res['users']:<13}{res['seed']:>4} {me['accuracy']:6.3f} {me['all_pairs_accuracy'] or 0:6.3f} "
+              f"{me['new_users_accuracy'] or 0:6.3f} |        {str(s['trained']):<22}{s['new_mean']:6.3f} "
+              f"{s['new_mean_trad']:6.3f} {s['worst_margin']:+6.3f} {s['worst_person']:>15} "
+              f"{s['uniform']:5.2f}/{s['uniform_trad']:<5.2f} {s['trl']:5.2f}")
+        print(f"{'':18} one-hot: {s['one_hot']}  trad trained: {s['trained_trad']}")
+    print(f"total {time.perf_counter() - t0:.0f}s")
+    from bench._results import write_result
+
+    print("wrote", write_result("any_person", {"command": cmd, "cells": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""A simulated student for a lecture projector: any weights, answered by the table's ratings (issue 18).
+
+    curve = answers_curve(rm, twin, [0.5, 0.5, 0, 0])   # rm / twin: PersonalRewardModel (twin: traditional)
+    curve["counts"], curve["personal"], curve["traditional"]
+
+The student answers ``k`` random questions of the run's *training* split (one of their own strict pairs on
+each, as a person clicking A or B would), the personal model reads them, and both models are scored on
+every pair the student strictly prefers on the run's *test* questions, which no run trained on. Each point
+is a mean over ``readings`` independent sets of answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .dataset import split_questions
+from .people import Person, build_people_set, people_accuracy
+from .users import validate_weights
+
+COUNTS = (1, 2, 4, 8, 16)
+
+
+def _embedder(rm, texts: list[str], query: bool):
+    def embed(ids: np.ndarray) -> torch.Tensor:
+        ids = np.asarray(ids)
+        flat = [texts[i] for i in ids.ravel()]
+        out = rm._queries(flat) if query else rm._frozen(flat)
+        return out.reshape(*ids.shape, -1)
+    return embed
+
+
+def run_questions(rm) -> tuple[np.ndarray, np.ndarray]:
+    """(train questions, test questions) of a run, as its data split made them."""
+    is_test = split_questions(len(rm.table()), rm.cfg.seed, rm.cfg.test_share)
+    return np.flatnonzero(~is_test), np.flatnonzero(is_test)
+
+
+def answers_curve(rm, twin, weights, counts: Sequence[int] = COUNTS, readings: int = 3, seed: int = 0,
+                  max_pairs: int | None = 400) -> dict:
+    """Accuracy against the number of answers for a student with ``weights`` (4 numbers, any positive
+    sum), for the personal model ``rm`` and the traditional ``twin`` (or None), on all pairs of unseen
+    questions (at most ``max_pairs`` of them, drawn by seed, to keep a slider responsive)."""
+    from .reward import RewardModelError
+
+    try:
+        w = validate_weights(weights)
+    except ValueError as err:
+        raise RewardModelError(f"weights: {err}") from None
+    counts = [int(k) for k in counts]
+    if not counts or min(counts) < 1:
+        raise RewardModelError(f"counts: a student gives at least 1 answer (got {counts})")
+    table = rm.table()
+    texts = [table.texts(q, c) for q in range(len(table)) for c in range(table.n_completions)]
+    train_q, test_q = run_questions(rm)
+    student = [Person("student", "student", w)]
+    out = {"counts": counts, "personal": [], "traditional": [], "pairs": 0, "weights": w.tolist()}
+    for k in counts:
+        pset = build_people_set(table.ratings, student, train_q, test_q, n_demos=k, n_readings=readings,
+                                seed=seed, max_pairs=max_pairs)
+        out["pairs"] = len(pset.pairs[0])
+        out["personal"].append(float(people_accuracy(rm.model, pset, _embedder(rm, texts, False),
+                                                     _embedder(rm, texts, True))[0]))
+        if twin is not None:
+            out["traditional"].append(float(people_accuracy(twin.model, pset, _embedder(twin, texts, False),
+                                                            _embedder(twin, texts, True))[0]))
+    if twin is None:
+        out["traditional"] = None
+    return out
