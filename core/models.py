@@ -137,8 +137,7 @@ class LinearDecoder(nn.Module):
     def __init__(self, d_e: int, d_z: int, hidden: int, dropout: float = 0.0):
         super().__init__()
         self.base = mlp(d_e, hidden, 1, dropout)
-        import os
-        self.U = mlp(d_e, hidden, hidden, dropout) if os.environ.get("PL_UMLP") else nn.Linear(d_e, hidden, bias=False)
+        self.U = nn.Linear(d_e, hidden, bias=False)
         self.V = nn.Linear(d_z, hidden, bias=False)
         self.scale = hidden ** -0.5
 
