@@ -32,15 +32,16 @@ users' rewards explains the demonstrations: m_kj = <U (e_w,k - e_l,k), V v_j> / 
 bilinear decoder's z-dependent term gives demonstration k under user j (B, K, U), t a learned sharpness.
 It can only weigh demonstrations by the tastes they show, never by which pairs they are, and it reads a
 new user as a blend of the known ones.
-The fit reader (decoder 'linear') asks which z makes the model's own BTL likelihood of the K demonstrations
-highest under a Gaussian prior N(0, I / lam): with a_k = V^T U (e_w,k - e_l,k) / sqrt(H) (B, K, L) and
-c_k = MLP(e_w,k) - MLP(e_l,k) (B, K) the demonstration's margin is c_k + a_k . z, the objective is concave,
-and a few Newton steps solve it. z stays in the span of the a_k, so Newton runs on K coefficients
-(z = A^T alpha): alpha += (D G + lam I)^-1 (1 - p - lam alpha), with G = A A^T (B, K, K), p = sigmoid(margins),
+The fit reader asks which z makes the model's own BTL likelihood of the K demonstrations highest under a
+Gaussian prior z = z0 + S y, y ~ N(0, I / lam) (z0, S and lam learned). With a_k = S^T V^T U (e_w,k - e_l,k)
+/ sqrt(H) (B, K, L) and c_k the rest of demonstration k's margin at z0 (B, K), the margin is c_k + a_k . y.
+With decoder 'linear' (MLP(e) + <U e, V z>) that is exact and the objective is concave; with 'bilinear' the
+MLP's own dependence on z is held at z0. z stays in the span of the a_k, so Newton runs on K coefficients
+(y = A^T alpha): alpha += (D G + lam I)^-1 (1 - p - lam alpha), with G = A A^T (B, K, K), p = sigmoid(margins),
 D = diag(p (1 - p)). The steps are unrolled and differentiated, so the latent space is trained with the
-reader it is read by. logvar is the Laplace posterior's diagonal, diag((lam I + A^T D A)^-1). No demonstration
-pulls z from 0, where the reward is MLP(e) alone: the population's shared taste; the uniform person and
-blends are points of the same space as the trained users.
+reader it is read by. logvar is the diagonal of the Laplace posterior S (lam I + A^T D A)^-1 S^T. Weak
+evidence leaves z near z0, the population's shared taste, so the uniform person and blends are points of
+the same space as the trained users, not forced onto one of them.
 
 With the concat decoder a reward difference r(y_w) - r(y_l) depends on z only through the MLP's
 curvature, which at these sizes is too weak to give many users opposite readings of the same
@@ -216,7 +217,7 @@ class VPLRewardModel(nn.Module):
             raise ValueError("user_encoder: 'mixture' needs decoder 'bilinear' or 'linear' and the number of "
                              "training users")
         if user_encoder == "fit" and decoder not in ("linear", "bilinear"):
-            raise ValueError(f"user_encoder: 'fit' needs decoder 'linear' (got {decoder!r})")
+            raise ValueError(f"user_encoder: 'fit' needs decoder 'bilinear' or 'linear' (got {decoder!r})")
         self.user_encoder = user_encoder
         self.pair_diff = pair_diff
         self.fit_steps = fit_steps

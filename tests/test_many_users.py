@@ -65,16 +65,20 @@ def test_fresh_demonstrations_are_the_users_own_pairs_from_outside_the_training_
 
 def test_reference_ceilings_on_two_opposed_users(small_corpus, small_corpus_embeddings):
     W = preset("two-opposed")
-    data = build(small_corpus, W, seed=0)
-    emb = np.zeros((len(data.texts), small_corpus_embeddings.shape[1]), np.float32)
+    emb = np.zeros((len(small_corpus) * 4, small_corpus_embeddings.shape[1]), np.float32)
     emb[: len(small_corpus_embeddings)] = small_corpus_embeddings
-    ref = reference_accuracy(data, small_corpus.ratings, W, user_groups("two-opposed", W), emb)
-    # each user is their own group, and every kept pair is a strict preference: the group oracle is exact
-    assert ref["user"]["group"] == {"0": 1.0, "1": 1.0}
-    # one averaged taste cannot serve two users who disagree on every pair
-    assert ref["global"] < 0.75 and min(ref["user"]["global"].values()) < 0.6
-    # the frozen MiniLM features let a linear head read each user's taste (the corpus probe's promise)
-    assert min(ref["user"]["probe"].values()) > 0.85
+    contested = build(small_corpus, W, seed=0)
+    ref = reference_accuracy(contested, small_corpus.ratings, W, user_groups("two-opposed", W), emb)
+    # by construction, not a finding: every kept pair is a strict preference of its own user (group = 1.0),
+    # and the contested set is mirrored between the two users, so the averaged taste scores exactly 0.5
+    assert ref["user"]["group"] == {"0": 1.0, "1": 1.0} and ref["global"] == 0.5
+    # where they can fail: on every pair the users strictly prefer, one averaged taste is right more often
+    # than not but well short of each user's own; and the frozen MiniLM features let a linear head read
+    # each user's taste (the corpus probe's promise)
+    every = build(small_corpus, W, seed=0, contested_only=False)
+    ref = reference_accuracy(every, small_corpus.ratings, W, user_groups("two-opposed", W), emb)
+    assert 0.6 < ref["global"] < 0.9 and ref["group"] == 1.0
+    assert min(ref["user"]["probe"].values()) > 0.8
     assert ref["probe"] == pytest.approx(np.mean(list(ref["user"]["probe"].values())))
 
 

@@ -27,15 +27,35 @@ def lesson_runs(tmp_path_factory, small_corpus_embeddings, cache_root):
     return out
 
 
+def test_the_contested_two_user_test_set_is_mirrored_so_a_user_blind_model_scores_exactly_one_half(small_corpus):
+    """The lesson's 'traditional stays at chance' is a property of the data, not evidence about a model:
+    with two users every contested pair appears once for each user, in opposite orientations, so any
+    scorer that ignores the user, even a random one, gets exactly one of each right."""
+    from core.dataset import build
+    from core.users import preset
+
+    test = build(small_corpus, preset("two-opposed"), seed=0).test
+    mine = {(int(c), int(r)) for u, c, r in zip(test.user, test.chosen, test.rejected, strict=True) if u == 0}
+    theirs = {(int(r), int(c)) for u, c, r in zip(test.user, test.chosen, test.rejected, strict=True) if u == 1}
+    assert mine == theirs and len(mine) == len(test) // 2
+    score = np.random.default_rng(0).normal(size=len(small_corpus) * 4)  # any user-blind scorer
+    right = score[test.chosen] > score[test.rejected]
+    assert right.mean() == 0.5
+
+
 @pytest.mark.slow
-def test_traditional_model_is_stuck_at_chance_and_vpl_adaptive_serves_both_users(lesson_runs):
+def test_vpl_adaptive_serves_both_users_where_traditional_cannot(lesson_runs):
     _, trad = lesson_runs["traditional"]
     _, vpl = lesson_runs["vpl-adaptive"]
     final_trad, final_vpl = trad[-1], vpl[-1]
-    assert 0.40 <= final_trad["accuracy"] <= 0.60, final_trad
     assert min(final_vpl["user_accuracy"].values()) >= 0.80, final_vpl
     assert final_vpl["step"] == 250 and len(final_vpl["user_accuracy"]) == 2
     assert convergence(vpl, 0.8) is not None and convergence(trad, 0.8) is None
+    # scored as people use it (every strict pair of the test questions, each user read from 8 of their own
+    # choices), contested-only training learned one user as 'the opposite of the other': the honesty user
+    # is served far worse than on the contested pairs (issue 18; the `personal` preset trains on all pairs)
+    all_pairs = final_vpl["all_pairs_user_accuracy"]
+    assert all_pairs["1"] < final_vpl["user_accuracy"]["1"] - 0.2, final_vpl
 
 
 @pytest.mark.slow
