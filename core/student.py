@@ -7,6 +7,10 @@ The student answers ``k`` random questions of the run's *training* split (one of
 each, as a person clicking A or B would), the personal model reads them, and both models are scored on
 every pair the student strictly prefers on the run's *test* questions, which no run trained on. Each point
 is a mean over ``readings`` independent sets of answers.
+
+For the Playground: ``student_answers`` (the first set of answers the curve reads), ``student_picks`` (A or
+B on given pairs), ``sd_toward`` (the posterior's spread along a line, to judge a latent distance) and
+``ranking_hits`` (a full ordering of a question's answers scored on all its pairs).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch
 
 from .dataset import split_questions
 from .people import Person, build_people_set, people_accuracy
-from .users import validate_weights
+from .users import user_scores, validate_weights
 
 COUNTS = (1, 2, 4, 8, 16)
 
@@ -69,3 +73,49 @@ def answers_curve(rm, twin, weights, counts: Sequence[int] = COUNTS, readings: i
     if twin is None:
         out["traditional"] = None
     return out
+
+
+def student_picks(table, weights, pairs) -> list[str | None]:
+    """How a student with ``weights`` answers A/B questions ``pairs`` [(q, i, j)]: 'a' when the table's
+    ratings give answer i the higher weighted score, 'b' for j, None on a tie (or a missing rating)."""
+    s = user_scores(table, validate_weights(weights)[None])[0]  # (Q, C)
+    out: list[str | None] = []
+    for q, i, j in pairs:
+        a, b = s[q, i], s[q, j]
+        out.append(None if not (np.isfinite(a) and np.isfinite(b)) or a == b else "a" if a > b else "b")
+    return out
+
+
+def sd_toward(mu, logvar, target) -> float:
+    """The posterior's standard deviation along the line from ``mu`` to ``target`` (both (L,)): how far
+    one sd reaches in that direction, in the same units as the distance ||target - mu||."""
+    mu, target = np.asarray(mu, dtype=float), np.asarray(target, dtype=float)
+    d = target - mu
+    norm = np.linalg.norm(d)
+    var = np.exp(np.asarray(logvar, dtype=float))
+    if norm == 0:
+        return float(np.sqrt(var.mean()))
+    u = d / norm
+    return float(np.sqrt((u * u * var).sum()))
+
+
+def ranking_hits(rewards, order) -> tuple[int, int]:
+    """(pairs ordered right, all pairs) of a full ranking ``order`` (answer indices, best first) by
+    ``rewards`` (one per answer): every pair of the question counts once."""
+    r = np.asarray(rewards, dtype=float)
+    order = [int(c) for c in order]
+    hits = sum(int(r[order[a]] > r[order[b]]) for a in range(len(order)) for b in range(a + 1, len(order)))
+    return hits, len(order) * (len(order) - 1) // 2
+
+
+def student_answers(rm, weights, k: int, seed: int = 0) -> list[tuple[int, int, int]]:
+    """(question, chosen, rejected) of a student with ``weights`` answering ``k`` of the run's training
+    questions: one pair of answers each on which their taste is strict. This is the first set of answers
+    ``answers_curve`` reads for ``k`` answers (same seed), so a page can show what the curve averages."""
+    w = validate_weights(weights)
+    table = rm.table()
+    train_q, test_q = run_questions(rm)
+    pset = build_people_set(table.ratings, [Person("student", "student", w)], train_q, test_q[:1], n_demos=int(k),
+                            n_readings=1, seed=seed)
+    C = table.n_completions
+    return [(int(c // C), int(c % C), int(r % C)) for c, r in pset.ctx[0, 0]]
