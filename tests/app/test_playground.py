@@ -1,64 +1,124 @@
-"""AppTest: the Playground places a scripted one-hot visitor and keeps a correct 'predict me' score."""
+"""AppTest: the Playground on a real two-opposed lesson run, for people no training user is.
+
+A visitor is placed and predicted on all pairs of test-split questions, against the traditional twin on the
+same pairs; a teacher's simulated student gets an accuracy curve over all pairs of the run's test questions.
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.reward import PersonalRewardModel, ask_pairs
+from core.student import ranking_hits, run_questions
 from core.users import user_scores
+from tests.app.figures import APP, array, figure
 from tests.conftest import LESSON_IDS
 
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
-HONESTY = np.asarray([[0.0, 1.0, 0.0, 0.0]])
+VISITOR = np.asarray([0.8, 0.2, 0.0, 0.0])  # mostly helpfulness: neither of the lesson's one-hot users
+STUDENT = [0.5, 0.5, 0.0, 0.0]  # an even blend of the two opposed users
+SLIDERS = ["pg_w_helpfulness", "pg_w_honesty", "pg_w_instruction_following", "pg_w_truthfulness"]
 
 
-def _prefers_first(table, q, i, j) -> bool:
-    s = user_scores(table, HONESTY)[0, q]
-    return bool(s[i] > s[j])
+def _open(root, monkeypatch, **qp) -> AppTest:
+    monkeypatch.setenv("PREFLENS_RUNS_DIR", str(root))
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.run()
+    at.switch_page("app_pages/playground.py")
+    at.query_params.update(qp)
+    return at.run()
+
+
+def _text(at) -> str:
+    return " ".join(m.value for m in at.markdown)
 
 
 @pytest.mark.slow
-def test_playground_places_an_honesty_visitor_and_scores_predictions(lesson_runs_root, monkeypatch):
-    monkeypatch.setenv("PREFLENS_RUNS_DIR", str(lesson_runs_root))
-    rid = LESSON_IDS["vpl-adaptive"]
-    at = AppTest.from_file(APP, default_timeout=240)
-    at.run()
-    at.switch_page("app_pages/playground.py")
-    at.query_params.update({"run": rid, "k": "8", "how": "random"})
+def test_simulated_student_curve_beats_the_traditional_twin_and_bad_weights_say_so(lesson_runs_root, monkeypatch):
+    at = _open(lesson_runs_root, monkeypatch, run=LESSON_IDS["vpl-adaptive"], k="8", mode="student")
+    assert not at.exception, at.exception
+    assert at.radio(key="pg_mode").value == "Simulated student"
+    for key, w in zip(SLIDERS, STUDENT, strict=True):
+        at.slider(key=key).set_value(w)
     at.run()
     assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    curve = figure(at, "pg_student_curve")["data"]
+    assert [t["name"].split(" ")[0] for t in curve] == ["personal", "traditional"]
+    counts = [int(x) for x in array(curve[0]["x"])]
+    personal, traditional = array(curve[0]["y"]).astype(float), array(curve[1]["y"]).astype(float)
+    assert counts == [1, 2, 4, 8, 16] and len(personal) == len(traditional) == 5
+    assert ((0 <= personal) & (personal <= 1)).all() and ((0 <= traditional) & (traditional <= 1)).all()
+    # on the same pairs of unseen questions, a blend neither training user has: once the personal model has
+    # read 8 or 16 answers it orders more of them the student's way than the user-blind model does
+    assert (personal[3:] > traditional[3:]).all(), (personal, traditional)
+    caption = " ".join(c.value for c in at.caption)
+    assert "test questions" in caption and "no run trained on" in caption, caption
+    # the student is placed, and the estimated weights stand beside the true ones (with error bars)
+    assert "**Nearest simulated user:**" in _text(at) and " sd" in _text(at)
+    bars = figure(at, "pg_student_weights")["data"]
+    assert array(bars[0]["y"]).astype(float).round(6).tolist() == STUDENT
+    assert len(array(bars[1]["error_y"]["array"])) == 4
+    assert at.query_params["mode"] == "student" and at.query_params["sw"] == "0.5,0.5,0,0"
+
+    for key in SLIDERS:
+        at.slider(key=key).set_value(0.0)
+    at.run()
+    assert not at.exception, at.exception
+    errors = " ".join(e.value for e in at.error)
+    assert "weights" in errors and "helpfulness 0" in errors and "sum to 0" in errors, errors
+    assert not [c for c in at.get("plotly_chart") if getattr(c, "key", None) == "pg_student_curve"]
+
+
+@pytest.mark.slow
+def test_a_visitor_no_training_user_is_gets_placed_and_predicted_on_all_pairs(lesson_runs_root, monkeypatch):
+    rid = LESSON_IDS["vpl-adaptive"]
+    at = _open(lesson_runs_root, monkeypatch, run=rid, k="8", how="random")
+    assert not at.exception, at.exception
     rm = PersonalRewardModel.from_run(lesson_runs_root / rid, device="cpu")
+    btl = PersonalRewardModel.from_run(lesson_runs_root / LESSON_IDS["traditional"], device="cpu")
     table = rm.table()
+    s = user_scores(table, VISITOR[None])[0]  # (Q, C)
     asked = ask_pairs(table, rm.W, 8, how="random", seed=0)
     for q, i, j in asked:
-        assert table.prompts[q] in " ".join(m.value for m in at.markdown)  # the page asks this very question
-        at.button(key="pg_a" if _prefers_first(table, q, i, j) else "pg_b").click().run()
+        assert table.prompts[q] in _text(at)  # the page asks this very question
+        at.button(key="pg_a" if s[q, i] >= s[q, j] else "pg_b").click().run()
         assert not at.exception, at.exception
-    text = " ".join(m.value for m in at.markdown)
-    assert "**Nearest simulated user:** user 1 " in text, text  # user 1 is the honesty user
-    latent = next(c for c in at.get("plotly_chart") if c.proto.id and "pg_latent" in c.proto.id)
-    assert '"name":"you"' in latent.proto.spec.replace(" ", "")
-    # predict me: answer 6 as the honesty user; the page's running score equals the model's own hits
-    demos = [(table.prompts[q], *((table.responses[q][i], table.responses[q][j]) if _prefers_first(table, q, i, j)
+    text = _text(at)
+    assert "**Nearest simulated user:** user 0 " in text, text  # user 0 is the helpfulness user
+    assert "posterior sd" in text, text  # the distance comes with the posterior's spread
+    latent = figure(at, "pg_latent")
+    assert any(t.get("name") == "you" for t in latent["data"])
+    assert len(array(figure(at, "pg_weights")["data"][0]["error_y"]["array"])) == 4
+
+    # predict me: order every answer of 4 test-split questions as the visitor would
+    demos = [(table.prompts[q], *((table.responses[q][i], table.responses[q][j]) if s[q, i] >= s[q, j]
                                   else (table.responses[q][j], table.responses[q][i]))) for q, i, j in asked]
     me = rm.infer_user(demos)
-    btl = PersonalRewardModel.from_run(lesson_runs_root / LESSON_IDS["traditional"], device="cpu")
-    nxt = ask_pairs(table, rm.W, 16, how="random", seed=1, exclude=[q for q, _, _ in asked])
-    hits = trad = 0
-    for q, i, j in nxt[:6]:
-        first = _prefers_first(table, q, i, j)
-        p = rm.preference(table.prompts[q], table.responses[q][i], table.responses[q][j], user=me)
-        shown = "**A**" if p > 0.5 else "**B**"
-        assert any(f"predicts you will pick {shown}" in m.value for m in at.info)  # shown before the answer
-        hits += (p > 0.5) == first
-        trad += (btl.preference(table.prompts[q], table.responses[q][i], table.responses[q][j]) > 0.5) == first
-        at.button(key="pg_pa" if first else "pg_pb").click().run()
-        assert not at.exception, at.exception
-    text = " ".join(m.value for m in at.markdown)
-    assert f"Personal model: {hits}/6" in text and f"Traditional model: {trad}/6" in text, text
-    assert hits >= 5  # it does predict this visitor
-    assert at.query_params["ans"] and len(at.query_params["pred"]) == 6  # shareable state in the URL
+    train_q, test_q = run_questions(rm)
+    nxt = ask_pairs(table, rm.W, 16, how="random", seed=1,
+                    exclude=sorted({q for q, _, _ in asked} | {int(q) for q in train_q}))
+    hits = trad = total = 0
+    for n, (q, _, _) in enumerate(nxt[:4]):
+        assert q in set(test_q.tolist()) and f"**Question {n + 1}.** {table.prompts[q]}" in _text(at)
+        mine = rm.score(table.prompts[q], table.responses[q], user=me)
+        predicted = " > ".join(f"Answer {c + 1}" for c in np.argsort(-np.asarray(mine), kind="stable"))
+        assert any(predicted in m.value for m in at.info), [m.value for m in at.info]  # shown before ordering
+        order = sorted(range(table.n_completions), key=lambda c, q=q: (-s[q, c], c))
+        for c in order[:-1]:
+            at.button(key=f"pg_r{c}").click().run()
+            assert not at.exception, at.exception
+        h, m = ranking_hits(mine, order)
+        hits, total = hits + h, total + m
+        trad += ranking_hits(btl.score(table.prompts[q], table.responses[q]), order)[0]
+    assert total == 24  # all 6 pairs of each of the 4 questions
+    line = f"Personal model: {hits}/24 pairs ({hits / 24:.2f})** · Traditional model: {trad}/24"
+    assert line in _text(at), _text(at)
+    assert hits > trad, (hits, trad)  # on the very same pairs, reading the visitor beats averaging users
+    assert len(at.query_params["ans"]) == 8 and len(at.query_params["pred"].split("-")) == 4
+
+    # the URL is the state: a reload with it keeps the score
+    again = _open(lesson_runs_root, monkeypatch, **{k: at.query_params[k] for k in at.query_params})
+    assert not again.exception, again.exception
+    assert line in _text(again), _text(again)
