@@ -225,7 +225,7 @@ class VPLRewardModel(nn.Module):
             self.log_prior_precision = nn.Parameter(torch.zeros(()))  # lam = exp(.), learned with the rest
             self.prior_shape = nn.Parameter(torch.eye(d.latent))  # (L, L) S: z = z0 + S y, y ~ N(0, I / lam)
             self.prior_mean = nn.Parameter(torch.zeros(d.latent))  # (L,) z0
-        if user_encoder == "blend":
+        elif user_encoder == "blend":
             self.user_latents = nn.Parameter(torch.randn(n_users, d.latent))
             self.log_sharpness = nn.Parameter(torch.zeros(()))
             self.register_buffer("blend_grid", blend_grid(n_users), persistent=False)  # (S, U)

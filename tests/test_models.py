@@ -99,12 +99,60 @@ def test_mixture_reader_recognises_the_user_whose_reward_explains_the_demonstrat
         VPLRewardModel(32, decoder="concat", user_encoder="mixture", n_users=5)
 
 
-def test_mixture_reader_needs_the_bilinear_decoder_in_a_config():
+def test_mixture_and_fit_readers_need_a_bilinear_term_in_a_config():
     from core.config import ConfigError, build_config
 
-    with pytest.raises(ConfigError, match="user_encoder"):
-        build_config({"preset": "personal", "decoder": "concat"})
-    assert build_config({"preset": "personal"}).user_encoder == "mixture"
+    for reader in ("mixture", "fit", "blend"):
+        with pytest.raises(ConfigError, match=f"user_encoder '{reader}'"):
+            build_config({"preset": "personal", "user_encoder": reader, "decoder": "concat"})
+    assert build_config({"preset": "personal"}).user_encoder == "fit"
+    with pytest.raises(ConfigError, match="agreed_share"):
+        build_config({"preset": "personal", "agreed_share": 0.5})  # personal already keeps every pair
+
+
+def _oriented(m: VPLRewardModel, z: torch.Tensor, a: torch.Tensor, b: torch.Tensor):
+    """(chosen, rejected) (B, K, D): each demonstration ordered the way the reward at latent z (L,) orders it."""
+    B, K, D = a.shape
+    zz = z.expand(B * K, -1)
+    flip = (m.reward(a.reshape(-1, D), zz) < m.reward(b.reshape(-1, D), zz)).view(B, K, 1)
+    return torch.where(flip, b, a), torch.where(flip, a, b)
+
+
+@pytest.mark.parametrize("decoder", ["linear", "bilinear"])
+def test_fit_reader_finds_the_likeliest_taste_and_is_surer_with_more_demonstrations(decoder):
+    """The 'fit' user encoder is the MAP of the demonstrations under the model's own likelihood: with the
+    linear decoder the objective's gradient vanishes at the reading; demonstrations ordered as one taste
+    would order them read closer to that taste than reversed ones; more of them shrink the Laplace
+    variance; their order does not matter; and one step trains every parameter it has."""
+    torch.manual_seed(0)
+    m = VPLRewardModel(32, decoder=decoder, user_encoder="fit", z_mode="mean", fit_steps=6).eval()
+    L = m.dims.latent
+    target = 3.0 * torch.randn(L)
+    a, b = torch.randn(4, 16, 32), torch.randn(4, 16, 32)
+    with torch.no_grad():
+        chosen, rejected = _oriented(m, target, a, b)
+        mu, logvar = m.encode_user(chosen, rejected)
+        back, _ = m.encode_user(rejected, chosen)
+        cos = torch.nn.functional.cosine_similarity
+        assert (cos(mu - m.prior_mean, target[None]) > cos(back - m.prior_mean, target[None]) + 0.2).all()
+        _, lv8 = m.encode_user(chosen[:, :8], rejected[:, :8])
+        assert (logvar.exp().sum(-1) < lv8.exp().sum(-1)).all()  # 16 demonstrations: a surer reading
+        perm = torch.randperm(16)
+        assert torch.allclose(m.encode_user(chosen[:, perm], rejected[:, perm])[0], mu, atol=1e-4)
+    if decoder == "linear":  # the reading is a stationary point of log-likelihood + log-prior (y = S^-1 (z - z0))
+        z = mu.detach().clone().requires_grad_(True)
+        B, K, D = chosen.shape
+        zz = z.repeat_interleave(K, 0)
+        margin = m.reward(chosen.reshape(-1, D), zz) - m.reward(rejected.reshape(-1, D), zz)
+        y = torch.linalg.solve(m.prior_shape, (z - m.prior_mean).T).T
+        obj = torch.nn.functional.logsigmoid(margin).sum() - 0.5 * m.log_prior_precision.exp() * (y ** 2).sum()
+        (g,) = torch.autograd.grad(obj, z)
+        assert g.norm() < 1e-3 * (1 + mu.norm()), g.norm()
+    m.train()
+    out_bias = "decoder.base.3.bias" if decoder == "linear" else "decoder.mlp.3.bias"
+    assert _unchanged_after_one_step(m, chosen, rejected) == [out_bias]
+    with pytest.raises(ValueError, match="user_encoder"):
+        VPLRewardModel(32, decoder="concat", user_encoder="fit")
 
 
 def test_losses_by_hand():
