@@ -6,9 +6,11 @@
         (the study's decoder-only + LoRA setting; see core.study)
 
 writes DIR/runs/<preset>-s<seed>/ (ordinary run directories) and DIR/table.csv + DIR/table.json,
-one row per method: mean +- std of the final mean per-user accuracy, the share of runs that
-converged (every user's accuracy at or above the threshold from some evaluation on), and the
-steps, epochs and wall seconds to get there (means over converged runs).
+one row per setting (method, user set, data, pair filter, encoder: runs on different users, data or
+encoders never share a row): mean +- std of the final mean per-user accuracy, the share of runs that
+converged (every user's accuracy at or above the threshold from some evaluation on), the steps, epochs
+and wall seconds to get there (means over converged runs), and where the runs recorded them, the
+accuracy on all pairs and on people outside training (core.people).
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ def run_row(path: str | Path) -> dict | None:
         "run_id": run.run_id,
         "method": cfg.get("preset") or cfg.get("method"),
         "encoder": _encoder_label(cfg),
+        "users": users_label(cfg),
+        "data": data_label(cfg),
+        "pairs": pairs_label(cfg),
         "seed": cfg.get("seed"),
         "state": status.get("state", "unknown"),
         "steps": last.get("step"),
@@ -70,9 +75,80 @@ def run_row(path: str | Path) -> dict | None:
             row[key] = last[key]
     if "uniform_k0_accuracy" in last:  # few-shot runs carry the study's Figure 4 reference line
         row["uniform_k0_accuracy"] = last["uniform_k0_accuracy"]
+    people = people_measures(records)
+    people.pop("new_users")
+    row.update(people)  # None for runs recorded before core.people
     for u, a in (last.get("user_accuracy") or {}).items():
         row[f"user_{u}_accuracy"] = a
     return row
+
+
+# what makes two runs comparable: summarize() never averages across these
+GROUP_KEYS = ("method", "users", "data", "pairs", "encoder")
+PEOPLE_KEYS = ("all_pairs_accuracy", "new_users_accuracy", "new_users_min")
+
+
+def people_measures(records: list[dict]) -> dict:
+    """all_pairs_accuracy, new_users_accuracy, new_users_min (the worst person) and new_users from the last
+    record that scored people (core.people; every ``people_every`` steps and at the last evaluation);
+    all None for runs recorded before that."""
+    for r in reversed(records):
+        if r.get("all_pairs_accuracy") is not None or r.get("new_users_accuracy") is not None:
+            people = r.get("new_users") if isinstance(r.get("new_users"), list) else []
+            accs = [p["accuracy"] for p in people if isinstance(p, dict) and p.get("accuracy") is not None]
+            return {"all_pairs_accuracy": r.get("all_pairs_accuracy"),
+                    "new_users_accuracy": r.get("new_users_accuracy"),
+                    "new_users_min": min(accs) if accs else None, "new_users": people}
+    return {"all_pairs_accuracy": None, "new_users_accuracy": None, "new_users_min": None, "new_users": []}
+
+
+def _field(cfg: dict, name: str):
+    """A config field, or TrainConfig's default for configs written before the field existed."""
+    from .config import TrainConfig
+
+    return cfg.get(name, TrainConfig.model_fields[name].default)
+
+
+def users_label(cfg: dict) -> str | None:
+    """'two-opposed', 'random (seed 1)', or 'custom (3 users, 5f1c)' for a weight list (the tail tells
+    two custom sets of the same size apart)."""
+    users = cfg.get("users")
+    if isinstance(users, str):
+        seed = int(_field(cfg, "user_seed") or 0)
+        return f"{users} (seed {seed})" if seed and users in ("random", "cluster") else users
+    if isinstance(users, list):
+        import hashlib
+
+        tag = hashlib.sha1(json.dumps(np.round(np.asarray(users, float), 6).tolist()).encode()).hexdigest()[:4]
+        return f"custom ({len(users)} users, {tag})"
+    return None
+
+
+def data_label(cfg: dict) -> str | None:
+    """'offline 1500q s0' (+ signal / noise when not the defaults), or the UltraFeedback file / hub id;
+    None when the config does not say (few-shot runs recorded before it did)."""
+    data = cfg.get("data")
+    if data is None:
+        return None
+    if data != "offline":
+        return str(data)
+    out = f"offline {_field(cfg, 'corpus_prompts')}q s{_field(cfg, 'corpus_seed')}"
+    signal, noise = float(_field(cfg, "signal")), float(_field(cfg, "rating_noise"))
+    if signal != 1.0:
+        out += f" signal {signal:g}"
+    if noise != 0.0:
+        out += f" noise {noise:g}"
+    return out
+
+
+def pairs_label(cfg: dict) -> str | None:
+    """'contested' (the study's filter), 'contested + 50% agreed' (agreed_share), or 'all pairs'."""
+    if "contested_only" not in cfg and "data" not in cfg:
+        return None  # a config that says nothing about its data
+    if not _field(cfg, "contested_only"):
+        return "all pairs"
+    share = float(_field(cfg, "agreed_share") or 0.0)
+    return f"contested + {share * 100:g}% agreed" if share > 0 else "contested"
 
 
 def _encoder_label(cfg: dict) -> str | None:
@@ -84,21 +160,25 @@ def _encoder_label(cfg: dict) -> str | None:
 
 
 def summarize(rows: Iterable[dict]) -> list[dict]:
-    """Rows of runs -> one row per method (mean +- std, converged share, time to converge)."""
-    by_method: dict[str, list[dict]] = {}
+    """Rows of runs -> one row per setting (GROUP_KEYS: method, users, data, pairs, encoder) with mean +- std
+    accuracy, converged share, time to converge, and the means of the reference and people measures.
+
+    Seeds of one setting average into one row; runs on different user sets, data or encoders never do.
+    """
+    groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if r is not None:
-            by_method.setdefault(str(r["method"]), []).append(r)
+            key = (str(r["method"]), *(r.get(k) for k in GROUP_KEYS[1:]))
+            groups.setdefault(key, []).append(r)
     out = []
-    for method, rs in by_method.items():
+    for (method, *setting), rs in groups.items():
         acc = np.array([r["accuracy"] for r in rs if r["accuracy"] is not None], dtype=float)
         conv = [r for r in rs if r["converged"]]
 
         def mean(key, rs=conv):
-            vals = [r[key] for r in rs if r[key] is not None]
+            vals = [r[key] for r in rs if r.get(key) is not None]
             return float(np.mean(vals)) if vals else None
 
-        encoders = sorted({str(r.get("encoder")) for r in rs if r.get("encoder")})
         out.append({
             "method": method,
             "runs": len(rs),
@@ -109,11 +189,13 @@ def summarize(rows: Iterable[dict]) -> list[dict]:
             "epochs_to_converge": mean("epochs_to_converge"),
             "wall_to_converge_s": mean("wall_to_converge_s"),
             "wall_s": mean("wall_s", rs),
-            "encoder": ", ".join(encoders) or None,  # last: the CSV's first columns stay as they were
+            # the setting after the measures, encoder first: the CSV's first columns stay as they were
+            **dict(sorted(zip(GROUP_KEYS[1:], setting, strict=True), key=lambda kv: kv[0] != "encoder")),
         })
-        for key in ("z_shuffled_accuracy", "fresh_demos_accuracy", "ref_global", "ref_group", "ref_probe"):
+        for key in ("z_shuffled_accuracy", "fresh_demos_accuracy", "ref_global", "ref_group", "ref_probe",
+                    *PEOPLE_KEYS):
             if any(r.get(key) is not None for r in rs):
-                out[-1][key] = mean(key, [r for r in rs if key in r])
+                out[-1][key] = mean(key, rs)
     return out
 
 

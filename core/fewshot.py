@@ -562,9 +562,12 @@ def run_methods(methods: list[str], seeds: list[int], out, overrides: dict | Non
 
             groups[seed] = preset_groups(cfg.users)
     def run_config(k, seed, judge):
+        c = limits[seed]  # the users and data, so that the Results page compares like with like
         return {"kind": "fewshot", "preset": f"fewshot-k{k}", "method": "fewshot", "k": k, "seed": seed,
-                "judge": judge, "how": how, "queries_per_user": queries_per_user, "users": limits[seed].users,
-                "converge_threshold": limits[seed].converge_threshold}
+                "judge": judge, "how": how, "queries_per_user": queries_per_user, "users": c.users,
+                "converge_threshold": c.converge_threshold,
+                **{f: getattr(c, f) for f in ("user_seed", "data", "corpus_prompts", "corpus_seed", "signal",
+                                              "rating_noise", "contested_only")}}
 
     runs = {seed: [RunDir(out / "runs" / f"fewshot-k{k}-s{seed}").create() for k in ks] for seed in seeds}
     seed_progress = {}
