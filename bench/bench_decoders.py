@@ -7,7 +7,9 @@ Each cell trains the ``vpl`` preset (frozen bundled MiniLM on cached embeddings,
 1500 questions) with ``decoder`` set, and reads the run's own records: the final accuracy per user,
 z_shuffled_accuracy (the same test pairs read with another user's demonstrations), fresh_demos_accuracy
 (read with the same user's demonstrations from pairs outside the training pool), and the step-0
-reference ceilings (global / group mean weights, a per-user linear probe) on the same test pairs.
+reference ceilings (global / group mean weights, a per-user linear probe) on the same test pairs, and
+where the run scored people (core.people, at its last evaluation): "all pairs" (its own users on every
+strict pair of the test questions) and "new people" (people outside training, the worst in brackets).
 ``--presets`` runs named presets instead of decoders (e.g. ``traditional personal``).
 
 The target (issue 9): every user at or above 0.90 or within 0.03 of that user's probe ceiling
@@ -31,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 def cell(preset: str, decoder: str | None, users: str, seed: int, steps: int, extra: dict, root: Path) -> dict:
     from core.config import build_config
+    from core.experiments import people_measures
     from core.train import train
 
     raw = {"preset": preset, "users": users, "seed": seed, "steps": steps, "eval_every": max(1, steps // 8), **extra}
@@ -45,10 +48,13 @@ def cell(preset: str, decoder: str | None, users: str, seed: int, steps: int, ex
     probe = ref["user"].get("probe") or {}
     ok = all(a >= 0.90 or (u in probe and a >= probe[u] - 0.03) for u, a in ua.items())
     span = (ref["group"] or 0) - (ref["global"] or 0)
+    people = people_measures(hist)  # from the last record that scored people; None before core.people
     return {
         "method": preset if not decoder else f"{preset}/{decoder}", "users": users, "seed": seed, "steps": steps,
         "accuracy": last["accuracy"], "min_user": min(ua.values()), "user_accuracy": ua,
         "z_shuffled": last.get("z_shuffled_accuracy"), "fresh": last.get("fresh_demos_accuracy"), "ok": ok,
+        "all_pairs": people["all_pairs_accuracy"], "new_people": people["new_users_accuracy"],
+        "new_people_min": people["new_users_min"], "new_people_each": people["new_users"],
         "ref_global": ref["global"], "ref_group": ref["group"], "ref_probe": ref["probe"], "probe_user": probe,
         "gap_closed": (last["accuracy"] - ref["global"]) / span if span > 0.01 else None,
         "wall_s": wall,
@@ -87,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(r)
         ua, probe = r["user_accuracy"], r["probe_user"]
         print(f"{r['method']:<16} {r['users']:<13} s{r['seed']}  acc {fmt(r['accuracy'])}  min {fmt(r['min_user'])}  "
-              f"z-shuffled {fmt(r['z_shuffled'])}  fresh {fmt(r['fresh'])}  ok {r['ok']!s:<5}  gap closed {fmt(r['gap_closed'], '.2f')}  "
+              f"z-shuffled {fmt(r['z_shuffled'])}  fresh {fmt(r['fresh'])}  all pairs {fmt(r['all_pairs'])}  "
+              f"new people {fmt(r['new_people'])} (min {fmt(r['new_people_min'])})  "
+              f"ok {r['ok']!s:<5}  gap closed {fmt(r['gap_closed'], '.2f')}  "
               f"[{' '.join(fmt(a, '.2f') for a in ua.values()) if len(ua) <= 8 else '...'}]"
               f"  probe [{' '.join(fmt(a, '.2f') for a in probe.values()) if len(probe) <= 8 else fmt(r['ref_probe'])}]"
               f"  {r['wall_s']:.0f}s", flush=True)
@@ -104,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             for p, d, u, seed in jobs:
                 report(cell(p, d, u, seed, steps, extra, Path(tmp)))
     print("\nsummary (mean over seeds)")
-    print(f"{'method':<16} {'users':<13} {'acc':>6} {'min user':>9} {'z-shuf':>7} {'fresh':>6} {'ok':>5} {'global':>7} {'group':>7} "
-          f"{'probe':>7} {'gap':>6} {'s/run':>6}")
+    print(f"{'method':<16} {'users':<13} {'acc':>6} {'min user':>9} {'z-shuf':>7} {'fresh':>6} {'all_pairs':>9} "
+          f"{'new people':>10} {'ok':>5} {'global':>7} {'group':>7} {'probe':>7} {'gap':>6} {'s/run':>6}")
     keys = []
     for r in rows:
         if (r["method"], r["users"]) not in keys:
@@ -119,11 +127,12 @@ def main(argv: list[str] | None = None) -> int:
             return sum(vals) / len(vals) if vals else None
 
         s = {"method": m, "users": u, "seeds": len(rs), **{k: mean(k) for k in
-             ("accuracy", "min_user", "z_shuffled", "fresh", "ref_global", "ref_group", "ref_probe", "gap_closed", "wall_s")},
+             ("accuracy", "min_user", "z_shuffled", "fresh", "all_pairs", "new_people", "new_people_min", "ref_global",
+              "ref_group", "ref_probe", "gap_closed", "wall_s")},
              "ok_share": sum(r["ok"] for r in rs) / len(rs)}
         summary.append(s)
         print(f"{m:<16} {u:<13} {fmt(s['accuracy']):>6} {fmt(s['min_user']):>9} {fmt(s['z_shuffled']):>7} "
-              f"{fmt(s['fresh']):>6} "
+              f"{fmt(s['fresh']):>6} {fmt(s['all_pairs']):>9} {fmt(s['new_people']):>10} "
               f"{s['ok_share']:>5.2f} {fmt(s['ref_global']):>7} {fmt(s['ref_group']):>7} {fmt(s['ref_probe']):>7} "
               f"{fmt(s['gap_closed'], '.2f'):>6} {fmt(s['wall_s'], '.0f'):>6}")
     out = Path(args.out)
