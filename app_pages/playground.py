@@ -156,7 +156,7 @@ def show_placement(rm: PersonalRewardModel, path: str, stamp: float, me: UserEst
     star = "you" if who == "you" else "student"
     fig.add_trace(go.Scatter(x=[xy[-1, 0]], y=[xy[-1, 1]], mode="markers+text", name=star, text=[star],
                              textposition="top center", marker={"size": 16, "symbol": "star", "color": "black"}))
-    fig.update_layout(title=f"{who.capitalize()} among the run's users (t-SNE of latent means, as on the Latent page)",
+    fig.update_layout(title=f"{who.capitalize()} among the run's users (t-SNE of latent means)",
                       height=380, margin={"t": 40})
     left.plotly_chart(fig, key=f"{key}_latent", use_container_width=True)
     x = [NICE[a] for a in ASPECTS]
@@ -174,7 +174,9 @@ def show_placement(rm: PersonalRewardModel, path: str, stamp: float, me: UserEst
     right.caption(f"Error bars: ± 1 standard deviation, from two sources: the spread of the weights over 64 draws "
                   f"from the posterior above, and the error of the linear map from latents to weights, fitted on the "
                   f"run's users ({qual['kind']} error {qual.get('mae', float('nan')):.3f}). With two users the map is "
-                  "a line between them: it can only say which of the two is closer.")
+                  "a line between them: it can only say which of the two is closer."
+                  + (" Compare with the grey bars: their gap is this student's real error, which bars measured on the "
+                     "run's own users can understate." if true_w is not None else ""))
 
 
 def student_section(rm: PersonalRewardModel, path: str, stamp: float, k: int, twin: dict | None):

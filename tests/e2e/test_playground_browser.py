@@ -1,4 +1,5 @@
-"""Browser: become an honesty-only visitor on the Playground, get placed, and watch 'predict me' keep score."""
+"""Browser: the Playground in Chromium. A teacher's simulated student draws its curve; a visitor whose taste
+no training user has is placed, then orders every answer of new questions and sees both models' scores."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ import numpy as np
 import pytest
 
 from core.reward import PersonalRewardModel, ask_pairs
+from core.student import ranking_hits, run_questions
 from core.users import user_scores
 from tests.conftest import LESSON_IDS
 from tests.e2e.test_browser import SHOTS, app_server, browser_page
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-HONESTY = np.asarray([[0.0, 1.0, 0.0, 0.0]])
+VISITOR = np.asarray([[0.8, 0.2, 0.0, 0.0]])  # mostly helpfulness: neither of the lesson's one-hot users
+CURVE_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(g => (g.data || [])
+    .filter(t => /^(personal|traditional)/.test(t.name || '')).map(t => Array.from(t.y || []))).find(d => d.length)"""
 
 
 def settle(page) -> None:
@@ -20,39 +24,62 @@ def settle(page) -> None:
     page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=120_000)
 
 
-def test_playground_places_a_visitor_and_predicts_them(tmp_path, lesson_runs_root, cache_root):
+def test_simulated_student_draws_its_curve(tmp_path, lesson_runs_root, cache_root):
+    rid = LESSON_IDS["vpl-adaptive"]
+    SHOTS.mkdir(exist_ok=True)
+    with app_server(tmp_path, lesson_runs_root, cache_root) as url, browser_page() as page:
+        page.goto(f"{url}/playground?run={rid}&k=8", wait_until="domcontentloaded")
+        page.locator(".st-key-pg_mode").get_by_text("Simulated student").click(timeout=120_000)
+        page.wait_for_function(f"() => ({CURVE_JS})() !== undefined", timeout=180_000)
+        curves = page.evaluate(CURVE_JS)
+        assert len(curves) == 2 and all(len(y) == 5 and all(0 <= v <= 1 for v in y) for y in curves), curves
+        assert "mode=student" in page.url
+        assert page.get_by_text("no run trained on", exact=False).count() >= 1
+        page.screenshot(path=str(SHOTS / "playground-student.png"), full_page=True)
+
+
+def test_a_visitor_is_placed_and_predicted_on_all_pairs(tmp_path, lesson_runs_root, cache_root):
     rid = LESSON_IDS["vpl-adaptive"]
     rm = PersonalRewardModel.from_run(lesson_runs_root / rid, device="cpu")
+    btl = PersonalRewardModel.from_run(lesson_runs_root / LESSON_IDS["traditional"], device="cpu")
     table = rm.table()
-    honest = user_scores(table, HONESTY)[0]
+    s = user_scores(table, VISITOR)[0]
     asked = ask_pairs(table, rm.W, 8, how="random", seed=0)
-    nxt = ask_pairs(table, rm.W, 16, how="random", seed=1, exclude=[q for q, _, _ in asked])
+    train_q, _ = run_questions(rm)
+    nxt = ask_pairs(table, rm.W, 16, how="random", seed=1,
+                    exclude=sorted({q for q, _, _ in asked} | {int(q) for q in train_q}))
+    demos = [(table.prompts[q], *((table.responses[q][i], table.responses[q][j]) if s[q, i] >= s[q, j]
+                                  else (table.responses[q][j], table.responses[q][i]))) for q, i, j in asked]
+    me = rm.infer_user(demos)
     SHOTS.mkdir(exist_ok=True)
     with app_server(tmp_path, lesson_runs_root, cache_root) as url, browser_page() as page:
         page.goto(f"{url}/playground?run={rid}&k=8&how=random", wait_until="domcontentloaded")
         for n, (q, i, j) in enumerate(asked):
             settle(page)
             page.get_by_text(f"Question {n + 1}.", exact=False).first.wait_for(timeout=120_000)
-            page.locator(".st-key-pg_a button" if honest[q, i] > honest[q, j] else ".st-key-pg_b button").click()
+            page.locator(".st-key-pg_a button" if s[q, i] >= s[q, j] else ".st-key-pg_b button").click()
         page.get_by_text("2. Predict me").first.wait_for(timeout=120_000)  # all 8 answers are in
         placed = page.locator("[data-testid='stMarkdownContainer']",
                               has_text="Nearest simulated user:").first.inner_text()
-        assert "user 1 " in placed, placed  # the honesty user
+        assert "user 0 " in placed and "posterior sd" in placed, placed  # the helpfulness user, with the spread
         page.wait_for_function("() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
                                ".some(g => (g.data || []).some(t => t.name === 'you'))", timeout=120_000)
-        hits = 0
-        for n, (q, i, j) in enumerate(nxt[:4]):
-            # the page has moved on to this question (not the last one's stale prediction)
+        hits = trad = 0
+        for n, (q, _, _) in enumerate(nxt[:2]):
             settle(page)
             page.get_by_text(f"Question {n + 1}.", exact=False).first.wait_for(timeout=120_000)
-            info = page.get_by_text("The model predicts you will pick", exact=False).first
-            info.wait_for(timeout=120_000)
-            predicted_a = "pick A" in info.inner_text()
-            first = honest[q, i] > honest[q, j]
-            hits += predicted_a == first
-            page.locator(".st-key-pg_pa button" if first else ".st-key-pg_pb button").click()
-            page.get_by_text(f"Personal model: {hits}/{n + 1}", exact=False).first.wait_for(timeout=120_000)
-        assert hits >= 3
+            order = sorted(range(table.n_completions), key=lambda c, q=q: (-s[q, c], c))
+            for c in order[:-1]:  # the best of the remaining answers, until one is left
+                settle(page)
+                page.locator(f".st-key-pg_r{c} button").click()
+            hits += ranking_hits(rm.score(table.prompts[q], table.responses[q], user=me), order)[0]
+            trad += ranking_hits(btl.score(table.prompts[q], table.responses[q]), order)[0]
+            total = 6 * (n + 1)
+            line = page.locator("[data-testid='stMarkdownContainer']",
+                                has_text=f"Personal model: {hits}/{total} pairs").first
+            line.wait_for(timeout=120_000)
+            assert f"Traditional model: {trad}/{total}" in line.inner_text(), line.inner_text()
+        assert hits > trad, (hits, trad)  # the same 12 pairs: reading the visitor beats averaging users
         page.screenshot(path=str(SHOTS / "playground.png"), full_page=True)
         # a link to /home lands on Home (it used to open Streamlit's "Page not found" dialog)
         page.goto(f"{url}/home", wait_until="domcontentloaded")
