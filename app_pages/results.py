@@ -1,4 +1,5 @@
-"""Results: finished runs grouped by method (the study's Tables 2-4 and Figure 11), sweeps, CSV."""
+"""Results: finished runs grouped by method and setting (users, data, pairs, encoder; the study's
+Tables 2-4 and Figure 11), sweeps, CSV."""
 
 from __future__ import annotations
 
@@ -52,11 +53,64 @@ if torn:
 if notes:
     st.caption("Skipped: " + "; ".join(notes) + ".")
 
+SETTING = ("users", "data", "pairs", "encoder")  # with the method: what makes two runs comparable
+for row in rows:  # runs whose config does not say (few-shot runs from before it did) form their own group
+    for c in SETTING:
+        if row.get(c) is None:
+            row[c] = "unknown"
+
 if not rows:
     st.info("No finished training runs yet. Launch a seed sweep below or use the Train page.")
 else:
+    st.caption("Runs are compared like with like: one row and one bar per method **and** user set, data, pair "
+               "filter and encoder; the seeds of one setting are averaged.")
+    f1, f2, f3 = st.columns(3)
+    picked = {}
+    for col, c, label in ((f1, "users", "User sets"), (f2, "data", "Data"), (f3, "encoder", "Encoders")):
+        options = list(dict.fromkeys(str(r[c]) for r in rows))
+        picked[c] = col.multiselect(label, options, default=options, key=f"results_filter_{c}")
+    rows = [r for r in rows if all(str(r[c]) in picked[c] for c in picked)]
+    if not rows:
+        st.info("No run matches the filters above.")
+
+
+def labels(df: pd.DataFrame, dims=SETTING) -> tuple[list[str], list[str]]:
+    """A bar label per row: the method plus each of ``dims`` that differs between rows (the ones shared by all
+    rows come back second, as 'name: value' for a caption)."""
+    vary = [c for c in dims if df[c].astype(str).nunique() > 1]
+    same = [f"{c} {df[c].iloc[0]}" for c in dims if c not in vary and len(df)]
+    return [" · ".join(str(r[c]) for c in ("method", *vary)) for _, r in df.iterrows()], same
+
+
+PEOPLE_HELP = {
+    "all_pairs_accuracy": ("all pairs", "The run's own users scored on every pair with a strict preference on the "
+                           "test questions (not only the contested ones), each user read from 8 of their own "
+                           "choices. Blank for runs recorded before this was measured."),
+    "new_users_accuracy": ("new people", "People outside training: one-hot tastes, 50/50 blends, the uniform "
+                           "user, Dirichlet draws, scored on every strict pair of the test questions, each read "
+                           "from 8 of their own choices. Beside it, the traditional model's figure on the same "
+                           "people and pairs is the baseline."),
+    "new_users_traditional": ("new people: traditional", "The traditional model's new-people figure in the same "
+                              "setting (users, data, pairs, encoder): the baseline a personalized model must beat."),
+    "new_users_min": ("worst new person", "The lowest accuracy among the people outside training (mean over runs)."),
+}
+
+if rows:
     summary = pd.DataFrame(summarize(rows))
+    # the settings side by side (in order of first appearance), so that a user set's bars stand together
+    first = {k: i for i, k in enumerate(dict.fromkeys(summary[list(SETTING)].astype(str).apply(tuple, axis=1)))}
+    summary = summary.iloc[summary[list(SETTING)].astype(str).apply(tuple, axis=1).map(first).argsort(kind="stable")]
+    summary = summary.reset_index(drop=True)
     runs_df = pd.DataFrame(rows)
+    summary["label"], same = labels(summary)
+    key = dict(zip(summary[list(SETTING) + ["method"]].astype(str).apply(tuple, axis=1), summary["label"],
+                   strict=True))
+    runs_df["label"] = [key[t] for t in runs_df[list(SETTING) + ["method"]].astype(str).apply(tuple, axis=1)]
+    if "new_users_accuracy" in summary:  # the traditional model's figure in each row's setting, beside it
+        trad = summary[summary["method"] == "traditional"].set_index(list(SETTING))["new_users_accuracy"]
+        summary["new_users_traditional"] = [trad.get(tuple(r[c] for c in SETTING)) if r["method"] != "traditional"
+                                            else None for _, r in summary.iterrows()]
+
     def rounded(df: pd.DataFrame) -> pd.DataFrame:
         """For display only (the CSV downloads keep full precision): seconds to 0.1, the rest to 0.001."""
         secs = {c: 1 for c in df.columns if c.endswith("_s")}
@@ -65,14 +119,27 @@ else:
     show = rounded(summary)
     show["accuracy"] = [f"{m:.3f} ± {s:.3f}" if m is not None and pd.notna(m) else "n/a"
                         for m, s in zip(summary["accuracy_mean"], summary["accuracy_std"], strict=True)]
-    st.subheader("By method")
+    st.subheader("By method and setting")
     refs = [c for c in ("z_shuffled_accuracy", "fresh_demos_accuracy", "ref_global", "ref_group", "ref_probe")
             if c in show]
-    st.dataframe(show[["method", "runs", "accuracy", "converged_share", "steps_to_converge",
+    people = [c for c in ("all_pairs_accuracy", "new_users_accuracy", "new_users_traditional", "new_users_min")
+              if c in show]
+    st.dataframe(show[["method", *SETTING, "runs", "accuracy", *people, "converged_share", "steps_to_converge",
                        "epochs_to_converge", "wall_to_converge_s", "wall_s", *refs]], hide_index=True,
                  use_container_width=True, key="results_summary",
                  column_config={"converged_share": st.column_config.ProgressColumn(
                      "converged share", min_value=0.0, max_value=1.0, format="%.2f"),
+                     "users": st.column_config.TextColumn("users", help="The user set the runs trained on."),
+                     "data": st.column_config.TextColumn("data", help="The questions: the offline corpus (questions, "
+                                                         "seed, and signal / rating noise when not the defaults) "
+                                                         "or the UltraFeedback file / hub id."),
+                     "pairs": st.column_config.TextColumn("pairs", help="Which pairs the runs trained and were "
+                                                          "tested on: contested (the users disagree; the study's "
+                                                          "filter), contested plus a share of agreed pairs, or all."),
+                     "encoder": st.column_config.TextColumn("encoder", help="The text encoder and how it trained "
+                                                            "(or the few-shot judge)."),
+                     **{c: st.column_config.NumberColumn(name, format="%.3f", help=text)
+                        for c, (name, text) in PEOPLE_HELP.items()},
                      "z_shuffled_accuracy": st.column_config.NumberColumn(
                          "z shuffled", format="%.3f", help="Accuracy when each test pair is read with another "
                          "user's demonstrations; close to accuracy = the model ignores who the user is."),
@@ -86,64 +153,93 @@ else:
                          "ref: group", format="%.3f", help="Each user's group-mean weights on the true ratings."),
                      "ref_probe": st.column_config.NumberColumn(
                          "ref: probe", format="%.3f", help="A linear probe per user on the frozen embeddings.")})
+    if people:
+        st.caption("**all pairs**: every pair with a strict preference on the test questions, each user read from "
+                   "8 of their own choices. **new people**: people outside training (one-hot tastes, 50/50 "
+                   "blends, the uniform user, Dirichlet draws), scored the same way; beside it the traditional "
+                   "model's figure on the same people and pairs is the baseline. Blank: runs recorded before "
+                   "these were measured.")
     if refs:
         st.caption("Reference columns are computed at step 0 on each run's own test pairs (means over its runs): "
                    "what one global taste, each user's group taste, and a per-user linear reader of the frozen "
                    "features reach. A personalized model should sit between global and probe.")
-    bar = go.Figure(go.Bar(x=summary["method"], y=summary["accuracy_mean"],
+    bar = go.Figure(go.Bar(x=summary["label"], y=summary["accuracy_mean"],
                            error_y={"type": "data", "array": summary["accuracy_std"].fillna(0).tolist()},
                            text=[f"n={n}" for n in summary["runs"]], name="mean accuracy"))
     bar.update_layout(title="Final mean per-user accuracy (± std over seeds)", yaxis_range=[0, 1.02],
                       height=340, margin={"t": 40})
     bar.add_hline(y=0.5, line_dash="dot", line_color="grey")
     st.plotly_chart(bar, key="results_accuracy", use_container_width=True)
+    if same:
+        st.caption("Every bar: " + "; ".join(same) + ".")
 
-    fewshot = summary[summary["method"].str.startswith("fewshot-")]
-    if len(fewshot):
+    # the study's Figure 6: few-shot and trained methods on the same users, data and pairs (one chart each)
+    is_fs = summary["method"].str.startswith("fewshot-")
+    facets = list(dict.fromkeys(tuple(r) for r in summary.loc[is_fs, ["users", "data", "pairs"]].itertuples(index=False)))
+    if facets:
         st.subheader("Few-shot prompting vs trained reward models (the study's Figure 6)")
-        order = sorted(fewshot["method"], key=lambda m: int(m.split("-k")[1])) + \
-            [m for m in summary["method"] if not m.startswith("fewshot-")]
-        ordered = summary.set_index("method").loc[order]
-        fs = go.Figure(go.Bar(x=order, y=ordered["accuracy_mean"],
-                              error_y={"type": "data", "array": ordered["accuracy_std"].fillna(0).tolist()},
-                              marker_color=["#9aa5b1" if m.startswith("fewshot-") else "#5b4bdb" for m in order]))
-        ref = runs_df.loc[runs_df["method"] == "fewshot-k0", "uniform_k0_accuracy"].dropna() \
-            if "uniform_k0_accuracy" in runs_df else pd.Series(dtype=float)
+    for i, facet in enumerate(facets):
+        part = summary[(summary[["users", "data", "pairs"]].apply(tuple, axis=1) == facet)].copy()
+        part["k"] = [int(m.split("-k")[1]) if m.startswith("fewshot-") else 10**6 for m in part["method"]]
+        part = part.sort_values("k", kind="stable")
+        # the encoder only where two rows of one method differ in it (the judge is what few-shot means)
+        enc = part.groupby("method")["encoder"].transform("nunique").gt(1)
+        xs = [f"{m} · {e}" if twice else m for m, e, twice in zip(part["method"], part["encoder"], enc, strict=True)]
+        fs = go.Figure(go.Bar(x=xs, y=part["accuracy_mean"],
+                              error_y={"type": "data", "array": part["accuracy_std"].fillna(0).tolist()},
+                              marker_color=["#9aa5b1" if m.startswith("fewshot-") else "#5b4bdb"
+                                            for m in part["method"]]))
+        ref = pd.Series(dtype=float)
+        if "uniform_k0_accuracy" in runs_df:
+            k0 = runs_df[(runs_df["method"] == "fewshot-k0")
+                         & (runs_df[["users", "data", "pairs"]].apply(tuple, axis=1) == facet)]
+            ref = k0["uniform_k0_accuracy"].dropna()
         if len(ref):
             fs.add_hline(y=float(ref.mean()), line_dash="dash", line_color="#d62728",
                          annotation_text="uniform user, no demonstrations")
         fs.update_layout(yaxis_range=[0, 1.02], yaxis_title="mean per-user accuracy", height=360, margin={"t": 20})
-        st.plotly_chart(fs, key="results_fewshot", use_container_width=True)
+        if len(facets) > 1:
+            st.markdown(f"users **{facet[0]}** · data **{facet[1]}** · pairs **{facet[2]}**")
+        st.plotly_chart(fs, key="results_fewshot" if i == 0 else f"results_fewshot_{i}", use_container_width=True)
+    if facets:
         st.caption("Grey: an instruction-tuned LM shown k of the user's own choices (no training), read from "
                    "its A/B probabilities in both orders. Purple: trained reward models. The dashed line is "
                    "the uniform user's accuracy with no demonstrations, today's one-size-fits-all reference.")
 
-    ucols = sorted([c for c in runs_df.columns if c.startswith("user_") and c.endswith("_accuracy")],
-                   key=lambda c: int(c.split("_")[1]) if c.split("_")[1].isdigit() else 0)
-    if ucols:
+    ucols_all = [c for c in runs_df.columns if c.startswith("user_") and c.endswith("_accuracy")]
+    if ucols_all:
         st.subheader("Per-user accuracy (mean over runs)")
-        per_user = runs_df.groupby("method")[ucols].mean()
+    # user 0 of one user set is not user 0 of another: one chart per user set
+    for i, (uset, part) in enumerate(runs_df.groupby("users", sort=False)):
+        ucols = sorted([c for c in ucols_all if part[c].notna().any()],
+                       key=lambda c: int(c.split("_")[1]) if c.split("_")[1].isdigit() else 0)
+        if not ucols:
+            continue
+        per_user = part.groupby("label", sort=False)[ucols].mean().rename_axis("method")
+        if runs_df["users"].nunique() > 1:
+            st.markdown(f"users **{uset}**")
         fig = go.Figure()
         if len(ucols) <= 12:
-            for method, vals in per_user.iterrows():
-                fig.add_trace(go.Bar(x=[c.split("_")[1] for c in ucols], y=vals.tolist(), name=str(method)))
+            for label, vals in per_user.iterrows():
+                fig.add_trace(go.Bar(x=[c.split("_")[1] for c in ucols], y=vals.tolist(), name=str(label)))
             fig.update_layout(barmode="group", xaxis_title="user", yaxis_title="accuracy")
         else:
-            for method, vals in per_user.iterrows():
-                fig.add_trace(go.Box(y=vals.tolist(), name=str(method), boxpoints="all"))
+            for label, vals in per_user.iterrows():
+                fig.add_trace(go.Box(y=vals.tolist(), name=str(label), boxpoints="all"))
             fig.update_layout(yaxis_title="per-user accuracy")
         fig.update_layout(height=340, yaxis_range=[0, 1.02], margin={"t": 20})
-        st.plotly_chart(fig, key="results_user_accuracy", use_container_width=True)
+        sfx = "" if i == 0 else f"_{i}"
+        st.plotly_chart(fig, key=f"results_user_accuracy{sfx}", use_container_width=True)
         st.dataframe(rounded(per_user).rename(columns=lambda c: f"user {c.split('_')[1]}").reset_index(),
-                     hide_index=True, key="results_user_table")
+                     hide_index=True, key=f"results_user_table{sfx}")
 
     with st.expander(f"All {len(rows)} runs"):
-        st.dataframe(rounded(runs_df), hide_index=True, key="results_runs")
+        st.dataframe(rounded(runs_df.drop(columns="label")), hide_index=True, key="results_runs")
     c1, c2 = st.columns(2)
-    c1.download_button("Download summary (CSV)", summary.to_csv(index=False), "preflens-summary.csv",
-                       "text/csv", key="dl_summary")
-    c2.download_button("Download runs (CSV)", runs_df.to_csv(index=False), "preflens-runs.csv", "text/csv",
-                       key="dl_runs")
+    c1.download_button("Download summary (CSV)", summary.drop(columns=["label", "new_users_traditional"], errors="ignore").to_csv(index=False),
+                       "preflens-summary.csv", "text/csv", key="dl_summary")
+    c2.download_button("Download runs (CSV)", runs_df.drop(columns="label").to_csv(index=False), "preflens-runs.csv",
+                       "text/csv", key="dl_runs")
 
 st.subheader("Launch a seed sweep")
 name, useed, W = current_users()

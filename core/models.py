@@ -322,12 +322,11 @@ class VPLRewardModel(nn.Module):
         m = (p * (1 - p)).clamp_min(1e-6).sqrt()  # (B, K) D^1/2
         MA = m[..., None] * A  # (B, K, L)
         X = m[..., None] * G * m[:, None, :] + lam * eye  # (B, K, K)
-        shrink = (MA * torch.linalg.solve(X, MA)).sum(1)  # (B, L) diag(A^T M X^-1 M A)
-        # Cov(y) = (I - A^T M X^-1 M A) / lam; z = z0 + S y, Cov(z) = S Cov(y) S^T: its diagonal
+        # Cov(y) = (I - A^T M X^-1 M A) / lam and z = z0 + S y, so with Q = M A S^T (B, K, L) the diagonal of
+        # Cov(z) = S Cov(y) S^T is (rowsum(S^2) - colsum(Q * X^-1 Q)) / lam: O(B K L), no (L, L) per reading
         Sm = self.prior_shape
-        cov_y = (torch.eye(len(Sm), device=A.device)[None] - MA.transpose(1, 2) @ torch.linalg.solve(X, MA)) / lam
-        var = torch.einsum("ij,bjk,ik->bi", Sm, cov_y, Sm).clamp_min(1e-8)
-        del shrink
+        Q = MA @ Sm.T
+        var = ((Sm ** 2).sum(1) - (Q * torch.linalg.solve(X, Q)).sum(1)).clamp_min(1e-8) / lam
         return self.prior_mean + y @ Sm.T, var.log()
 
     def posterior(self, ctx_chosen: torch.Tensor, ctx_rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

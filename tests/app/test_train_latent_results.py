@@ -77,8 +77,10 @@ def test_latent_page_tsne_points_per_user_and_separation_per_step(runs_root):
     fig = figure(at, "latent_tsne")
     with np.load(root / ids["vpl"] / "latents" / "step-000006.npz") as z:
         users, counts = np.unique(z["user"], return_counts=True)
-    got = {t["meta"]["user"]: len(array(t["x"])) for t in fig["data"]}
+    got = {t["meta"]["user"]: len(array(t["x"])) for t in fig["data"] if "user" in t["meta"]}
     assert got == {int(u): int(c) for u, c in zip(users, counts, strict=True)}
+    # the people scored at the last evaluation share the picture (tests/app/test_latent_people.py)
+    assert {t["meta"]["people"] for t in fig["data"] if "people" in t["meta"]} == {"trained", "outside"}
     assert all(np.isfinite(array(t["y"])).all() for t in fig["data"])
     sep = figure(at, "latent_separation")["data"][0]
     assert list(array(sep["x"])) == [0, 2, 4, 6]
