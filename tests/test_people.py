@@ -98,3 +98,19 @@ def test_runs_record_all_pairs_and_people_outside_training_on_the_same_people_an
     P = len(vpl[-1]["new_users"])
     assert z["mu"].shape[0] == P * 3 and z["weights"].shape == (P, 4) and len(z["names"]) == P
     assert not list((tmp_path / "b" / "latents").glob("people-*"))  # a traditional model has no latent
+
+
+@pytest.mark.slow
+def test_personal_serves_its_users_on_all_pairs_and_people_outside_training_better_than_traditional(
+        tmp_path, cache_root, small_corpus_embeddings):
+    """The measure a person would use, where it can fail: four one-hot users, trained on every pair; each
+    user read from 8 of their own choices and scored on every pair of the test questions, and people the
+    run never trained on (blends, the uniform user, Dirichlet draws), against a traditional model trained
+    on the same pairs and scored on the same people and pairs."""
+    common = {**SMALL, "users": "four-one-hot", "contested_only": False, "steps": 300, "eval_every": 300,
+              "cache_dir": cache_root}
+    me = train(build_config({"preset": "personal", **common}), tmp_path / "p", log=lambda m: None)[-1]
+    trad = train(build_config({"preset": "traditional", **common}), tmp_path / "t", log=lambda m: None)[-1]
+    for u, acc in me["all_pairs_user_accuracy"].items():
+        assert acc >= trad["all_pairs_user_accuracy"][u] + 0.05, (u, me["all_pairs_user_accuracy"], trad)
+    assert me["new_users_accuracy"] >= trad["new_users_accuracy"] + 0.03, (me["new_users"], trad["new_users"])
