@@ -234,15 +234,20 @@ user_cfg, user_text = users_field()
 if not runs:
     st.info("**The lessons in one click.** *Two opposed users* (helpfulness vs honesty): a traditional reward "
             "model can only average them and stays near chance for both; the personalized (VPL) model with "
-            "adaptive sampling reads each user from a few examples and serves both. About 15 seconds once `scripts/setup.sh` has warmed its embeddings (about 90 without).\n\n"
+            "adaptive sampling reads each user from a few examples and serves both. About 15 seconds once "
+            "`scripts/setup.sh` has warmed its embeddings (about 90 without). "
+            "But the study trains only on the pairs the two users disagree on, so the model learns the honesty "
+            "user as *the opposite of the helpfulness user*, not as someone who values honesty: scored on all of "
+            "that user's pairs of new questions it is near chance, and it rewards unhelpful answers. The "
+            "`personal` preset trains on every pair each user has a preference on (the *all pairs* and *new "
+            "people* columns on the Results page measure this).\n\n"
             "*Four users* (one per aspect): the study's VPL model only appends who the user is (z) to the "
             "response embedding, so it stalls at the traditional model's level, and its *z shuffled* accuracy "
             "(the same questions read with another user's examples) equals its accuracy: it ignores z. "
-            "PrefLens's `personal` preset lets z multiply the response features and reads a user by asking "
-            "which known user's taste best explains their examples: it serves all four (about 0.93 on "
-            "average, every user above 0.85, also with examples it never saw in training; the dashed "
-            "*per-user probe* line is what a linear head trained on one user alone reaches). About a "
-            "minute and a half on a 2-core CPU.")
+            "PrefLens's `personal` preset lets z multiply the response features and reads a person by fitting "
+            "the z that best explains their examples, so blends and the uniform person are read too, not "
+            "forced onto one trained user (the dashed *per-user probe* line is what a linear head trained on "
+            "one user alone reaches). About a minute and a half on a 2-core CPU.")
     c1, c2 = st.columns(2)
     if c1.button("Run the two-opposed lesson", type="primary", key="lesson"):
         ids = submit_all(jm, ["traditional", "vpl-adaptive"], [0], {"users": "two-opposed", **QUICK})
