@@ -97,7 +97,9 @@ def cell(users: str, seed: int, steps: int, preset: str, extra: dict, root: str)
         t0 = time.perf_counter()
         hist = train(cfg, run_dir, log=lambda m: None)
         last = hist[-1]
-        res[name] = {"accuracy": last["accuracy"], "all_pairs_accuracy": last.get("all_pairs_accuracy"),
+        res[name] = {"config": {k: getattr(cfg, k) for k in ("user_encoder", "decoder", "contested_only",
+                                                             "agreed_share", "latent", "lr", "batch_size")},
+                     "accuracy": last["accuracy"], "all_pairs_accuracy": last.get("all_pairs_accuracy"),
                      "new_users_accuracy": last.get("new_users_accuracy"), "train_s": time.perf_counter() - t0,
                      **fresh_scores(run_dir, seed)}
     return res
@@ -168,6 +170,8 @@ def main(argv=None) -> int:
               f"{s['new_mean_trad']:6.3f} {s['worst_margin']:+6.3f} {s['worst_person']:>15} "
               f"{s['uniform']:5.2f}/{s['uniform_trad']:<5.2f} {s['trl']:5.2f}")
         print(f"{'':18} one-hot: {s['one_hot']}  trad trained: {s['trained_trad']}")
+    c = results[0][args.preset]["config"] if results else {}
+    print(f"{args.preset}: " + ", ".join(f"{k}={v}" for k, v in c.items()))
     print(f"total {time.perf_counter() - t0:.0f}s")
     from bench._results import write_result
 

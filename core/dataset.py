@@ -81,8 +81,8 @@ def build(table: PreferenceTable, W: np.ndarray, *, seed: int = 0, test_share: f
     """Labelled pairs per user, a question-level split, and fixed demonstrations.
 
     ``contested_only`` keeps the pairs the users disagree on (the study's filter); ``agreed_share`` adds
-    that share of each user's other strict pairs to them (drawn from their own random stream, so the
-    split is the same at every share)."""
+    that share of each user's other strict pairs of the *train* questions to them (drawn from their own
+    random stream, so the split is the same at every share). The test pairs stay the contested ones."""
     rng = np.random.default_rng(seed)
     W = np.atleast_2d(W)
     Q, C = len(table), table.n_completions
@@ -100,7 +100,9 @@ def build(table: PreferenceTable, W: np.ndarray, *, seed: int = 0, test_share: f
             C_ = table.n_completions
             for u, own in enumerate(user_pairs(table, W)):
                 key = lambda p: p[:, 0] * C_ * C_ + np.minimum(p[:, 1], p[:, 2]) * C_ + np.maximum(p[:, 1], p[:, 2])  # noqa: E731
-                rest = own[~np.isin(key(own), key(per_user[u]))]
+                # train questions only: the test split stays the contested pairs, the study's figure, so
+                # every method's `accuracy` is read on the same pairs (all pairs: all_pairs_accuracy)
+                rest = own[~np.isin(key(own), key(per_user[u])) & ~is_test[own[:, 0]]]
                 n = int(round(agreed_share * len(rest)))
                 if n:
                     keep = np.sort(agreed_rng.choice(len(rest), size=n, replace=False))

@@ -33,7 +33,14 @@ from .models import (
     kl_to_standard_normal,
     model_from_config,
 )
-from .people import PeopleSet, build_people_set, outside_people, people_accuracy, reading_latents, trained_people
+from .people import (
+    PeopleSet,
+    build_people_set,
+    outside_people,
+    people_accuracy,
+    reading_latents,
+    trained_people,
+)
 from .progress import Progress, echo, status_writer
 from .references import reference_accuracy, shuffled_partners, user_groups
 from .runs import RunDir

@@ -107,7 +107,7 @@ def test_mixture_and_fit_readers_need_a_bilinear_term_in_a_config():
             build_config({"preset": "personal", "user_encoder": reader, "decoder": "concat"})
     assert build_config({"preset": "personal"}).user_encoder == "fit"
     with pytest.raises(ConfigError, match="agreed_share"):
-        build_config({"preset": "personal", "agreed_share": 0.5})  # personal already keeps every pair
+        build_config({"preset": "personal", "contested_only": False})  # agreed_share needs the contested filter
 
 
 def _oriented(m: VPLRewardModel, z: torch.Tensor, a: torch.Tensor, b: torch.Tensor):

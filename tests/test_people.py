@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from core.config import build_config
-from core.people import Person, build_people_set, outside_people, people_accuracy, trained_people
+from core.people import Person, build_people_set, outside_people, people_accuracy
 from core.train import train
 from core.users import preset, user_scores
 
@@ -107,7 +107,7 @@ def test_personal_serves_its_users_on_all_pairs_and_people_outside_training_bett
     user read from 8 of their own choices and scored on every pair of the test questions, and people the
     run never trained on (blends, the uniform user, Dirichlet draws), against a traditional model trained
     on the same pairs and scored on the same people and pairs."""
-    common = {**SMALL, "users": "four-one-hot", "contested_only": False, "steps": 300, "eval_every": 300,
+    common = {**SMALL, "users": "four-one-hot", "agreed_share": 1.0, "steps": 300, "eval_every": 300,
               "cache_dir": cache_root}
     me = train(build_config({"preset": "personal", **common}), tmp_path / "p", log=lambda m: None)[-1]
     trad = train(build_config({"preset": "traditional", **common}), tmp_path / "t", log=lambda m: None)[-1]
