@@ -114,3 +114,21 @@ def test_personal_serves_its_users_on_all_pairs_and_people_outside_training_bett
     for u, acc in me["all_pairs_user_accuracy"].items():
         assert acc >= trad["all_pairs_user_accuracy"][u] + 0.05, (u, me["all_pairs_user_accuracy"], trad)
     assert me["new_users_accuracy"] >= trad["new_users_accuracy"] + 0.03, (me["new_users"], trad["new_users"])
+
+
+def test_bad_input_names_the_field():
+    from core.reward import RewardModelError
+    from core.student import answers_curve
+
+    with pytest.raises(RewardModelError, match="^weights: .*sum to 0"):
+        answers_curve(None, None, [0, 0, 0, 0])
+    with pytest.raises(RewardModelError, match="^weights: .*'honesty' is negative"):
+        answers_curve(None, None, [1, -1, 0, 0])
+    with pytest.raises(RewardModelError, match="^counts: a student gives at least 1 answer"):
+        answers_curve(None, None, [1, 0, 0, 0], counts=[0, 8])
+    with pytest.raises(ValueError, match="^n_demos"):
+        build_people_set(np.zeros((3, 4, 4)), [Person("x", "blend", np.full(4, 0.25))], [0], [1], n_demos=0)
+    from core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="^n_demos"):
+        build_config({"preset": "personal", "n_demos": 0})
