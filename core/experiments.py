@@ -142,7 +142,8 @@ def data_label(cfg: dict) -> str | None:
 
 
 def pairs_label(cfg: dict) -> str | None:
-    """'contested' (the study's filter), 'contested + 50% agreed' (agreed_share), or 'all pairs'."""
+    """The training pairs: 'contested' (the study's filter), 'contested + 50% agreed' (agreed_share: more
+    training pairs, the test pairs stay the contested ones), or 'all pairs' (contested_only false)."""
     if "contested_only" not in cfg and "data" not in cfg:
         return None  # a config that says nothing about its data
     if not _field(cfg, "contested_only"):

@@ -69,11 +69,12 @@ def test_people_measures_come_from_the_last_record_that_has_them(tmp_path):
 
 
 def test_summarize_keeps_user_sets_apart_and_averages_seeds_of_one_setting(tmp_path):
-    rows = [run_row(fake_run(tmp_path, f"{u}-s{s}", acc, preset="personal", users=u, seed=s,
+    rows = [run_row(fake_run(tmp_path, f"{u}-s{s}", acc, preset="personal", users=u, seed=s, agreed_share=0.25,
                              people={**PEOPLE, "new_users_accuracy": acc - 0.1}))
             for u, s, acc in [("two-opposed", 0, 1.0), ("four-one-hot", 0, 0.9), ("four-one-hot", 1, 0.8),
                               ("random", 0, 0.85)]]
-    rows.append(run_row(fake_run(tmp_path, "other-data", 0.7, preset="personal", users="random", corpus_seed=3)))
+    rows.append(run_row(fake_run(tmp_path, "other-data", 0.7, preset="personal", users="random", corpus_seed=3,
+                                 agreed_share=0.25)))
     table = summarize(rows)
     assert [(r["method"], r["users"], r["data"], r["runs"]) for r in table] == [
         ("personal", "two-opposed", "offline 1500q s0", 1), ("personal", "four-one-hot", "offline 1500q s0", 2),
@@ -81,7 +82,7 @@ def test_summarize_keeps_user_sets_apart_and_averages_seeds_of_one_setting(tmp_p
     four = table[1]
     assert four["accuracy_mean"] == pytest.approx(0.85) and four["accuracy_std"] == pytest.approx(0.05)
     assert four["new_users_accuracy"] == pytest.approx(0.75) and four["all_pairs_accuracy"] == pytest.approx(0.8)
-    assert four["pairs"] == "contested" and four["encoder"] == "bundled-minilm (frozen)"
+    assert four["pairs"] == "contested + 25% agreed" and four["encoder"] == "bundled-minilm (frozen)"
     # the CSV's first columns as they were (tests/test_train.py reads "method,runs,accuracy_mean")
     assert list(four)[:3] == ["method", "runs", "accuracy_mean"]
 
