@@ -106,10 +106,18 @@ if rows:
     key = dict(zip(summary[list(SETTING) + ["method"]].astype(str).apply(tuple, axis=1), summary["label"],
                    strict=True))
     runs_df["label"] = [key[t] for t in runs_df[list(SETTING) + ["method"]].astype(str).apply(tuple, axis=1)]
-    if "new_users_accuracy" in summary:  # the traditional model's figure in each row's setting, beside it
-        trad = summary[summary["method"] == "traditional"].set_index(list(SETTING))["new_users_accuracy"]
-        summary["new_users_traditional"] = [trad.get(tuple(r[c] for c in SETTING)) if r["method"] != "traditional"
-                                            else None for _, r in summary.iterrows()]
+    if "new_users_accuracy" in summary:
+        # beside each row, the traditional model's figure on the same people and pairs: same users, data and
+        # encoder (the people and the test questions do not depend on the training pairs; the same pair
+        # filter is preferred where there is one)
+        trad = summary[(summary["method"] == "traditional") & summary["new_users_accuracy"].notna()]
+
+        def baseline(r):
+            same = trad[(trad["users"] == r["users"]) & (trad["data"] == r["data"]) & (trad["encoder"] == r["encoder"])]
+            same = same[same["pairs"] == r["pairs"]] if (same["pairs"] == r["pairs"]).any() else same
+            return None if r["method"] == "traditional" or same.empty else float(same["new_users_accuracy"].iloc[0])
+
+        summary["new_users_traditional"] = [baseline(r) for _, r in summary.iterrows()]
 
     def rounded(df: pd.DataFrame) -> pd.DataFrame:
         """For display only (the CSV downloads keep full precision): seconds to 0.1, the rest to 0.001."""
@@ -133,9 +141,11 @@ if rows:
                      "data": st.column_config.TextColumn("data", help="The questions: the offline corpus (questions, "
                                                          "seed, and signal / rating noise when not the defaults) "
                                                          "or the UltraFeedback file / hub id."),
-                     "pairs": st.column_config.TextColumn("pairs", help="Which pairs the runs trained and were "
-                                                          "tested on: contested (the users disagree; the study's "
-                                                          "filter), contested plus a share of agreed pairs, or all."),
+                     "pairs": st.column_config.TextColumn("pairs", help="Which pairs the runs trained on: "
+                                                          "contested (the users disagree; the study's filter), "
+                                                          "contested plus a share of the other pairs (training only: "
+                                                          "accuracy is still read on the contested test pairs), or "
+                                                          "all pairs (training and test)."),
                      "encoder": st.column_config.TextColumn("encoder", help="The text encoder and how it trained "
                                                             "(or the few-shot judge)."),
                      **{c: st.column_config.NumberColumn(name, format="%.3f", help=text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -47,23 +48,31 @@ def test_results_page_keeps_user_sets_apart_and_filters_them(tmp_path, monkeypat
         fake_run(tmp_path, f"personal-20260101-00000{i}-abcdef", acc, preset="personal", users=users,
                  people={**PEOPLE, "new_users_accuracy": acc - 0.2})
     fake_run(tmp_path, "personal-20260101-000009-abcdef", 0.99, preset="personal", users="two-opposed", seed=1)
+    fake_run(tmp_path, "traditional-20260101-000008-abcdef", 0.5, preset="traditional", users="two-opposed",
+             people={**PEOPLE, "new_users_accuracy": 0.55})
     monkeypatch.setenv("PREFLENS_RUNS_DIR", str(tmp_path))
     at = open_page("app_pages/results.py")
     assert not at.exception, at.exception
     table = next(d.value for d in at.dataframe if "converged_share" in d.value.columns)
-    assert sorted(table["users"]) == ["four-one-hot", "random", "two-opposed"]
-    assert list(table["runs"]) == [1 if u != "two-opposed" else 2 for u in table["users"]]
-    by_users = table.set_index("users")
+    personal = table[table["method"] == "personal"]
+    assert sorted(personal["users"]) == ["four-one-hot", "random", "two-opposed"]
+    assert list(personal["runs"]) == [1 if u != "two-opposed" else 2 for u in personal["users"]]
+    by_users = personal.set_index("users")
     assert by_users.loc["random", "new_users_accuracy"] == pytest.approx(0.61)
     assert by_users.loc["two-opposed", "new_users_accuracy"] == pytest.approx(0.8)  # the one seed that has it
+    # the baseline beside it: traditional on the same users and data (trained on other pairs, scored on the same)
+    assert by_users.loc["two-opposed", "new_users_traditional"] == pytest.approx(0.55)
+    assert pd.isna(by_users.loc["random", "new_users_traditional"])  # no traditional run on that user set
     assert {"data", "pairs", "encoder", "all_pairs_accuracy", "new_users_min"} <= set(table.columns)
     bars = figure(at, "results_accuracy")["data"][0]["x"]
-    assert sorted(bars) == ["personal · four-one-hot", "personal · random", "personal · two-opposed"]
+    assert len(bars) == len(set(bars)) == 4
+    assert sorted(b.split(" · ")[1] for b in bars if b.startswith("personal")) == ["four-one-hot", "random",
+                                                                                   "two-opposed"]
 
     at.multiselect(key="results_filter_users").set_value(["two-opposed", "random"]).run()
     assert not at.exception, at.exception
     table = next(d.value for d in at.dataframe if "converged_share" in d.value.columns)
-    assert sorted(table["users"]) == ["random", "two-opposed"]
+    assert sorted(table["users"]) == ["random", "two-opposed", "two-opposed"]
     at.multiselect(key="results_filter_encoder").set_value([]).run()
     assert not at.exception, at.exception
     assert not [d for d in at.dataframe if "converged_share" in d.value.columns]
