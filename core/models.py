@@ -117,6 +117,16 @@ class ConcatDecoder(nn.Sequential):
     def forward(self, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # (B, D), (B, L) -> (B,)
         return super().forward(torch.cat([e, z], dim=-1)).squeeze(-1)
 
+    def grid(self, e: torch.Tensor, z: torch.Tensor, chunk: int = 32) -> torch.Tensor:
+        """Every response under every latent, (T, D), (N, L) -> (N, T): the first layer splits into an e part
+        computed once and a z part, so N latents cost N * T * H, not N * T * (D + L) * H."""
+        first, last = self[0], self[3]
+        d_e = e.shape[-1]
+        he = e @ first.weight[:, :d_e].T + first.bias  # (T, H)
+        hz = z @ first.weight[:, d_e:].T  # (N, H)
+        rows = [F.gelu(he[None] + part[:, None]) @ last.weight[0] + last.bias for part in hz.split(chunk)]
+        return torch.cat(rows) if rows else e.new_zeros((0, len(e)))
+
 
 class BilinearDecoder(nn.Module):
     """MLP([e, z]) + <U e, V z> / sqrt(H): the concat decoder plus a low-rank bilinear term."""
@@ -130,6 +140,9 @@ class BilinearDecoder(nn.Module):
 
     def forward(self, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.mlp(e, z) + (self.U(e) * self.V(z)).sum(-1) * self.scale
+
+    def grid(self, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # (T, D), (N, L) -> (N, T)
+        return self.mlp.grid(e, z) + (self.V(z) @ self.U(e).T) * self.scale
 
 
 class LinearDecoder(nn.Module):

@@ -169,3 +169,14 @@ def test_btl_head_is_user_agnostic():
     m = BTLRewardModel(16)
     x = torch.randn(3, 16)
     assert torch.equal(m.reward(x), m.reward(x, torch.randn(3, 4)))
+
+
+@pytest.mark.parametrize("decoder", ["concat", "bilinear", "linear", "film", "hyper"])
+def test_reward_grid_is_every_response_under_every_latent(decoder):
+    """reward_grid (used to score people on all pairs) equals scoring each latent separately."""
+    torch.manual_seed(0)
+    m = VPLRewardModel(24, decoder=decoder).eval()
+    e, z = torch.randn(7, 24), torch.randn(5, m.dims.latent)
+    with torch.no_grad():
+        loop = torch.stack([m.reward(e, zz.expand(7, -1)) for zz in z])  # (5, 7)
+        assert torch.allclose(m.reward_grid(e, z), loop, atol=1e-5)
