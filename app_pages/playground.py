@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.config import LESSON_TWO_OPPOSED
+from core.config import LESSON_TWO_OPPOSED, TrainConfig
 from core.data.table import ASPECTS
 from core.jobs import JobManager, default_root
 from core.reward import PersonalRewardModel, RewardModelError, UserEstimate, ask_pairs
@@ -116,13 +116,15 @@ def demos_from(table, pairs, answers) -> list[tuple[str, str, str]]:
 
 
 def traditional_twin(runs: list[dict], rm: PersonalRewardModel) -> dict | None:
-    """A finished BTL run on the same data and users, to compare predictions with."""
+    """A finished BTL run on the same data and users, to compare predictions with; one trained on the same
+    pairs (contested_only, agreed_share) first."""
     keys = ("users", "user_seed", "data", "corpus_prompts", "corpus_seed", "signal", "rating_noise", "encoder")
-    for r in runs:
-        cfg = r.get("_cfg") or {}
-        if cfg.get("method") == "btl" and all(cfg.get(k) == getattr(rm.cfg, k) for k in keys):
-            return r
-    return None
+    pairs = ("contested_only", "agreed_share")
+    same = [r for r in runs if (r.get("_cfg") or {}).get("method") == "btl"
+            and all((r.get("_cfg") or {}).get(k) == getattr(rm.cfg, k) for k in keys)]
+    exact = [r for r in same if all(r["_cfg"].get(k, TrainConfig.model_fields[k].default) == getattr(rm.cfg, k)
+                                    for k in pairs)]
+    return (exact or same or [None])[0]
 
 
 def weights_text(w) -> str:
@@ -274,10 +276,12 @@ for r in jm.list():
         r["_cfg"] = jm.run_dir(r["run_id"]).config() or {}
         runs.append(r)
 if not runs:
-    st.info("No finished training run yet. The two-opposed lesson trains one in about a minute.")
-    if st.button("Run the two-opposed lesson", type="primary", key="pg_lesson"):
-        for preset in ("traditional", "vpl-adaptive"):
-            jm.submit({"preset": preset, "seed": 0, **LESSON_TWO_OPPOSED})
+    st.info("No finished training run yet. This trains a `personal` model and a traditional one on the same "
+            "pairs of the two-opposed users (every pair each user has a preference on) in about a minute.")
+    if st.button("Train a personal model to play with", type="primary", key="pg_lesson"):
+        for preset in ("traditional", "personal"):
+            jm.submit({"preset": preset, "seed": 0, **LESSON_TWO_OPPOSED, "agreed_share": 1.0, "steps": 200,
+                       "eval_every": 20})
         st.switch_page("app_pages/train.py")
     st.stop()
 
