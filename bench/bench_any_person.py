@@ -6,8 +6,9 @@
 For each user set and seed it trains ``--preset`` (default ``personal``) and a ``traditional`` model on the
 same pairs (the preset's data options: contested_only / agreed_share), then reads people on *fresh
 questions*, a corpus no run saw (``generate_table(n_prompts=300, seed=4242)``): each person gives 8 of
-their own choices on random fresh questions, and is scored on 100 more of their own choices over all pairs
-with a strict preference, on the other fresh questions, averaged over 3 readings. People: the run's own
+their own choices on random fresh questions (one of the 150 "demo" questions each), and is scored on every
+pair they strictly prefer on the other 150 fresh questions, averaged over 10 readings. (With 3 readings of
+100 pairs, as first tried, one person's figure moved by up to 0.15 between two samplings of the same model.) People: the run's own
 users, and people it never trained on (the four one-hot tastes, the six 50/50 blends, the uniform user, 10
 Dirichlet(1) draws, and for random / cluster 30 of a redraw of the same population; core.people).
 
@@ -34,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 FRESH = {"n_prompts": 300, "seed": 4242}
 
 
-def fresh_scores(run_dir: Path, seed: int, n_demos: int = 8, readings: int = 3) -> dict:
+def fresh_scores(run_dir: Path, seed: int, n_demos: int = 8, readings: int = 10, max_pairs: int | None = None) -> dict:
     """Trained users and outside people of the run, read and scored on the fresh corpus."""
     import numpy as np
 
@@ -56,7 +57,7 @@ def fresh_scores(run_dir: Path, seed: int, n_demos: int = 8, readings: int = 3) 
     demo_q, score_q = q[: len(q) // 2], q[len(q) // 2:]
     people = trained_people(rm.W) + outside_people(rm.cfg.users, rm.W, user_seed=rm.cfg.user_seed, seed=seed)
     pset = build_people_set(table.ratings, people, demo_q, score_q, n_demos=n_demos, n_readings=readings,
-                            seed=seed, max_pairs=100)
+                            seed=seed, max_pairs=max_pairs)
     acc = people_accuracy(rm.model, pset, embed)
     out = {"people": [{**p.to_json(), "accuracy": float(a)} for p, a in zip(people, acc, strict=True)]}
     # TRL: an honesty-only visitor's 8 answers -> a reward function -> honesty best-vs-worst pairs

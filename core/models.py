@@ -24,6 +24,7 @@ and the user encoder q(z | demos) reads the K demonstrations either as
     differences  MLP(e_w - e_l) per demonstration, mean-pool, MLP                          a DeepSets reader
     mixture      sum_j softmax_j(sum_k log sigmoid(t m_kj)) v_j over the U training users   a recogniser
     fit          argmax_z sum_k log sigmoid(c_k + a_k . z) - lam/2 |z|^2, by Newton steps  an estimator
+    blend        sum_s post_s z_s over S blends z_s = sum_j g_sj v_j of the training users   a posterior mean
 
 The differences reader sees each demonstration only through the direction of preference e_w - e_l
 (swap the two sides and its input changes sign), which is what a user's taste is a function of.
@@ -32,6 +33,11 @@ users' rewards explains the demonstrations: m_kj = <U (e_w,k - e_l,k), V v_j> / 
 bilinear decoder's z-dependent term gives demonstration k under user j (B, K, U), t a learned sharpness.
 It can only weigh demonstrations by the tastes they show, never by which pairs they are, and it reads a
 new user as a blend of the known ones.
+The blend reader asks the mixture's question of a grid of S points of the simplex over the users (each
+user, the even blend, 256 Dirichlet(1) draws; g (S, U)): post_s = softmax_s(sum_k log sigmoid(t m_ks)), with
+m_ks = c_k + a_k . z_s the margin demonstration k gets under blend s (c_k the z-free part of the margin with
+decoder 'linear'), and returns the posterior mean of z and its variance. A person between two trained users
+is read between them, with an uncertainty, instead of as the nearer one.
 The fit reader asks which z makes the model's own BTL likelihood of the K demonstrations highest under a
 Gaussian prior z = z0 + S y, y ~ N(0, I / lam) (z0, S and lam learned). With a_k = S^T V^T U (e_w,k - e_l,k)
 / sqrt(H) (B, K, L) and c_k the rest of demonstration k's margin at z0 (B, K), the margin is c_k + a_k . y.

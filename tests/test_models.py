@@ -105,7 +105,7 @@ def test_mixture_and_fit_readers_need_a_bilinear_term_in_a_config():
     for reader in ("mixture", "fit", "blend"):
         with pytest.raises(ConfigError, match=f"user_encoder '{reader}'"):
             build_config({"preset": "personal", "user_encoder": reader, "decoder": "concat"})
-    assert build_config({"preset": "personal"}).user_encoder == "fit"
+    assert build_config({"preset": "personal"}).user_encoder == "blend"
     with pytest.raises(ConfigError, match="agreed_share"):
         build_config({"preset": "personal", "contested_only": False})  # agreed_share needs the contested filter
 
@@ -180,3 +180,27 @@ def test_reward_grid_is_every_response_under_every_latent(decoder):
     with torch.no_grad():
         loop = torch.stack([m.reward(e, zz.expand(7, -1)) for zz in z])  # (5, 7)
         assert torch.allclose(m.reward_grid(e, z), loop, atol=1e-5)
+
+
+def test_blend_reader_reads_a_user_between_the_trained_ones_with_an_uncertainty():
+    """The 'blend' user encoder's z is a posterior mean over blends of the training users: demonstrations
+    ordered as user 2 orders them read nearest user 2, as a blend of users 0 and 1 between those two, and
+    more of them narrow the posterior; one step trains every parameter it has."""
+    torch.manual_seed(0)
+    m = VPLRewardModel(32, decoder="linear", user_encoder="blend", n_users=4, z_mode="mean").eval()
+    with torch.no_grad():
+        m.user_latents.mul_(3.0)  # well-separated tastes
+        v = m.user_latents
+        a, b = torch.randn(2, 32, 32), torch.randn(2, 32, 32)
+        chosen, rejected = _oriented(m, v[2], a, b)
+        mu, logvar = m.encode_user(chosen, rejected)
+        assert (torch.cdist(mu, v).argmin(-1) == 2).all()
+        _, lv4 = m.encode_user(chosen[:, :4], rejected[:, :4])
+        assert (logvar.exp().sum(-1) < lv4.exp().sum(-1)).all()
+        mid = (v[0] + v[1]) / 2
+        chosen, rejected = _oriented(m, mid, a, b)
+        mu, _ = m.encode_user(chosen, rejected)
+        d = torch.cdist(mu, torch.stack([v[0], v[1], mid]))  # (2, 3)
+        assert (d[:, 2] < d[:, 0]).all() and (d[:, 2] < d[:, 1]).all(), d
+    m.train()
+    assert _unchanged_after_one_step(m, chosen, rejected) == ["decoder.base.3.bias"]

@@ -165,7 +165,7 @@ def test_study_grid_gives_every_method_the_same_pairs_per_step_and_personal_one_
         cfgs = run_configs(validate_study({"size": size, "seeds": [0]}))
         per_step = {k: c["batch_size"] * c["grad_accum"] for k, c in cfgs.items()}
         assert len(set(per_step.values())) == 1, per_step
-        assert cfgs["personal-s0"]["grad_accum"] == 1 and cfgs["personal-s0"]["user_encoder"] == "fit"
+        assert cfgs["personal-s0"]["grad_accum"] == 1 and cfgs["personal-s0"]["user_encoder"] == "blend"
         assert cfgs["vpl-s0"]["grad_accum"] == (8 if size == "full" else 2)
 
 
