@@ -174,7 +174,6 @@ class Trainer:
         except ValueError as err:  # a tiny corpus: too few questions to read somebody from
             self.log(f"people: not scored ({err})")
             return None
-        self.n_trained_people = len(trained)
         return sets
 
     def _embed_frozen(self) -> torch.Tensor:
@@ -413,7 +412,7 @@ class Trainer:
     @torch.no_grad()
     def score_people(self) -> dict:
         """all_pairs_* for the run's users and new_users_* for people outside training (core.people);
-        the readings' latents go to latents/people-step-N.npz for the Latent page."""
+        the readings' latents go to latents/people-{trained,outside}-step-N.npz for the Latent page."""
         trained, outside = self.people
         out: dict = {}
         for name, pset in (("trained", trained), ("outside", outside)):
@@ -536,7 +535,7 @@ class Trainer:
         accs = " ".join(f"u{u}={a:.3f}" for u, a in record["user_accuracy"].items())
         self.log(f"step {record['step']:>5} loss {record['loss'] if record['loss'] is not None else float('nan'):.4f} "
                  f"eval_acc {record['accuracy']:.3f} [{accs}]")
-        if record.get("new_users_accuracy") is not None:
+        if record.get("new_users_accuracy") is not None and record.get("all_pairs_accuracy") is not None:
             self.log(f"  all pairs (own users) {record['all_pairs_accuracy']:.3f}  "
                      f"people outside training {record['new_users_accuracy']:.3f}")
         for cb in self.callbacks["on_eval"]:
