@@ -22,7 +22,6 @@ fresh questions. Writes bench/out/any_person-<time>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -141,13 +140,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, help="alias of --seeds N")
     ap.add_argument("--dry-run", action="store_true", help="one cell, 20 steps")
     args = ap.parse_args(argv)
-    extra = {}
-    for kv in args.set:
-        k, _, v = kv.partition("=")
-        try:
-            extra[k] = json.loads(v)
-        except json.JSONDecodeError:
-            extra[k] = v
+    from core.experiments import parse_set
+
+    extra = parse_set(args.set)
     seeds = [args.seed] if args.seed is not None else args.seeds
     cells = [(u, s) for u in args.users for s in seeds]
     steps = args.steps

@@ -428,7 +428,7 @@ def model_from_config(cfg, encoder_dim: int, n_users: int | None = None) -> nn.M
     dims = VPLDims.scaled(encoder_dim, pair_hidden=cfg.pair_hidden, pair_out=cfg.pair_out, latent=cfg.latent,
                           decoder_hidden=cfg.decoder_hidden)
     if n_users is None and cfg.user_encoder in ("mixture", "blend"):
-        from .train import load_users
+        from .users import load_users
 
         n_users = len(load_users(cfg))
     return VPLRewardModel(encoder_dim, dims, query_head=cfg.query_head, z_mode=cfg.z_mode, decoder=cfg.decoder,

@@ -139,7 +139,7 @@ def run_configs(cfg: StudyConfig) -> dict[str, dict]:
 def run_study(cfg: StudyConfig, out: str | Path, *, log: Callable[[str], None] = print,
               progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """Train the grid into out/runs/ (finished runs are kept, partial ones resume) and write the table."""
-    from .experiments import run_row, summarize, write_table
+    from .tables import run_row, summarize, write_table
     from .train import train
 
     out = Path(out)
@@ -223,7 +223,7 @@ def _run_parallel(configs: dict[str, dict], out: Path, workers: int, log, progre
                 if state != "succeeded":
                     raise StudyStopped(f"{name} ended {state} (exit {proc.returncode}); see {out / 'runs' / name / 'log.txt'}")
                 done += 1
-                from .experiments import run_row
+                from .tables import run_row
 
                 log(f"{name}: accuracy {run_row(out / 'runs' / name)['accuracy']:.3f} ({time.perf_counter() - t0:.1f}s)")
                 if progress:
@@ -332,7 +332,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args) -> StudyConfig:
-    from .experiments import parse_set
+    from .tables import parse_set
 
     return validate_study({"size": args.size, "users": args.users, "methods": args.methods,
                            "seeds": [args.seed] if args.seed is not None else args.seeds, "workers": args.workers,

@@ -45,6 +45,7 @@ from .progress import Progress, echo, status_writer
 from .references import reference_accuracy, shuffled_partners, user_groups
 from .runs import RunDir
 from .samplers import AdaptiveSampler, UniformSampler
+from .users import load_users  # noqa: F401 - also imported from here by study, reward and pages
 
 
 class Cancelled(Exception):
@@ -64,12 +65,6 @@ def load_table(cfg: TrainConfig):
         return generate_table(n_prompts=cfg.corpus_prompts, seed=cfg.corpus_seed, signal=cfg.signal,
                               rating_noise=cfg.rating_noise)
     return load_ultrafeedback(cfg.data)
-
-
-def load_users(cfg: TrainConfig) -> np.ndarray:
-    from .users import preset
-
-    return preset(cfg.users, seed=cfg.user_seed) if isinstance(cfg.users, str) else np.asarray(cfg.users, float)
 
 
 def lora_targets(model: torch.nn.Module) -> list[str] | None:

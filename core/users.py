@@ -71,6 +71,11 @@ def preset(name: str, *, seed: int = 0) -> np.ndarray:
     return np.vstack(parts + [UNIFORM[None, :]])
 
 
+def load_users(cfg) -> np.ndarray:
+    """float (U, 4): the users a TrainConfig names (a preset with its ``user_seed``, or its weight list)."""
+    return preset(cfg.users, seed=cfg.user_seed) if isinstance(cfg.users, str) else np.asarray(cfg.users, float)
+
+
 def preset_groups(name: str) -> list[str]:
     """A group label per user of a preset, in the order ``preset`` returns them."""
     if name == "two-opposed":
