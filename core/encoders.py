@@ -12,10 +12,13 @@ token for causal LMs (GPT-2, Llama), whose last position is the only one that ha
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -184,29 +187,74 @@ def text_key(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
+class CacheFullError(OSError):
+    """The embedding cache's disk has no room for the shards a ``get`` must write.
+
+    An ``OSError`` (errno ENOSPC), so code that handles disk errors still catches it; its message names
+    the cache folder, the bytes needed and the bytes free. ``path``, ``needed`` and ``free`` hold them.
+    """
+
+    def __init__(self, path: Path, needed: int, free: int, detail: str):
+        super().__init__(errno.ENOSPC, detail)
+        self.path, self.needed, self.free = path, needed, free
+        self.filename = str(path)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+# the threads of this process that hold a cache folder's encoder lock, so a nested ``get`` (another
+# EmbeddingCache on the same folder, called from within) does not wait for itself
+_HELD: dict[str, int] = {}
+_HELD_LOCK = threading.Lock()
+
+
 class EmbeddingCache:
     """Frozen-encoder outputs on disk: float16, memory-mapped, one row per unique text.
 
     Layout: ``root/<encoder identity>/shard-<uuid>.npy`` (float16 (n, D)) beside
     ``shard-<uuid>.keys.json`` (the sha1 of each row's text, in order). A shard is written to a
     temporary name and renamed into place, keys last, so a reader sees whole shards or none, and
-    two runs filling the cache at once only risk encoding a text twice, never a torn file.
+    two runs filling the cache at once (even without the lock below) only risk encoding a text
+    twice, never a torn file.
     ``encoded`` counts the encoder forward passes (texts) this object has paid for.
+
+    Missing texts are encoded ``shard_texts`` at a time and each batch is stored as its own shard
+    at once, so a run that fails midway (a full disk, a crash, a kill) keeps what it encoded and the
+    next run encodes only the rest. A disk without room raises ``CacheFullError`` (the folder, the
+    space needed and free) before encoding when it can tell, and never leaves a temporary file.
+
+    Processes on one machine take turns: the one encoding holds an advisory lock
+    (``.encoding.lock`` in the encoder's folder, ``fcntl.flock``); another that needs texts waits
+    for it (logged once), picks up its shards as they land and encodes only what is still missing.
+    Where the lock cannot be taken (a read-only cache, a file system without locks) it is logged
+    and encoding goes on without it.
     """
 
+    LOCK_NAME = ".encoding.lock"
+
     def __init__(self, root: str | Path, encoder: TextEncoder, batch_size: int = 64,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, shard_texts: int = 1024,
+                 poll_s: float = 0.5):
         self.encoder = encoder
         self.dir = Path(root) / encoder.identity()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.batch_size = batch_size
+        self.shard_texts = max(1, int(shard_texts))
+        self.poll_s = poll_s
         self.encoded = 0
+        self.waited_s = 0.0  # time spent waiting for another process's encoder
         self.set_aside: list[Path] = []  # damaged files this object renamed out of the way
         self._log = log or logging.getLogger(__name__).warning
         self._index: dict[str, tuple[int, int]] = {}
         self._shards: list[np.ndarray] = []
         self._seen_files: set[str] = set()
         self._lock = threading.Lock()
+        self._told_no_lock = False
         self.refresh()
 
     def refresh(self) -> None:
@@ -267,29 +315,172 @@ class EmbeddingCache:
         return out
 
     def get(self, texts: Sequence[str], progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """float32 (len(texts), D) for the given texts, encoding only unseen unique ones."""
+        """float32 (len(texts), D) for the given texts, encoding only unseen unique ones.
+
+        ``progress(done, total)`` counts the texts that were missing when the call began: those this
+        object encoded and those another process stored while this one waited for it.
+        """
         with self._lock:
             self.refresh()
             todo = self.missing(texts)
             if todo:
-                emb = self.encoder.encode(todo, batch_size=self.batch_size, progress=progress)
-                self.encoded += len(todo)
-                self._write_shard([text_key(t) for t in todo], emb.astype(np.float16))
+                self._fill(texts, len(todo), progress)
             out = np.empty((len(texts), self.encoder.dim), dtype=np.float32)
             for i, t in enumerate(texts):
                 sid, row = self._index[text_key(t)]
                 out[i] = self._shards[sid][row]
             return out
 
-    def _write_shard(self, keys: list[str], arr: np.ndarray) -> None:
+    def _fill(self, texts: Sequence[str], total: int, progress: Callable[[int, int], None] | None) -> None:
+        """Encode and store what ``texts`` still lack, holding the folder's encoder lock."""
+        with self._encoder_lock(texts, total, progress) as todo:
+            base = total - len(todo)  # stored by another process while we waited
+            if progress and base:
+                progress(base, total)
+            if not todo:
+                return
+            todo.sort(key=len)  # batches pad little; each shard holds texts of like length
+            self._check_room(len(todo))
+            for s in range(0, len(todo), self.shard_texts):
+                part = todo[s:s + self.shard_texts]
+                done = base + s
+
+                def step(d: int, _n: int, done: int = done) -> None:
+                    if progress:
+                        progress(done + d, total)
+
+                emb = self.encoder.encode(part, batch_size=self.batch_size, progress=step)
+                self.encoded += len(part)
+                self._write_shard([text_key(t) for t in part], emb.astype(np.float16), kept=base + s)
+
+    @contextlib.contextmanager
+    def _encoder_lock(self, texts: Sequence[str], total: int, progress: Callable[[int, int], None] | None):
+        """Hold the folder's advisory lock; yield the texts still missing once it is ours."""
+        key = str(self.dir.resolve())
+        me = threading.get_ident()
+        with _HELD_LOCK:
+            nested = _HELD.get(key) == me
+        if nested:  # this thread already holds it (a get within a get): do not wait for ourselves
+            self.refresh()
+            yield self.missing(texts)
+            return
+        fd = self._open_lock()
+        if fd is None:
+            self.refresh()
+            yield self.missing(texts)
+            return
+        try:
+            if not self._wait_for_lock(fd, texts, total, progress):
+                yield []  # another process stored all of them while we waited
+                return
+            with _HELD_LOCK:
+                _HELD[key] = me
+            try:
+                self.refresh()  # what the last holder stored
+                yield self.missing(texts)
+            finally:
+                with _HELD_LOCK:
+                    _HELD.pop(key, None)
+        finally:
+            os.close(fd)  # closing the only descriptor releases the flock, also on an exception
+
+    def _open_lock(self) -> int | None:
+        path = self.dir / self.LOCK_NAME
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            pass
+        try:  # a read-only cache whose lock file exists: flock works on a read-only descriptor too
+            return os.open(path, os.O_RDONLY)
+        except OSError as err:
+            self._no_lock(f"cannot open the lock file {path} ({err})")
+            return None
+
+    def _no_lock(self, why: str) -> None:
+        if not self._told_no_lock:
+            self._told_no_lock = True
+            self._log(f"embedding cache: {why}; encoding without it, so another process on this cache "
+                      "may encode the same texts")
+
+    def _wait_for_lock(self, fd: int, texts: Sequence[str], total: int,
+                       progress: Callable[[int, int], None] | None) -> bool:
+        """True once the lock is ours (or cannot be had: go on without it); False if, while waiting,
+        another process stored every text we need."""
+        t0, told = time.monotonic(), False
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return True
+                except BlockingIOError:
+                    pass
+                if not told:
+                    told = True
+                    self._log(f"embedding cache: waiting for another process encoding into {self.dir}")
+                time.sleep(self.poll_s)
+                self.refresh()
+                left = len(self.missing(texts))
+                if progress:
+                    progress(total - left, total)
+                if not left:
+                    return False
+        except OSError as err:  # e.g. ENOLCK on a network file system
+            self._no_lock(f"cannot lock {self.dir / self.LOCK_NAME} ({err})")
+            return True
+        finally:
+            self.waited_s += time.monotonic() - t0 if told else 0.0
+
+    def _shard_bytes(self, n: int) -> int:
+        """Disk taken by a shard of ``n`` texts: the .npy (128-byte header, float16 rows) and its keys
+        (a quoted 40-char sha1 and ", " each), each file rounded up to whole 4 kB blocks."""
+        def blocks(b: int) -> int:
+            return -(-b // 4096) * 4096
+        return blocks(128 + n * self.encoder.dim * 2) + blocks(n * 44 + 2)
+
+    def _check_room(self, n: int) -> None:
+        """Fail before encoding, not minutes later, when the disk cannot hold ``n`` more texts."""
+        needed = sum(self._shard_bytes(min(self.shard_texts, n - s)) for s in range(0, n, self.shard_texts))
+        try:
+            free = shutil.disk_usage(self.dir).free
+        except OSError:
+            return
+        if free < needed:
+            raise CacheFullError(self.dir, needed, free,
+                                 f"embedding cache {self.dir} is on a full disk: {n} texts to encode need "
+                                 f"about {_mb(needed)}, {_mb(free)} free. Free some space there or point "
+                                 "cache_dir (or PREFLENS_CACHE) at a bigger disk; nothing was encoded")
+
+    def _write_shard(self, keys: list[str], arr: np.ndarray, kept: int = 0) -> None:
         name = f"shard-{uuid.uuid4().hex[:12]}"
+        final_arr = self.dir / f"{name}.npy"
         tmp_arr = self.dir / f".{name}.npy.tmp"
-        with open(tmp_arr, "wb") as fh:
-            np.save(fh, arr)
-        os.replace(tmp_arr, self.dir / f"{name}.npy")
         tmp_keys = self.dir / f".{name}.keys.json.tmp"
-        tmp_keys.write_text(json.dumps(keys))
-        os.replace(tmp_keys, self.dir / f"{name}.keys.json")
+        placed: list[Path] = []
+        try:
+            with open(tmp_arr, "wb") as fh:
+                np.save(fh, arr)
+            os.replace(tmp_arr, final_arr)
+            placed.append(final_arr)  # no keys yet: no reader sees it, so it is still ours to remove
+            tmp_keys.write_text(json.dumps(keys))
+            os.replace(tmp_keys, self.dir / f"{name}.keys.json")
+        except OSError as err:
+            for f in (tmp_arr, tmp_keys, *placed):
+                with contextlib.suppress(OSError):
+                    f.unlink(missing_ok=True)
+            needed = self._shard_bytes(len(keys))
+            try:
+                free = shutil.disk_usage(self.dir).free
+            except OSError:
+                free = -1
+            # numpy reports a short write as a bare OSError ("N requested and M written"), no errno
+            if err.errno in (errno.ENOSPC, errno.EDQUOT) or 0 <= free < needed:
+                raise CacheFullError(
+                    self.dir, needed, free,
+                    f"embedding cache {self.dir} is on a full disk: a shard of {len(keys)} texts needs "
+                    f"{_mb(needed)}, {_mb(max(free, 0))} free ({type(err).__name__}: {err}). "
+                    f"The {kept} texts stored before it are kept; free some space there or point cache_dir "
+                    "(or PREFLENS_CACHE) at a bigger disk, and a rerun encodes only the rest") from err
+            raise
         self.refresh()
 
 

@@ -1,9 +1,21 @@
+import collections
+import errno
+import fcntl
+import gc
+import json
+import os
+import shutil
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
-from core.encoders import EmbeddingCache, last_token_pool, mean_pool
+import core.encoders as enc_mod
+from core.encoders import CacheFullError, EmbeddingCache, last_token_pool, mean_pool
 
 
 def test_pooling_by_hand():
@@ -53,6 +65,188 @@ def test_two_writers_at_once_leave_a_consistent_cache(minilm, tmp_path):
     for t in threads:
         t.join()
     assert np.allclose(out[0], out[1], atol=2e-3)
+    assert caches[0].encoded + caches[1].encoded == 40  # one waited for the other
     fresh = EmbeddingCache(tmp_path, minilm)
     assert np.allclose(fresh.get(texts), out[0], atol=2e-3) and fresh.encoded == 0
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+# ------------------------------------------------------------------ faults on the way to a big grid (issue 19)
+
+class CountingEncoder:
+    """Wraps the real encoder; fails once more than ``fail_after`` texts have been asked for."""
+
+    def __init__(self, inner, fail_after: int | None = None):
+        self.inner, self.fail_after, self.asked = inner, fail_after, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def encode(self, texts, batch_size=64, progress=None):
+        if self.fail_after is not None and self.asked + len(texts) > self.fail_after:
+            raise RuntimeError("encoder died midway")
+        self.asked += len(texts)
+        return self.inner.encode(texts, batch_size=batch_size, progress=progress)
+
+
+def _lock_is_free(cache) -> bool:
+    fd = os.open(cache.dir / EmbeddingCache.LOCK_NAME, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_a_failure_midway_keeps_the_shards_written_and_a_rerun_encodes_only_the_rest(minilm, tmp_path):
+    texts = [f"midway text {i}" for i in range(40)]
+    dying = CountingEncoder(minilm, fail_after=20)
+    first = EmbeddingCache(tmp_path, dying, shard_texts=8)
+    with pytest.raises(RuntimeError, match="midway"):
+        first.get(texts)
+    assert first.encoded == 16  # two whole shards of 8 before the third failed
+    assert len(list(first.dir.glob("shard-*.keys.json"))) == 2
+    assert not list(tmp_path.rglob("*.tmp"))
+    assert _lock_is_free(first)  # released on the exception
+    again = EmbeddingCache(tmp_path, minilm, shard_texts=8)
+    assert len(again) == 16
+    out = again.get(texts)
+    assert again.encoded == 24  # only the rest
+    assert np.allclose(out, minilm.encode(texts), atol=2e-3)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MB tmpfs (as root, where mount works), else a folder whose "disk" is faked: the same budget
+    through shutil.disk_usage, and np.save failing like numpy's short write once it runs out."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    real = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                          capture_output=True).returncode == 0 if os.geteuid() == 0 else False
+    yield mnt, real
+    if real:
+        gc.collect()  # the cache memory-maps its shards: let go of them first
+        subprocess.run(["umount", "--lazy", str(mnt)], check=False)  # --lazy: still busy, detach now
+
+
+def _leave_free(mnt, real, free: int, monkeypatch):
+    """Fill the disk so about ``free`` bytes stay free."""
+    if real:
+        now = shutil.disk_usage(mnt).free
+        (mnt / "filler").write_bytes(b"\0" * (now - free))
+        return
+    budget = {"free": free}
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(enc_mod.shutil, "disk_usage", lambda p: usage(1 << 20, (1 << 20) - budget["free"],
+                                                                      budget["free"]))
+    real_save = np.save
+
+    def save(fh, arr):
+        n = arr.nbytes + 128
+        if n > budget["free"]:
+            fh.write(b"\0" * budget["free"])
+            raise OSError(f"{n} requested and {budget['free']} written")
+        budget["free"] -= -(-n // 4096) * 4096 + 4096  # the .npy's blocks and its keys' block
+        real_save(fh, arr)
+
+    monkeypatch.setattr(enc_mod.np, "save", save)
+
+
+def test_a_full_disk_is_named_before_encoding(minilm, small_disk, monkeypatch):
+    mnt, real = small_disk
+    cache = EmbeddingCache(mnt, CountingEncoder(minilm), shard_texts=8)
+    _leave_free(mnt, real, 16 * 1024, monkeypatch)
+    texts = [f"full disk text {i}" for i in range(40)]  # 5 shards of 8: 5 x (8 kB + 4 kB)
+    with pytest.raises(CacheFullError) as err:
+        cache.get(texts)
+    msg = str(err.value)
+    assert str(cache.dir) in msg and "need about 61.4 kB" in msg and "free" in msg, msg
+    assert isinstance(err.value, OSError) and err.value.errno == errno.ENOSPC
+    assert cache.encoder.asked == 0  # failed at once, not after encoding
+    assert not list(mnt.rglob("*.tmp"))
+
+
+def test_a_disk_that_fills_midway_keeps_what_was_stored_and_leaves_no_tmp(minilm, small_disk, monkeypatch):
+    mnt, real = small_disk
+    cache = EmbeddingCache(mnt, minilm, shard_texts=8)
+    _leave_free(mnt, real, 30 * 1024, monkeypatch)  # room for two shards of 8 (8 kB + 4 kB each), not three
+    monkeypatch.setattr(EmbeddingCache, "_check_room", lambda self, n: None)  # e.g. another process filled it
+    texts = [f"filling disk text {i}" for i in range(40)]
+    with pytest.raises(CacheFullError) as err:
+        cache.get(texts)
+    msg = str(err.value)
+    assert str(cache.dir) in msg and "a shard of 8 texts needs 12.3 kB" in msg, msg
+    kept = len(cache)
+    assert kept == 16 and f"The {kept} texts stored before it are kept" in msg, msg
+    assert not list(mnt.rglob("*.tmp")), "a temporary file was left behind"
+    assert not [p for p in cache.dir.glob("shard-*.npy") if not p.with_suffix(".keys.json").exists()]
+    monkeypatch.undo()  # space freed
+    (mnt / "filler").unlink(missing_ok=True)
+    again = EmbeddingCache(mnt, minilm, shard_texts=8)
+    out = again.get(texts)
+    assert again.encoded == 40 - kept
+    assert np.allclose(out, minilm.encode(texts), atol=2e-3)
+
+
+CHILD = """
+import json, os, sys, time
+from core.encoders import EmbeddingCache, TextEncoder
+root, me, other = sys.argv[1:4]
+enc = TextEncoder.load()
+enc.model  # load the weights before the start line, so both reach get() together
+open(os.path.join(root, me), "w").close()
+while not os.path.exists(os.path.join(root, other)):
+    time.sleep(0.01)
+lines, calls = [], []
+cache = EmbeddingCache(os.path.join(root, "cache"), enc, shard_texts=8, poll_s=0.05, log=lines.append)
+texts = [f"cold cache text number {i}" for i in range(48)]
+x = cache.get(texts, progress=lambda d, t: calls.append([d, t]))
+print(json.dumps({"encoded": cache.encoded, "last": calls[-1] if calls else None, "log": lines,
+                  "sum": float(x.sum())}))
+"""
+
+
+def test_two_processes_on_a_cold_cache_encode_each_text_once(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    kids = [subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path), f"ready{k}", f"ready{1 - k}"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            for k in range(2)]
+    outs = []
+    for p in kids:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    assert sum(o["encoded"] for o in outs) == 48, outs  # not 96
+    assert all(o["last"] == [48, 48] for o in outs), outs  # both progress bars end full
+    waiter = min(outs, key=lambda o: o["encoded"])
+    assert any("waiting for another process encoding into" in ln for ln in waiter["log"]), outs
+    assert abs(outs[0]["sum"] - outs[1]["sum"]) < 1e-3
+
+
+def test_without_a_lock_file_it_says_so_and_still_encodes(minilm, tmp_path):
+    lines = []
+    cache = EmbeddingCache(tmp_path, minilm, log=lines.append)
+    # a lock file that cannot be created, not even by root (a read-only cache, for whoever is not root)
+    (cache.dir / EmbeddingCache.LOCK_NAME).symlink_to(tmp_path / "no-such-folder" / "lock")
+    cache.get(["one", "two"])
+    cache.get(["three"])
+    assert cache.encoded == 3
+    assert len([ln for ln in lines if "encoding without it" in ln]) == 1, lines
+
+
+def test_a_get_within_a_get_on_the_same_folder_does_not_wait_for_itself(minilm, tmp_path):
+    other = EmbeddingCache(tmp_path, minilm)
+    cache = EmbeddingCache(tmp_path, minilm)
+    inner = []
+
+    def progress(done, total):
+        if not inner:
+            inner.append(other.get(["inner text"]))
+
+    t = threading.Thread(target=lambda: cache.get(["outer one", "outer two"], progress=progress), daemon=True)
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive(), "deadlocked on its own lock"
+    assert inner and cache.encoded == 2 and other.encoded == 1
