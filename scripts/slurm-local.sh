@@ -2,6 +2,8 @@
 # A one-node Slurm on this machine, for tests and demos (issue 13). Run as root.
 #   scripts/slurm-local.sh start    start munged (if not running), slurmctld and slurmd; wait until the
 #                                   node is idle. Does nothing if the cluster already answers.
+#   scripts/slurm-local.sh wait     wait until the node is idle (start does this): up to 30 s, or up to
+#                                   120 s while a stale job (one killed whole) is still completing
 #   scripts/slurm-local.sh stop     stop slurmctld and slurmd (and munged if this script started it)
 #   scripts/slurm-local.sh status   exit 0 if the controller answers and the node is up
 # Needs Debian's packages: apt-get install -y slurm-wlm munge (scripts/setup.sh --dev installs them).
@@ -15,6 +17,8 @@ DIR=${PREFLENS_SLURM_DIR:-${TMPDIR:-/tmp}/preflens-slurm}
 CONF=/etc/slurm/slurm.conf
 MARK="# written by PrefLens scripts/slurm-local.sh"
 PARTITION=debug
+UP_S=${PREFLENS_SLURM_UP_S:-30}        # for the node to come up idle
+STALE_S=${PREFLENS_SLURM_STALE_S:-120} # while it is completing a stale job (it cleared 35 s after slurmd started)
 
 say() { echo "slurm-local: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -113,7 +117,7 @@ pid_of() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null && cat "$1"; }
 start() {
   need_root
   need_tools
-  local host state i
+  local host i
   host=$(host_name)
   mkdir -p "$DIR"
   if [ -L "$CONF" ] && ctld_up && [ "$(node_state "$host")" = idle ]; then
@@ -130,19 +134,36 @@ start() {
   if ! pid_of "$DIR/slurmd.pid" >/dev/null; then
     slurmd -f "$DIR/slurm.conf" || die "slurmd did not start; see $DIR/slurmd.log"
   fi
-  for i in $(seq 150); do
+  wait_idle "$host"
+}
+
+# Poll the node until it is idle (or mixed/allocated): UP_S seconds, or STALE_S while it is completing
+# (or draining) a job from before a restart, e.g. one killed whole; slurmctld clears those itself.
+wait_idle() {
+  local host="$1" state="" told="" resumed="" limit=$UP_S t0=$SECONDS
+  while :; do
     state=$(node_state "$host")
     case "$state" in
       idle|mixed|allocated) say "up: node $host $state, partition $PARTITION ($DIR)"; return 0 ;;
+      *completing*|draining)
+        limit=$STALE_S
+        [ -n "$told" ] || say "waiting for a stale job to clear, state: $state (up to $STALE_S s) ..."
+        told=1 ;;
+    esac
+    case "$state" in
       *drain*|*down*|*inval*|*fail*)
         # a stale state from an earlier run; ReturnToService=2 brings back a node that registers correctly
-        [ "$i" = 25 ] && scontrol update NodeName="$host" State=RESUME 2>/dev/null || true ;;
+        if [ -z "$resumed" ] && [ $((SECONDS - t0)) -ge 5 ]; then
+          resumed=1
+          scontrol update NodeName="$host" State=RESUME 2>/dev/null || true
+        fi ;;
     esac
+    [ $((SECONDS - t0)) -lt "$limit" ] || break
     sleep 0.2
   done
   sinfo -N -l >&2 || true
-  tail -20 "$DIR/slurmd.log" >&2 || true
-  die "node $host is not idle after 30 s (state: ${state:-none})"
+  tail -20 "$DIR/slurmd.log" >&2 2>/dev/null || true
+  die "node $host is not idle after $((SECONDS - t0)) s (state: ${state:-none})"
 }
 
 stop() {
@@ -175,7 +196,8 @@ status() {
 
 case "${1:-}" in
   start) start ;;
+  wait) wait_idle "$(host_name)" ;;
   stop) stop ;;
   status) status ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 start|wait|stop|status" >&2; exit 2 ;;
 esac

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -88,6 +90,49 @@ def test_where_slurm_cannot_be_asked_a_run_keeps_its_state(tmp_path, monkeypatch
     jm = JobManager(tmp_path / "runs")
     assert jm.status(run.run_id)["state"] == "running"
     assert [r["state"] for r in jm.list()] == ["running"]
+
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "slurm-local.sh"
+
+
+def _wait_idle(tmp_path, states: list[str], then: str, up_s: int, stale_s: int):
+    """scripts/slurm-local.sh wait against a fake sinfo that reports ``states``, one a call, then ``then``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True)
+    queue = tmp_path / "states"
+    queue.write_text("".join(f"{s}\n" for s in states))
+    (bin_dir / "sinfo").write_text(f"""#!/usr/bin/env bash
+[ "$1" = -h ] || exit 0  # sinfo -N -l, the dump before giving up
+s=$(head -1 {queue}); if [ -n "$s" ]; then sed -i 1d {queue}; else s={then}; fi
+echo "$s"
+""")
+    (bin_dir / "scontrol").write_text(f"#!/usr/bin/env bash\necho \"$*\" >> {tmp_path / 'scontrol.log'}\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PREFLENS_SLURM_DIR": str(tmp_path / "slurm"),
+           "PREFLENS_SLURM_UP_S": str(up_s), "PREFLENS_SLURM_STALE_S": str(stale_s)}
+    t0 = time.monotonic()
+    done = subprocess.run(["bash", str(SCRIPT), "wait"], env=env, capture_output=True, text=True, timeout=60)
+    return done, time.monotonic() - t0
+
+
+def test_start_waits_out_a_stale_job_that_is_completing_and_says_so(tmp_path):
+    """Right after a job was killed whole the node stays 'completing' past the usual wait (issue 19)."""
+    done, took = _wait_idle(tmp_path, ["down", "completing"] + ["completing"] * 10, "idle", up_s=1, stale_s=30)
+    assert done.returncode == 0, done.stderr
+    assert took > 1.5  # longer than the usual wait, which would have given up
+    assert done.stderr.count("waiting for a stale job to clear, state: completing") == 1, done.stderr
+    assert "up: node" in done.stderr and "idle" in done.stderr
+
+
+def test_a_node_that_stays_completing_or_down_gives_up_with_its_state(tmp_path):
+    done, took = _wait_idle(tmp_path / "a", [], "completing", up_s=1, stale_s=3)
+    assert done.returncode == 1 and took >= 2, (took, done.stderr)  # whole seconds (bash SECONDS)
+    assert re.search(r"is not idle after [34] s \(state: completing\)", done.stderr), done.stderr
+    # a node that is down (no stale job) keeps the short wait, and is asked to resume
+    done, took = _wait_idle(tmp_path / "b", [], "down", up_s=1, stale_s=30)
+    assert done.returncode == 1 and took < 10, (took, done.stderr)
+    assert "stale job" not in done.stderr and "(state: down)" in done.stderr
 
 
 # ---------------------------------------------------------------------- the real cluster
