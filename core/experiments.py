@@ -75,8 +75,6 @@ def compare(presets: list[str], seeds: list[int], out: str | Path, overrides: di
 
 def _compare(presets, seeds, trained, out: Path, overrides, log, prog, *, judge, fewshot_how, fewshot_queries,
              fewshot_workers) -> list[dict]:
-    from .train import train
-
     run_rows = []
     fewshot = [p for p in presets if p.startswith("fewshot-")]
     if fewshot:
@@ -88,23 +86,28 @@ def _compare(presets, seeds, trained, out: Path, overrides, log, prog, *, judge,
                              progress=prog):
             run_rows.append(run_row(d))
         log(f"few-shot {' '.join(fewshot)} x seeds {seeds}: {time.perf_counter() - t0:.1f}s")
-    todo = {(p, s) for p, s, _ in trained if RunDir(out / "runs" / f"{p}-s{s}").status().get("state") != "succeeded"}
+    todo = [(p, s, cfg) for p, s, cfg in trained
+            if RunDir(out / "runs" / f"{p}-s{s}").status().get("state") != "succeeded"]
     if trained:
-        prog.new_stage("train", sum(cfg.steps for p, s, cfg in trained if (p, s) in todo), unit="steps")
-    base = 0
-    for p, s, cfg in trained:
-        run_dir = out / "runs" / f"{p}-s{s}"
+        prog.new_stage("train", sum(cfg.steps for _, _, cfg in todo), unit="steps")
+    if todo:  # one process trains them all, stacked where they can be (core.grid)
+        from .train import train_grid
+
+        done = [0] * len(todo)
+
+        def on_step(i, step, steps):
+            done[i] = step
+            prog.set(sum(done))
+
         t0 = time.perf_counter()
-        if (p, s) in todo:
-            prog.set(base, stage=f"train {p}-s{s}")
-            train(cfg, run_dir, log=lambda m: None,
-                  on_step=lambda step, steps, base=base: prog.set(base + step))
-            base += cfg.steps
-            prog.set(base)
-        row = run_row(run_dir)
+        prog.set(0, stage=f"train {len(todo)} runs as one grid")
+        train_grid([cfg for _, _, cfg in todo], [out / "runs" / f"{p}-s{s}" for p, s, _ in todo], log=lambda m: None,
+                   on_step=on_step)
+        log(f"trained {len(todo)} runs as one grid: {time.perf_counter() - t0:.1f}s")
+    for p, s, _ in trained:
+        row = run_row(out / "runs" / f"{p}-s{s}")
         run_rows.append(row)
-        log(f"{p} seed {s}: accuracy {row['accuracy']:.3f}, converged {row['converged']} "
-            f"({time.perf_counter() - t0:.1f}s)")
+        log(f"{p} seed {s}: accuracy {row['accuracy']:.3f}, converged {row['converged']}")
     table = summarize(run_rows)
     write_table(table, out)
     import pandas as pd

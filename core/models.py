@@ -199,6 +199,24 @@ class HyperDecoder(nn.Module):
         return (F.gelu(self.inp(e)) * (self.w0 + self.weights(z))).sum(-1) * self.scale
 
 
+def self_attention(attn: nn.MultiheadAttention, h: torch.Tensor) -> torch.Tensor:
+    """nn.MultiheadAttention(h, h, h) without dropout, written out with its own weights: (B, K, P) -> (B, K, P).
+    The same numbers as the module (tests/test_models.py), but in plain matmuls that torch.func.vmap batches
+    (the fused CPU attention kernel has no batching rule and would run member by member in a grid)."""
+    return attention_from_qkv(attn, F.linear(h, attn.in_proj_weight, attn.in_proj_bias))
+
+
+def attention_from_qkv(attn: nn.MultiheadAttention, qkv: torch.Tensor) -> torch.Tensor:
+    """The rest of self_attention once the input projection is done: qkv (B, K, 3P) -> (B, K, P)."""
+    B, K, P3 = qkv.shape
+    P, H = P3 // 3, attn.num_heads
+    q, k, v = qkv.chunk(3, dim=-1)  # (B, K, P) each
+    q, k, v = (t.reshape(B, K, H, P // H).transpose(1, 2) for t in (q, k, v))  # (B, H, K, P/H)
+    w = (q @ k.transpose(-1, -2) * (P // H) ** -0.5).softmax(-1)  # (B, H, K, K)
+    out = (w @ v).transpose(1, 2).reshape(B, K, P)
+    return attn.out_proj(out)
+
+
 def blend_grid(n_users: int, n_samples: int = 256, seed: int = 0) -> torch.Tensor:
     """(S, U) points of the simplex over U users: each user, the even blend, and Dirichlet(1) draws (fixed)."""
     import numpy as np
@@ -274,58 +292,97 @@ class VPLRewardModel(nn.Module):
 
     def encode_user(self, ctx_chosen: torch.Tensor, ctx_rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, K, D) x 2 -> mu, logvar (B, L)."""
-        if self.user_encoder == "fit":
-            return self.fit_user(ctx_chosen, ctx_rejected)
-        if self.user_encoder == "blend":
-            return self.blend_user(ctx_chosen, ctx_rejected)
-        if self.user_encoder == "mixture":
-            w = self.user_weights(ctx_chosen, ctx_rejected)  # (B, U)
-            return w @ self.user_latents, w @ self.user_logvar
-        if self.user_encoder == "differences":
-            pooled = self.pair_encoder(ctx_chosen - ctx_rejected).mean(dim=1)  # (B, K, P) -> (B, P)
-            return self.to_mu(pooled), self.to_logvar(pooled).clamp(-10.0, 10.0)
+        return self.read_terms(self.demo_terms(ctx_chosen, ctx_rejected))
+
+    def demo_terms(self, ctx_chosen: torch.Tensor, ctx_rejected: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What the reader computes from each demonstration on its own, (..., D) x 2 -> tensors (..., X).
+
+        Split from ``read_terms`` so that a demonstration shown with many queries (a user's pool) is read
+        once: compute these on the distinct demonstrations, gather them to (B, K, X), then read_terms."""
+        kind = self.user_encoder
+        if kind in ("fit", "blend"):
+            dec = self.decoder
+            e_w, e_l = self.query_head(ctx_chosen), self.query_head(ctx_rejected)
+            A = ((dec.U(e_w) - dec.U(e_l)) @ dec.V.weight) * dec.scale  # (..., L): the margin's slope in z
+            if hasattr(dec, "base"):
+                c = dec.base(e_w) - dec.base(e_l)  # (..., 1) the shared reward's margin
+            elif kind == "fit":  # bilinear: the MLP's margin at z0 (its slope in z is left out of the fit)
+                z0 = self.prior_mean.expand(*e_w.shape[:-1], -1)
+                c = (dec.mlp(e_w, z0) - dec.mlp(e_l, z0))[..., None]
+            else:
+                c = A.new_zeros((*A.shape[:-1], 1))
+            return A, c
+        if kind == "mixture":
+            dec = self.decoder
+            return (dec.U(self.query_head(ctx_chosen)) - dec.U(self.query_head(ctx_rejected)),)  # (..., H)
+        if kind == "differences":
+            return (self.pair_encoder(ctx_chosen - ctx_rejected),)  # (..., P)
         parts = [ctx_chosen, ctx_rejected] + ([ctx_chosen - ctx_rejected] if self.pair_diff else [])
-        h = self.pair_encoder(torch.cat(parts, dim=-1))  # (B, K, P)
-        a, _ = self.attn(h, h, h, need_weights=False)  # (B, K, P)
+        h = self.pair_encoder(torch.cat(parts, dim=-1))  # (..., P)
+        return h, F.linear(h, self.attn.in_proj_weight, self.attn.in_proj_bias)  # (..., P), (..., 3P)
+
+    def read_terms(self, terms: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """demo_terms of each query's K demonstrations, (B, K, X) -> mu, logvar (B, L)."""
+        kind = self.user_encoder
+        if kind == "fit":
+            return self.fit_user(*terms)
+        if kind == "blend":
+            return self.blend_user(*terms)
+        if kind == "mixture":
+            w = self.user_weights_from(terms[0])  # (B, U)
+            return w @ self.user_latents, w @ self.user_logvar
+        if kind == "differences":
+            pooled = terms[0].mean(dim=1)  # (B, K, P) -> (B, P)
+            return self.to_mu(pooled), self.to_logvar(pooled).clamp(-10.0, 10.0)
+        h, qkv = terms
+        a = attention_from_qkv(self.attn, qkv)  # (B, K, P): self-attention across the K demonstrations
         pooled = self.norm(h + a).mean(dim=1)  # (B, P)
+        return self.to_mu(pooled), self.to_logvar(pooled).clamp(-10.0, 10.0)
+
+    def read_pairs_distinct(self, h: torch.Tensor, qkv: torch.Tensor, inv: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 'pairs' reader from its terms of U distinct demonstrations, h (U, P), qkv (U, 3P), and inv (B, K).
+        The attention scores of any two demonstrations are one (H, U, U) table, looked up per query instead
+        of recomputed from gathered copies: the same numbers as read_terms on the gathered terms."""
+        U, P3 = qkv.shape
+        P, H = P3 // 3, self.attn.num_heads
+        q, k, v = (t.reshape(U, H, P // H) for t in qkv.chunk(3, dim=-1))  # (U, H, P/H) each
+        scores = torch.einsum("uhd,whd->huw", q, k) * (P // H) ** -0.5  # (H, U, U)
+        w = scores[:, inv[:, :, None], inv[:, None, :]].permute(1, 0, 2, 3).softmax(-1)  # (B, H, K, K)
+        B, K = inv.shape
+        vg = F.embedding(inv, v.reshape(U, P)).reshape(B, K, H, P // H).transpose(1, 2)  # (B, H, K, P/H)
+        a = self.attn.out_proj((w @ vg).transpose(1, 2).reshape(B, K, P))  # (B, K, P)
+        pooled = self.norm(F.embedding(inv, h) + a).mean(dim=1)  # (B, P)
         return self.to_mu(pooled), self.to_logvar(pooled).clamp(-10.0, 10.0)
 
     def user_weights(self, ctx_chosen: torch.Tensor, ctx_rejected: torch.Tensor) -> torch.Tensor:
         """Mixture reader: (B, K, D) x 2 -> (B, U) posterior weights over the training users."""
         dec = self.decoder
-        du = dec.U(self.query_head(ctx_chosen)) - dec.U(self.query_head(ctx_rejected))  # (B, K, H)
+        return self.user_weights_from(dec.U(self.query_head(ctx_chosen)) - dec.U(self.query_head(ctx_rejected)))
+
+    def user_weights_from(self, du: torch.Tensor) -> torch.Tensor:
+        """du = U e_w - U e_l (B, K, H) -> (B, U)."""
+        dec = self.decoder
         margins = torch.einsum("bkh,uh->bku", du, dec.V(self.user_latents)) * dec.scale  # (B, K, U)
         loglik = F.logsigmoid(margins * self.log_sharpness.exp()).sum(dim=1)  # (B, U)
         return loglik.softmax(dim=-1)
 
-    def blend_user(self, ctx_chosen: torch.Tensor, ctx_rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def blend_user(self, A: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Blend reader: the posterior mean over blends of the training users' latents (a fixed grid of
         S simplex points, Dirichlet(1) prior), by how well each blend's reward explains the demonstrations.
-        (B, K, D) x 2 -> mu, logvar (B, L)."""
-        dec = self.decoder
-        e_w, e_l = self.query_head(ctx_chosen), self.query_head(ctx_rejected)
+        A (B, K, L) each demonstration's margin slope in z, c (B, K, 1) its z-free margin -> mu, logvar (B, L)."""
         Z = self.blend_grid @ self.user_latents  # (S, L) the blends' latents
-        A = ((dec.U(e_w) - dec.U(e_l)) @ dec.V.weight) * dec.scale  # (B, K, L)
-        m = A @ Z.T  # (B, K, S)
-        if hasattr(dec, "base"):
-            m = m + (dec.base(e_w) - dec.base(e_l))  # (B, K, 1) the shared reward's margin
+        m = A @ Z.T + c  # (B, K, S)
         post = F.logsigmoid(m * self.log_sharpness.exp()).sum(1).softmax(-1)  # (B, S)
         mu = post @ Z  # (B, L)
         var = post @ Z.pow(2) - mu.pow(2)
         return mu, var.clamp_min(1e-6).log()
 
-    def fit_user(self, ctx_chosen: torch.Tensor, ctx_rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def fit_user(self, A: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Fit reader: the MAP z of the demonstrations under the model's own likelihood, and its Laplace
-        log-variance. (B, K, D) x 2 -> (B, L) x 2; see the module docstring."""
-        dec = self.decoder
-        e_w, e_l = self.query_head(ctx_chosen), self.query_head(ctx_rejected)  # (B, K, D)
-        A = ((dec.U(e_w) - dec.U(e_l)) @ dec.V.weight) * dec.scale  # (B, K, L): margin = c + A z
-        if hasattr(dec, "base"):
-            c = (dec.base(e_w) - dec.base(e_l)).squeeze(-1)
-        else:  # bilinear: the MLP's margin at z0 (its slope in z is left out of the fit)
-            z0 = self.prior_mean.expand(*e_w.shape[:-1], -1)
-            c = dec.mlp(e_w, z0) - dec.mlp(e_l, z0)
-        c = c + A @ self.prior_mean  # (B, K) margin at z = z0
+        log-variance. A (B, K, L) margin slopes, c (B, K, 1) margins at z = 0 (their z-free part) -> (B, L)
+        x 2; see the module docstring."""
+        c = c.squeeze(-1) + A @ self.prior_mean  # (B, K) margin at z = z0
         A = A @ self.prior_shape  # (B, K, L): margin = c + (A S) y
         G = A @ A.transpose(1, 2)  # (B, K, K)
         lam = self.log_prior_precision.exp()
@@ -350,18 +407,30 @@ class VPLRewardModel(nn.Module):
 
     def posterior(self, ctx_chosen: torch.Tensor, ctx_rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """encode_user, then the z_mode's clamp: 'vpl' keeps mu and logvar in [-1, 1]."""
-        mu, logvar = self.encode_user(ctx_chosen, ctx_rejected)
+        return self.posterior_from_terms(self.demo_terms(ctx_chosen, ctx_rejected))
+
+    def posterior_from_terms(self, terms: tuple[torch.Tensor, ...], inv: torch.Tensor | None = None
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """posterior() from demo_terms: already gathered to (B, K, X), or of U distinct demonstrations (U, X)
+        with ``inv`` (B, K) saying which of them each query's K demonstrations are."""
+        if inv is None:
+            mu, logvar = self.read_terms(terms)
+        elif self.user_encoder == "pairs":
+            mu, logvar = self.read_pairs_distinct(*terms, inv)
+        else:
+            mu, logvar = self.read_terms(tuple(F.embedding(inv, t) for t in terms))
         if self.z_mode == "vpl":
             mu, logvar = mu.clamp(-1.0, 1.0), logvar.clamp(-1.0, 1.0)
         return mu, logvar
 
     def latent(self, mu: torch.Tensor, logvar: torch.Tensor, *, train: bool,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, eps: torch.Tensor | None = None) -> torch.Tensor:
         """z (B, L): a reparameterized sample in training, mu at evaluation. 'vpl' puts the training
-        sample on the sphere of radius sqrt(L) (but not mu at evaluation: the reference code's mismatch)."""
+        sample on the sphere of radius sqrt(L) (but not mu at evaluation: the reference code's mismatch).
+        ``eps`` (B, L): the standard normal noise, when drawn beforehand (the grid draws it per run)."""
         if not train or self.z_mode == "mean":
             return mu
-        z = self.sample(mu, logvar, generator)
+        z = self.sample(mu, logvar, generator) if eps is None else mu + torch.exp(0.5 * logvar) * eps
         if self.z_mode == "vpl":
             z = F.normalize(z, dim=-1) * math.sqrt(z.shape[-1])
         return z
@@ -386,6 +455,18 @@ class VPLRewardModel(nn.Module):
         return torch.cat(rows) if rows else e.new_zeros((0, T))
 
 
+def distinct_demos(ctx_chosen, ctx_rejected):
+    """Text ids of each query's demonstrations, (B, K) x 2 (numpy) -> the distinct (chosen, rejected) pairs
+    (U,) x 2 and, for each query and slot, the position of its pair among them (B, K). A user's pool is
+    shown with many queries: reading each distinct demonstration once is 5-50x less work at evaluation."""
+    import numpy as np
+
+    c, r = np.asarray(ctx_chosen, dtype=np.int64), np.asarray(ctx_rejected, dtype=np.int64)
+    keyed = c * (int(max(c.max(initial=0), r.max(initial=0))) + 1) + r
+    uniq, first, inv = np.unique(keyed.ravel(), return_index=True, return_inverse=True)
+    return c.ravel()[first], r.ravel()[first], inv.reshape(c.shape)
+
+
 def btl_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
     """Per-pair negative log-likelihood of the Bradley-Terry-Luce model, (B,)."""
     return -F.logsigmoid(r_chosen - r_rejected)
@@ -399,16 +480,18 @@ def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tenso
 def contrastive_loss(mu: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
     """Seed eq. 12 on latent means: pull same-user means together, push different users apart.
 
-    mu (B, L), user (B,) -> scalar: mean over ordered pairs i != j of -cos (same user) or +cos.
+    mu (..., B, L), user (..., B) -> (...): mean over ordered pairs i != j of -cos (same user) or +cos
+    (leading dims: independent batches, e.g. (runs, micro-batches) in the grid).
     """
-    if mu.shape[0] < 2:
-        return mu.sum() * 0.0
+    B = mu.shape[-2]
+    if B < 2:
+        return mu.sum((-1, -2)) * 0.0
     unit = F.normalize(mu, dim=-1)
-    cos = unit @ unit.T  # (B, B)
-    same = (user[:, None] == user[None, :]).float()
+    cos = unit @ unit.transpose(-1, -2)  # (..., B, B)
+    same = (user[..., :, None] == user[..., None, :]).to(mu.dtype)
     sign = 1.0 - 2.0 * same  # -1 same user, +1 different
-    off = 1.0 - torch.eye(len(mu), device=mu.device)
-    return (sign * cos * off).sum() / off.sum()
+    off = 1.0 - torch.eye(B, device=mu.device, dtype=mu.dtype)
+    return (sign * cos * off).sum((-1, -2)) / off.sum()
 
 
 def active_units(mu: torch.Tensor, threshold: float = 0.01) -> float:

@@ -22,14 +22,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .config import LESSONS, MANY_USERS, ConfigError, TrainConfig, build_config, load_config_file
 from .dataset import PrefData, build, used_text_ids
 from .encoders import EmbeddingCache, TextEncoder, default_cache_root
+from .grid import Cancelled
 from .models import (
     active_units,
     btl_loss,
     contrastive_loss,
+    distinct_demos,
     kl_to_standard_normal,
     model_from_config,
 )
@@ -45,11 +48,19 @@ from .progress import Progress, echo, status_writer
 from .references import reference_accuracy, shuffled_partners, user_groups
 from .runs import RunDir
 from .samplers import AdaptiveSampler, UniformSampler
+from .shared import DATA_FIELDS, ENCODER_FIELDS, PEOPLE_FIELDS, TABLE_FIELDS, Embeddings, Shared
 from .users import load_users  # noqa: F401 - also imported from here by study, reward and pages
 
 
-class Cancelled(Exception):
-    """Raised inside the loop after SIGTERM/SIGINT, once the state is checkpointed."""
+def _cloned(obj):
+    """A state dict with every tensor copied (nested dicts and lists)."""
+    if torch.is_tensor(obj):
+        return obj.clone()
+    if isinstance(obj, dict):
+        return {k: _cloned(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_cloned(v) for v in obj]
+    return obj
 
 
 def resolve_device(name: str) -> torch.device:
@@ -81,32 +92,39 @@ class Trainer:
     terminal, core.progress); status.json gets the progress either way."""
 
     def __init__(self, cfg: TrainConfig, run: RunDir, *, log: Callable[[str], None] = print,
-                 show_progress: bool | str = False):
+                 show_progress: bool | str = False, shared: Shared | None = None):
         self.cfg, self.run, self.log = cfg, run, log
         self.show_progress = show_progress
+        self.shared = shared or Shared()  # parts other runs of this process may already have built
         self.device = resolve_device(cfg.device)
         self.callbacks: dict[str, list[Callable]] = {"on_eval": [], "on_step": []}
-        self.progress: Progress | None = None  # the training stage's, made by fit()
+        self.progress: Progress | None = None  # the training stage's, made by the loop (core.grid)
         self._stop_requested = False
-        torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
 
         t0 = time.perf_counter()
-        self.table = load_table(cfg)
+        self.table = self.shared.get("table", cfg, TABLE_FIELDS, lambda: load_table(cfg))
         self.W = load_users(cfg)
-        self.data: PrefData = build(self.table, self.W, seed=cfg.seed, test_share=cfg.test_share,
-                                    contested_only=cfg.contested_only, pool_size=cfg.pool_size, n_demos=cfg.n_demos,
-                                    max_train_per_user=cfg.max_train_per_user, max_test_per_user=cfg.test_cap(len(self.W)),
-                                    agreed_share=cfg.agreed_share)
+        self.data: PrefData = self.shared.get("data", cfg, DATA_FIELDS, lambda: build(
+            self.table, self.W, seed=cfg.seed, test_share=cfg.test_share, contested_only=cfg.contested_only,
+            pool_size=cfg.pool_size, n_demos=cfg.n_demos, max_train_per_user=cfg.max_train_per_user,
+            max_test_per_user=cfg.test_cap(len(self.W)), agreed_share=cfg.agreed_share))
         self.log(f"data: {json.dumps(self.data.summary())} ({time.perf_counter() - t0:.1f}s)")
-        self.people = self._people_set()  # who is scored on all pairs of the test questions (core.people)
+        # who is scored on all pairs of the test questions (core.people)
+        self.people = self.shared.get("people", cfg, PEOPLE_FIELDS, self._people_set)
 
-        self.encoder = TextEncoder.load(cfg.encoder, device=self.device, max_length=cfg.max_length)
+        if cfg.query_encoder == "frozen":  # read through the cache only: one encoder for every run that agrees
+            self.encoder = self.shared.get("encoder", cfg, ENCODER_FIELDS, lambda: TextEncoder.load(
+                cfg.encoder, device=self.device, max_length=cfg.max_length))
+        else:  # LoRA / full fine-tuning change the encoder: every run its own
+            self.encoder = TextEncoder.load(cfg.encoder, device=self.device, max_length=cfg.max_length)
         self.embeddings = self._embed_frozen()  # (n_texts, D) on device
         if self.device.type == "cpu":
             # small heads on cached embeddings: one thread is ~70x faster than two fighting a busy core
+            # (a grid of many stacked runs sets its own: its ops are large)
             threads = cfg.cpu_threads or (1 if cfg.query_encoder == "frozen" else torch.get_num_threads())
             torch.set_num_threads(threads)
+        torch.manual_seed(cfg.seed)  # here, so a run's initial weights do not depend on what was built before
         self.model = model_from_config(cfg, self.encoder.dim, n_users=len(self.W)).to(self.device)
         self.query_encoder = self._setup_query_encoder()
         # Micro-batches of equal size under a plain sum give the same gradient as one batch of all of
@@ -121,15 +139,7 @@ class Trainer:
             # cuDNN's attention rebuilds its graph for every new padded length (~1.9 ms CPU a call,
             # 40% of a LoRA step's CPU time on an H200); flash / memory-efficient kernels do not
             torch.backends.cuda.enable_cudnn_sdp(False)
-        params = [p for p in self.model.parameters()]
-        if self.query_encoder is not None:
-            params += [p for p in self.query_encoder.model.parameters() if p.requires_grad]
-        self.params = params
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        from transformers import get_cosine_schedule_with_warmup
-
-        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, int(math.ceil(cfg.warmup_ratio * cfg.steps)),
-                                                         cfg.steps)
+        self.make_optimizer()
         users = self.data.train.user
         if cfg.sampler == "adaptive":
             unit = cfg.adaptive_unit
@@ -149,6 +159,21 @@ class Trainer:
         # the test split with every pair's demonstrations taken from another user (fixed by seed)
         # (N_test,) the pair whose demonstrations each test pair borrows for z_shuffled_accuracy
         self.shuffled_partner = shuffled_partners(self.data.test, cfg.seed + 11) if cfg.method == "vpl" else None
+
+    def make_optimizer(self) -> None:
+        """AdamW + warmup-cosine over the model's parameters (and a trained encoder's); called again by a
+        grid once it has made the parameters views into its stacked tensors."""
+        cfg = self.cfg
+        params = [p for p in self.model.parameters()]
+        if self.query_encoder is not None:
+            params += [p for p in self.query_encoder.model.parameters() if p.requires_grad]
+        self.params = params
+        # foreach: one kernel per step for all tensors (the default only on CUDA; 3x less optimizer time on CPU)
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+        from transformers import get_cosine_schedule_with_warmup
+
+        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, int(math.ceil(cfg.warmup_ratio * cfg.steps)),
+                                                         cfg.steps)
 
     # ------------------------------------------------------------------ setup helpers
     def _people_set(self) -> list[PeopleSet] | None:
@@ -172,20 +197,27 @@ class Trainer:
         return sets
 
     def _embed_frozen(self) -> torch.Tensor:
+        """The shared (n_texts, D) frozen-embedding matrix of this run's table and encoder, with every row
+        this run reads filled (from the disk cache, encoding what it lacks)."""
+        cfg = self.cfg
         extra = np.concatenate([s.needed_ids() for s in self.people]) if self.people else None
         ids = used_text_ids(self.data, extra)
-        cache = EmbeddingCache(self.cfg.cache_dir or default_cache_root(), self.encoder, log=self.log)
-        todo = len(cache.missing([self.data.texts[i] for i in ids]))
+        emb = self.shared.get("embeddings", cfg, TABLE_FIELDS + ENCODER_FIELDS,
+                              lambda: Embeddings(len(self.data.texts), self.encoder.dim, self.device))
+        need = emb.missing(ids)
+        cache = EmbeddingCache(cfg.cache_dir or default_cache_root(), self.encoder, log=self.log)
+        todo = len(cache.missing([self.data.texts[i] for i in need])) if len(need) else 0
         self.log(f"embeddings: {len(ids)} texts used, {todo} not cached yet (encoding them once)")
         self.run.update_status(phase="embedding")
-        prog = Progress(todo, unit="texts", stage="embedding", show=self.show_progress and todo > 0,
-                        status=status_writer(self.run, "embedding") if todo else None, status_every_s=2.0)
-        emb = cache.get([self.data.texts[i] for i in ids], progress=lambda done, total: prog.set(done, total))
-        prog.close()
+        if len(need):
+            prog = Progress(todo, unit="texts", stage="embedding", show=self.show_progress and todo > 0,
+                            status=status_writer(self.run, "embedding") if todo else None, status_every_s=2.0)
+            rows = cache.get([self.data.texts[i] for i in need], progress=lambda done, total: prog.set(done, total))
+            prog.close()
+            emb.fill(need, rows)
+            emb.encoded += cache.encoded
         self.cache_encoded = cache.encoded
-        full = np.zeros((len(self.data.texts), emb.shape[1]), dtype=np.float32)
-        full[ids] = emb
-        return torch.from_numpy(full).to(self.device)
+        return emb.matrix
 
     def _setup_query_encoder(self) -> TextEncoder | None:
         mode = self.cfg.query_encoder
@@ -216,7 +248,7 @@ class Trainer:
     # ------------------------------------------------------------------ forward
     def _query(self, ids: np.ndarray) -> torch.Tensor:
         if self.query_encoder is None:
-            return self.embeddings[torch.as_tensor(ids, device=self.device)]
+            return F.embedding(torch.as_tensor(ids, device=self.device), self.embeddings)
         batch = self.query_encoder.tokenize([self.data.texts[i] for i in ids])
         return self.query_encoder.forward(batch)
 
@@ -252,9 +284,11 @@ class Trainer:
     def _posterior(self, s) -> tuple[torch.Tensor, torch.Tensor]:
         """mu, logvar (B, L) of the user latent read from each pair's demonstrations (B, K)."""
         E = self.embeddings
-        ctx_c = E[torch.as_tensor(s.ctx_chosen, device=self.device)]  # (B, K, D)
-        ctx_r = E[torch.as_tensor(s.ctx_rejected, device=self.device)]
-        return self.model.posterior(ctx_c, ctx_r)
+        uc, ur, inv = distinct_demos(s.ctx_chosen, s.ctx_rejected)  # (U,) x 2, (B, K): each demonstration once
+        terms = self.model.demo_terms(E[torch.as_tensor(uc, device=self.device)],
+                                      E[torch.as_tensor(ur, device=self.device)])  # (U, X) each
+        inv = torch.as_tensor(inv, device=self.device)
+        return self.model.posterior_from_terms(terms, inv)
 
     # ------------------------------------------------------------------ one optimizer step
     def train_step(self) -> float:
@@ -346,7 +380,8 @@ class Trainer:
     def references(self) -> dict:
         """Reference ceilings (global / group / per-user probe) on this run's own test pairs."""
         groups = user_groups(self.cfg.users, self.W)
-        return reference_accuracy(self.data, self.table.ratings, self.W, groups, self.embeddings.float().cpu().numpy())
+        return self.shared.get("references", self.cfg, DATA_FIELDS + ENCODER_FIELDS, lambda: reference_accuracy(
+            self.data, self.table.ratings, self.W, groups, self.embeddings.float().cpu().numpy()))
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -450,7 +485,8 @@ class Trainer:
             "step": self.step,
             "samples_seen": self.samples_seen,
             "wall_s": self.wall_offset + (time.perf_counter() - self._t_start),
-            "optimizer": self.optimizer.state_dict(),
+            # cloned: in a grid the state tensors are views of a group's stacks (torch.save would write them whole)
+            "optimizer": _cloned(self.optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "z_gen": self.z_gen.get_state(),
@@ -496,31 +532,10 @@ class Trainer:
         self._stop_requested = True
 
     def fit(self, stop_after: int | None = None) -> list[dict]:
-        """Train to cfg.steps (or stop after ``stop_after`` steps, for interruption tests)."""
-        cfg = self.cfg
-        self._t_start = time.perf_counter()
-        resumed = self.try_resume()
-        self.run.update_status(phase="training", steps=cfg.steps, resumed=resumed)
-        self.progress = Progress(cfg.steps, unit="steps", stage="training", done=self.step, show=self.show_progress,
-                                 status=status_writer(self.run))
-        history = []
-        if self.step == 0:
-            rec = self._record(self.evaluate())
-            history.append(rec)
-        while self.step < cfg.steps:
-            loss = self.train_step()
-            for cb in self.callbacks["on_step"]:
-                cb(self)
-            self.progress.set(self.step, train_loss=loss)  # status.json at most once a second
-            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                history.append(self._record(self.evaluate()))
-            if self._stop_requested:
-                self.save_checkpoint()
-                raise Cancelled(f"stopped at step {self.step}")
-            if stop_after is not None and self.step >= stop_after:
-                self.save_checkpoint()
-                break
-        return history
+        """Train to cfg.steps (or stop after ``stop_after`` steps, for interruption tests): a grid of one."""
+        from .grid import Grid
+
+        return Grid([self], log=self.log).fit(stop_after=stop_after)[0]
 
     def _record(self, record: dict) -> dict:
         record["wall_s"] = self.wall_offset + (time.perf_counter() - self._t_start)
@@ -551,7 +566,7 @@ def warm_cache(cfg: TrainConfig, log: Callable[[str], None] = print, show_progre
 
 
 def _cancel_now():
-    """SIGTERM before the trainer exists (still loading data or encoding): stop as a cancel."""
+    """SIGTERM before the trainers exist (still loading data or encoding): stop as a cancel."""
     raise Cancelled("cancelled during setup")
 
 
@@ -561,41 +576,81 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, stop_after: int | None = Non
     """Train into run_dir (created if needed); returns this session's evaluation records.
 
     ``show_progress``: bars on a terminal, plain lines elsewhere (see Trainer); ``on_step(step, steps)``
-    after every optimizer step (a caller's own progress, e.g. a comparison's)."""
-    run = RunDir(run_dir).create()
-    if run.config() not in (None, cfg.model_dump(mode="json")) and (run.path / "train_state.pt").exists():
-        raise ConfigError("config: the run directory holds a checkpoint of a different config; use a new folder")
-    run.write_config(cfg.model_dump(mode="json"))
-    run.mark_running(kind="train", method=cfg.preset or cfg.method)
-    trainer = None
+    after every optimizer step (a caller's own progress, e.g. a comparison's). A grid of one."""
+    return train_grid([cfg], [run_dir], stop_after=stop_after, log=log, show_progress=show_progress,
+                      on_step=None if on_step is None else (lambda i, step, steps: on_step(step, steps)))[0]
+
+
+def train_grid(cfgs: list[TrainConfig], run_dirs: list[str | Path], *, stop_after: int | None = None,
+               log: Callable[[str], None] = print, show_progress: bool | str = False,
+               on_step: Callable[[int, int, int], None] | None = None) -> list[list[dict]]:
+    """Train many runs in one process (core.grid), each into its own run directory; returns each run's
+    evaluation records of this session. ``on_step(i, step, steps)`` after every optimizer step of run i.
+
+    Every run dir gets its config, status and metrics as if trained alone; a member whose status.json asks
+    for a cancel stops on its own (checkpointed, ``cancelled``); SIGTERM / SIGINT stop them all."""
+    from .grid import Grid
+
+    if len(cfgs) != len(run_dirs) or not cfgs:
+        raise ValueError("train_grid: give one run directory per config (and at least one)")
+    runs = []
+    for cfg, d in zip(cfgs, run_dirs, strict=True):
+        run = RunDir(d).create()
+        if run.config() not in (None, cfg.model_dump(mode="json")) and (run.path / "train_state.pt").exists():
+            raise ConfigError(f"config: the run directory {run.path} holds a checkpoint of a different config; "
+                              "use a new folder")
+        runs.append(run)
+    for cfg, run in zip(cfgs, runs, strict=True):
+        run.write_config(cfg.model_dump(mode="json"))
+        run.mark_running(kind="train", method=cfg.preset or cfg.method)
+    trainers: list[Trainer] = []
     prev = {}
+
+    def stop_all(*_):
+        if not trainers:
+            _cancel_now()
+        for t in trainers:
+            t.request_stop()
+
+    def member_end(t: Trainer, how: str) -> None:
+        snap = t.progress.close()
+        if how == "cancelled":
+            t.run.mark_final("cancelled", error="cancelled by the user", progress=snap)
+        elif t.step >= t.cfg.steps:
+            t.run.mark_final("succeeded", progress={**snap, "fraction": 1.0})
+        else:
+            t.run.mark_final("cancelled", error=f"stopped after step {t.step} (resumable)", progress=snap)
+
     try:
         if hasattr(signal, "SIGTERM"):
             for sig in (signal.SIGTERM, signal.SIGINT):
                 try:
-                    prev[sig] = signal.signal(sig, lambda *a: trainer.request_stop() if trainer else _cancel_now())
+                    prev[sig] = signal.signal(sig, stop_all)
                 except ValueError:  # not the main thread (e.g. inside a notebook worker)
                     pass
-        trainer = Trainer(cfg, run, log=log, show_progress=show_progress)
-        if on_step is not None:
-            trainer.callbacks["on_step"].append(lambda t: on_step(t.step, t.cfg.steps))
-        history = trainer.fit(stop_after=stop_after)
-        snap = trainer.progress.close()
-        if trainer.step >= cfg.steps:
-            run.mark_final("succeeded", progress={**snap, "fraction": 1.0})
-        else:
-            run.mark_final("cancelled", error=f"stopped after step {trainer.step} (resumable)", progress=snap)
-        return history
+        shared = Shared()
+        for i, (cfg, run) in enumerate(zip(cfgs, runs, strict=True)):
+            member_log = log if len(cfgs) == 1 else (lambda m, name=run.path.name: log(f"[{name}] {m}"))
+            t = Trainer(cfg, run, log=member_log, show_progress=show_progress if len(cfgs) == 1 else False,
+                        shared=shared)
+            if on_step is not None:
+                t.callbacks["on_step"].append(lambda t, i=i: on_step(i, t.step, t.cfg.steps))
+            trainers.append(t)
+        return Grid(trainers, log=log).fit(stop_after=stop_after, on_member_end=member_end)
     except Cancelled as err:
-        run.mark_final("cancelled", error=str(err))
+        for run in runs:
+            run.mark_final("cancelled", error=str(err), if_state=("queued", "running"))
         log(f"cancelled: {err}")
-        return []
+        return [[] for _ in runs]
     except BaseException as err:
-        run.mark_final("failed", error=f"{type(err).__name__}: {err}\n{traceback.format_exc()[-2000:]}")
+        for run in runs:
+            run.mark_final("failed", error=f"{type(err).__name__}: {err}\n{traceback.format_exc()[-2000:]}",
+                           if_state=("queued", "running"))
         raise
     finally:
-        if trainer is not None and trainer.progress is not None:
-            trainer.progress.close()  # a bar left open would garble the terminal
+        for t in trainers:
+            if t.progress is not None:
+                t.progress.close()  # a bar left open would garble the terminal
         for sig, handler in prev.items():
             signal.signal(sig, handler)
 

@@ -1,0 +1,380 @@
+"""One training loop for many runs in one process: a single run is a grid of one (DESIGN §2, §6).
+
+    core.train.train_grid(cfgs, run_dirs)        # python -m core.experiments compare ... uses it
+
+Each member is an ordinary ``core.train.Trainer`` with its own run directory, config, sampler, noise
+generator, optimizer, evaluations and checkpoints. What the grid adds:
+
+- **setup once**: members share the corpus, data splits, people, frozen encoder and embedding matrix
+  wherever their configs agree (core.shared);
+- **stacked heads**: members on cached embeddings whose models have the same shapes and forward (the
+  ``stack_key``) step together. Every parameter of the group is one tensor (M, ...) and every member's
+  parameter is a view of its slice, so a member's own AdamW, clipping, schedule, checkpoint and resume
+  work unchanged, while the forward and backward of all M members is one ``torch.func.vmap`` call:
+
+      q      (M, 2B, D)     chosen then rejected responses of each member's batch (B = batch x accumulation)
+      demos  (M, U, D)      the distinct demonstrations of each member's batch, both sides (read once each)
+      inv    (M, B, K)      which of them each pair's K demonstrations are
+      eps    (M, B, L)      each member's noise, drawn from its own generator in its own micro-batch order
+      loss   (M, B)         per-pair loss, mu (M, B, L)
+
+  The micro-batches of a step run as one forward: equal micro-batches under a plain sum give the same
+  gradient; the contrastive term is still taken per micro-batch. MGDA / PCGrad members get one backward
+  per user over the whole group (core.gradients) and aggregate per member;
+- **solo members**: runs that train their query encoder (LoRA, full) step through ``Trainer.train_step``
+  in the same loop.
+
+Same seed and config give the same batches, noise and initial weights as the run trained alone; the
+results agree up to floating-point summation order (tests/test_grid.py). A member is cancelled on its own
+by ``cancel_requested`` in its status.json (core.jobs writes it), checkpointing first; SIGTERM stops all.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call, vmap
+
+from .gradients import combine_user_gradients, user_jacobians
+from .models import btl_loss, contrastive_loss, distinct_demos, kl_to_standard_normal
+from .progress import Progress, status_writer
+
+# TrainConfig fields that decide a model's shapes and forward, or a step's batch shape: members agreeing on
+# all of them (and on the table and encoder they read) stack
+STACK_FIELDS = ("method", "query_encoder", "query_head", "z_mode", "decoder", "user_encoder", "pair_diff", "fit_steps",
+                "pair_hidden", "pair_out", "latent", "decoder_hidden", "beta", "batch_size", "grad_accum", "n_demos",
+                "data", "corpus_prompts", "corpus_seed", "signal", "rating_noise", "encoder", "max_length", "device")
+
+
+def stack_key(trainer) -> tuple | None:
+    """Members with equal keys step as one stacked group; None = steps alone (a trained query encoder)."""
+    cfg = trainer.cfg
+    if cfg.query_encoder != "frozen":
+        return None
+    shapes = tuple((n, tuple(p.shape)) for n, p in trainer.model.named_parameters())
+    per_user = cfg.grad_strategy != "sum"
+    return tuple(getattr(cfg, f) for f in STACK_FIELDS) + (len(trainer.W), per_user, shapes)
+
+
+class Cancelled(Exception):
+    """Raised inside the loop after SIGTERM/SIGINT, once every member's state is checkpointed."""
+
+
+class _StepLoss(nn.Module):
+    """One member's per-pair loss for a fused step; called through functional_call under vmap."""
+
+    def __init__(self, model: nn.Module, method: str, beta: float):
+        super().__init__()
+        self.model, self.method, self.beta = model, method, beta
+
+    def forward(self, q, demo_c=None, demo_r=None, inv=None, eps=None):
+        """q (2B, D); demo_c, demo_r (U, D) the distinct demonstrations of the batch, inv (B, K) each pair's
+        K of them; eps (B, L) -> per-pair loss (B,), mu (B, L)."""
+        n = q.shape[0] // 2
+        if self.method == "btl":
+            r = self.model.reward(q)
+            return btl_loss(r[:n], r[n:]), q.new_zeros((n, 1))
+        terms = self.model.demo_terms(demo_c, demo_r)  # (U, X) each
+        mu, logvar = self.model.posterior_from_terms(terms, inv)  # (B, L)
+        z = self.model.latent(mu, logvar, train=True, eps=eps)
+        r = self.model.reward(q, torch.cat([z, z]))
+        loss = btl_loss(r[:n], r[n:])
+        if self.beta > 0:
+            loss = loss + self.beta * kl_to_standard_normal(mu, logvar)
+        return loss, mu
+
+
+def _set_param(module: nn.Module, name: str, value: nn.Parameter) -> None:
+    *path, leaf = name.split(".")
+    for p in path:
+        module = getattr(module, p)
+    module._parameters[leaf] = value
+
+
+class StackedGroup:
+    """Members of one stack_key: their parameters stacked, stepped by one vmapped forward and backward."""
+
+    def __init__(self, trainers: list):
+        self.trainers = trainers
+        t0 = trainers[0]
+        self.names = [n for n, _ in t0.model.named_parameters()]
+        per_member = [dict(t.model.named_parameters()) for t in trainers]
+        # (M, ...) leaves; each member's parameter becomes a view of its slice (its optimizer updates it in place)
+        self.stacked = [torch.stack([pm[n].detach() for pm in per_member]).requires_grad_() for n in self.names]
+        for m, t in enumerate(trainers):
+            for n, S in zip(self.names, self.stacked, strict=True):
+                _set_param(t.model, n, nn.Parameter(S.detach()[m]))
+            t.make_optimizer()
+        self.buffers = {n: b for n, b in t0.model.named_buffers()}  # identical in every member (fixed grids)
+        cfg = t0.cfg
+        self.method, self.per_user = cfg.method, cfg.grad_strategy != "sum"
+        self.sample_noise = cfg.method == "vpl" and cfg.z_mode != "mean"
+        self.bs, self.ga = cfg.batch_size, cfg.grad_accum
+        step_loss = _StepLoss(t0.model, cfg.method, cfg.beta)
+        prefix = {n: "model." + n for n in self.names}
+        bufs = {"model." + n: b for n, b in self.buffers.items()}
+
+        def one(params, *args):
+            return functional_call(step_loss, ({prefix[n]: p for n, p in zip(self.names, params, strict=True)}, bufs),
+                                   args)
+
+        self._one = one
+        self.E = t0.embeddings  # shared by the whole group (same table and encoder: part of the stack key)
+        self.adam = StackedAdamW(self)
+
+    def step(self, members: list[int]) -> list[float]:
+        """One optimizer step for the members at these positions; returns their mean training losses."""
+        ts = [self.trainers[m] for m in members]
+        dev = self.E.device
+        splits = []
+        for t in ts:
+            idx = np.concatenate([t.sampler.sample(t.step, self.bs) for _ in range(self.ga)])
+            splits.append(t.data.train.take(idx))
+        q_ids = torch.as_tensor(np.stack([np.concatenate([s.chosen, s.rejected]) for s in splits]), device=dev)
+        args = [F.embedding(q_ids, self.E)]  # (M, 2B, D)
+        if self.method == "vpl":
+            # each member's distinct demonstrations, padded to the longest list with its first (M, U, D) x 2
+            demos = [distinct_demos(s.ctx_chosen, s.ctx_rejected) for s in splits]
+            U = max(len(uc) for uc, _, _ in demos)
+            pad = [(np.pad(uc, (0, U - len(uc)), mode="edge"), np.pad(ur, (0, U - len(ur)), mode="edge"))
+                   for uc, ur, _ in demos]
+            args.append(F.embedding(torch.as_tensor(np.stack([c for c, _ in pad]), device=dev), self.E))
+            args.append(F.embedding(torch.as_tensor(np.stack([r for _, r in pad]), device=dev), self.E))
+            args.append(torch.as_tensor(np.stack([inv for _, _, inv in demos]), device=dev))  # (M, B, K)
+            if self.sample_noise:
+                L = ts[0].model.dims.latent
+                args.append(torch.stack([torch.cat([torch.randn((self.bs, L), generator=t.z_gen, device=dev)
+                                                    for _ in range(self.ga)]) for t in ts]))  # (M, B, L)
+        whole = len(members) == len(self.trainers)
+        sel = torch.as_tensor(members, device=dev)
+        params = self.stacked if whole else [S[sel] for S in self.stacked]
+        loss, mu = vmap(self._one)(params, *args)  # (M, B), (M, B, L)
+        users = torch.as_tensor(np.stack([s.user for s in splits]), device=dev)  # (M, B)
+        coef = torch.tensor([t.cfg.contrastive_coef for t in ts], device=dev, dtype=loss.dtype)
+        extra = None
+        if self.method == "vpl" and bool((coef > 0).any()):  # per micro-batch, as the study's loop takes it
+            M = len(ts)
+            extra = coef * contrastive_loss(mu.view(M, self.ga, self.bs, -1), users.view(M, self.ga, self.bs)).mean(1)
+        for S in self.stacked:
+            S.grad = None
+        if not self.per_user:
+            obj = loss.mean(1).sum() + (extra.sum() if extra is not None else 0.0)
+            obj.backward()
+            grads = [S.grad if whole else S.grad[sel] for S in self.stacked]  # (M, ...) each member's gradient
+        else:
+            grads = self._per_user_grads(ts, loss, users, extra, params)
+        self._clip(ts, grads)
+        if whole:
+            self.adam.step(grads)
+            for t in ts:  # what optimizer.step() sets, so the schedulers do not warn they stepped first
+                t.optimizer._opt_called = True
+        else:  # some members left: their own AdamW (whose state is a view of the stacks) on their slices
+            for i, t in enumerate(ts):
+                for p, g in zip(t.model.parameters(), grads, strict=True):
+                    p.grad = g[i]
+                t.optimizer.step()
+        out = []
+        for i, (t, s) in enumerate(zip(ts, splits, strict=True)):
+            t.scheduler.step()
+            t.step += 1
+            t.samples_seen += len(s.user)
+            total = float(loss[i].detach().mean())
+            t.loss_sum += total
+            t.loss_n += 1
+            out.append(total)
+        return out
+
+    @staticmethod
+    @torch.no_grad()
+    def _clip(ts, grads) -> None:
+        """torch.nn.utils.clip_grad_norm_ per member: each member's whole gradient scaled to its max_grad_norm."""
+        max_norm = torch.tensor([t.cfg.max_grad_norm for t in ts], dtype=grads[0].dtype, device=grads[0].device)
+        if not bool((max_norm > 0).any()):
+            return
+        M = len(ts)
+        norm = torch.stack([g.reshape(M, -1).pow(2).sum(1) for g in grads]).sum(0).sqrt()  # (M,)
+        coef = torch.where(max_norm > 0, (max_norm / (norm + 1e-6)).clamp(max=1.0), torch.ones_like(norm))
+        for g in grads:
+            g.mul_(coef.view((M,) + (1,) * (g.ndim - 1)))
+
+    def _per_user_grads(self, ts, loss, users, extra, params) -> list[torch.Tensor]:
+        """MGDA / PCGrad: one backward per user over the group, then each member aggregates its own rows
+        (core.gradients); returns the stacked gradients (M, ...)."""
+        present = {}
+        user_losses: dict[int, torch.Tensor] = {}
+        for u in torch.unique(users).tolist():
+            mask = (users == u).to(loss.dtype)  # (M, B)
+            cnt = mask.sum(1)
+            mean = (loss * mask).sum(1) / cnt.clamp_min(1)
+            if extra is not None:  # the contrastive term is shared: added to every user's objective
+                mean = mean + extra
+            user_losses[u] = mean * (cnt > 0)
+            present[u] = (cnt > 0).tolist()
+        jac = user_jacobians(user_losses, params)
+        grads = [torch.empty_like(p) for p in params]
+        sizes = [p[0].numel() for p in params]
+        for i, t in enumerate(ts):
+            rows = [torch.cat([g[i].reshape(-1) for g in jac[u]]) for u in sorted(jac) if present[u][i]]
+            flat = combine_user_gradients(torch.stack(rows), t.cfg.grad_strategy)  # (P,)
+            for g, piece in zip(grads, flat.split(sizes), strict=True):
+                g[i] = piece.view_as(g[i])
+        return grads
+
+
+class StackedAdamW:
+    """torch.optim.AdamW's update (amsgrad off) for every member of a group at once, on the stacked tensors.
+
+    Each member keeps its own AdamW: its state tensors are views of these stacks, so its checkpoint,
+    resume and a step of its own (when some members have left the loop) read and write the same numbers."""
+
+    def __init__(self, group: StackedGroup):
+        self.group = group
+        self.exp_avg = [torch.zeros_like(S, requires_grad=False) for S in group.stacked]
+        self.exp_avg_sq = [torch.zeros_like(S, requires_grad=False) for S in group.stacked]
+        self.steps: list[list[torch.Tensor]] = []
+        self.link()
+
+    def link(self) -> None:
+        """Copy each member's AdamW state (fresh, or loaded by a resume) into the stacks and make it views."""
+        self.steps = []
+        with torch.no_grad():
+            for i, t in enumerate(self.group.trainers):
+                steps = []
+                for j, p in enumerate(t.model.parameters()):
+                    st = t.optimizer.state.get(p, {})
+                    if "exp_avg" in st:
+                        self.exp_avg[j][i].copy_(st["exp_avg"])
+                        self.exp_avg_sq[j][i].copy_(st["exp_avg_sq"])
+                    else:
+                        self.exp_avg[j][i].zero_()
+                        self.exp_avg_sq[j][i].zero_()
+                    step = torch.tensor(float(st["step"]) if "step" in st else 0.0)
+                    t.optimizer.state[p] = {"step": step, "exp_avg": self.exp_avg[j][i],
+                                            "exp_avg_sq": self.exp_avg_sq[j][i]}
+                    steps.append(step)
+                self.steps.append(steps)
+
+    @torch.no_grad()
+    def step(self, grads: list[torch.Tensor]) -> None:
+        ts = self.group.trainers
+        M = len(ts)
+        pg = [t.optimizer.param_groups[0] for t in ts]
+        b1, b2 = pg[0]["betas"]
+        eps = pg[0]["eps"]
+        torch._foreach_add_([s for steps in self.steps for s in steps], 1.0)
+        step = torch.tensor([float(steps[0]) for steps in self.steps], dtype=torch.float64)
+        lr = torch.tensor([g["lr"] for g in pg], dtype=torch.float64)
+        wd = torch.tensor([g["weight_decay"] for g in pg], dtype=torch.float64)
+        dtype, dev = grads[0].dtype, grads[0].device
+        decay = (1 - lr * wd).to(dtype=dtype, device=dev)
+        step_size = (lr / (1 - b1 ** step)).to(dtype=dtype, device=dev)  # (M,)
+        bc2_sqrt = (1 - b2 ** step).sqrt().to(dtype=dtype, device=dev)
+        for S, m, v, g in zip(self.group.stacked, self.exp_avg, self.exp_avg_sq, grads, strict=True):
+            shape = (M,) + (1,) * (S.ndim - 1)
+            P = S.detach()
+            P.mul_(decay.view(shape))
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = (v.sqrt() / bc2_sqrt.view(shape)).add_(eps)
+            P.sub_(m / denom * step_size.view(shape))
+
+
+class SoloGroup:
+    """A member that trains its query encoder: stepped by its own micro-batch loop (Trainer.train_step)."""
+
+    def __init__(self, trainer):
+        self.trainers = [trainer]
+
+    def step(self, members: list[int]) -> list[float]:
+        return [self.trainers[0].train_step()] if members else []
+
+
+def plan_groups(trainers: list) -> list:
+    groups: dict[tuple, list] = {}
+    solo = []
+    for t in trainers:
+        k = stack_key(t)
+        if k is None:
+            solo.append(SoloGroup(t))
+        else:
+            groups.setdefault(k, []).append(t)
+    return [StackedGroup(ts) for ts in groups.values()] + solo
+
+
+class Grid:
+    """The loop: step every active member, evaluate and checkpoint each on its own schedule.
+
+    ``on_member_end(trainer, state)`` is called when a member leaves the loop (succeeded / cancelled)."""
+
+    def __init__(self, trainers: list, *, log: Callable[[str], None] = print):
+        self.trainers = trainers
+        self.log = log
+        if trainers[0].device.type == "cpu" and len(trainers) > 1 and not any(t.cfg.cpu_threads for t in trainers):
+            # stacked ops are large: every core helps (a lone run of small heads keeps its one thread)
+            torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+        self.groups = plan_groups(trainers)
+        self.histories: dict[int, list[dict]] = {id(t): [] for t in trainers}
+        self._last_cancel_check = 0.0
+
+    def fit(self, stop_after: int | None = None, on_member_end: Callable | None = None) -> list[list[dict]]:
+        for t in self.trainers:
+            t._t_start = time.perf_counter()
+            resumed = t.try_resume()
+            t.run.update_status(phase="training", steps=t.cfg.steps, resumed=resumed)
+            t.progress = Progress(t.cfg.steps, unit="steps", stage="training", done=t.step,
+                                  show=t.show_progress if len(self.trainers) == 1 else False,
+                                  status=status_writer(t.run))
+            if t.step == 0:
+                self.histories[id(t)].append(t._record(t.evaluate()))
+        for g in self.groups:
+            if isinstance(g, StackedGroup):
+                g.adam.link()  # a resume loaded each member's optimizer state: back into the stacks
+        active = {id(t) for t in self.trainers if t.step < t.cfg.steps}
+        while active:
+            for g in self.groups:
+                members = [i for i, t in enumerate(g.trainers) if id(t) in active]
+                if not members:
+                    continue
+                losses = g.step(members)
+                for i, loss in zip(members, losses, strict=True):
+                    t = g.trainers[i]
+                    for cb in t.callbacks["on_step"]:
+                        cb(t)
+                    t.progress.set(t.step, train_loss=loss)
+                    if t.step % t.cfg.eval_every == 0 or t.step == t.cfg.steps:
+                        self.histories[id(t)].append(t._record(t.evaluate()))
+            stop_all = any(t._stop_requested for t in self.trainers if id(t) in active)
+            cancel = self._cancel_requests(active)
+            for t in self.trainers:
+                if id(t) not in active:
+                    continue
+                if stop_all:
+                    t.save_checkpoint()
+                elif id(t) in cancel:
+                    t.save_checkpoint()
+                    active.discard(id(t))
+                    if on_member_end:
+                        on_member_end(t, "cancelled")
+                elif t.step >= t.cfg.steps or (stop_after is not None and t.step >= stop_after):
+                    if t.step < t.cfg.steps:
+                        t.save_checkpoint()
+                    active.discard(id(t))
+                    if on_member_end:
+                        on_member_end(t, "ended")
+            if stop_all:
+                raise Cancelled(f"stopped at step {max(t.step for t in self.trainers)}")
+        return [self.histories[id(t)] for t in self.trainers]
+
+    def _cancel_requests(self, active: set) -> set:
+        """Members whose status.json asks for a cancel (checked at most once a second)."""
+        now = time.monotonic()
+        if len(self.trainers) == 1 or now - self._last_cancel_check < 1.0:
+            return set()
+        self._last_cancel_check = now
+        return {id(t) for t in self.trainers if id(t) in active and t.run.status().get("cancel_requested")}
