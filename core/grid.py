@@ -45,6 +45,8 @@ from .gradients import combine_user_gradients, user_jacobians
 from .models import btl_loss, contrastive_loss, distinct_demos, kl_to_standard_normal
 from .progress import Progress, status_writer
 
+CANCEL_CHECK_S = 1.0  # how often the loop reads the members' status.json for a cancel request
+
 # TrainConfig fields that decide a model's shapes and forward, or a step's batch shape: members agreeing on
 # all of them (and on the table and encoder they read) stack
 STACK_FIELDS = ("method", "query_encoder", "query_head", "z_mode", "decoder", "user_encoder", "pair_diff", "fit_steps",
@@ -374,7 +376,7 @@ class Grid:
     def _cancel_requests(self, active: set) -> set:
         """Members whose status.json asks for a cancel (checked at most once a second)."""
         now = time.monotonic()
-        if len(self.trainers) == 1 or now - self._last_cancel_check < 1.0:
+        if len(self.trainers) == 1 or now - self._last_cancel_check < CANCEL_CHECK_S:
             return set()
         self._last_cancel_check = now
         return {id(t) for t in self.trainers if id(t) in active and t.run.status().get("cancel_requested")}

@@ -87,3 +87,49 @@ def test_one_group_per_user_is_todays_sampler_draw_for_draw():
     grouped = AdaptiveSampler(users, total_steps=20, seed=5, unit_of_user=np.array([0, 1]))
     for step in range(20):
         assert np.array_equal(today.sample(step, 4), grouped.sample(step, 4))
+
+
+# ---------------------------------------------------------------- the project's per-user gradient combination
+def test_combine_user_gradients_never_trades_one_user_for_another_where_the_sum_does():
+    from core.gradients import combine_user_gradients
+
+    g1, g2 = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([-2.0, 1.0, 0.0])  # conflicting: g1 . g2 = -2
+    J = torch.stack([g1, g2])
+    plain = g1 + g2
+    assert float(plain @ g1) < 0  # the sum's step raises user 1's loss
+    mgda = combine_user_gradients(J, "mgda")
+    # min over w of |w g1 + (1 - w) g2|^2 = (3w - 2)^2 + (1 - w)^2  ->  w = 0.7  ->  (0.1, 0.3, 0)
+    assert torch.allclose(mgda, torch.tensor([0.1, 0.3, 0.0]), atol=1e-4)
+    assert float(mgda @ g1) > 0 and float(mgda @ g2) > 0
+    pc = combine_user_gradients(J, "pcgrad")
+    # g1' = g1 - (g1.g2 / |g2|^2) g2 = (0.2, 0.4, 0); g2' = g2 - (g1.g2 / |g1|^2) g1 = (0, 1, 0)
+    assert torch.allclose(pc, torch.tensor([0.2, 1.4, 0.0]), atol=1e-5)
+    assert float(pc @ g1) > 0 and float(pc @ g2) > 0
+    # agreeing users: PCGrad is the plain sum; a lone user's gradient is left as it is
+    agree = torch.tensor([[1.0, 1.0, 0.0], [0.5, 2.0, 0.0]])
+    assert torch.allclose(combine_user_gradients(agree, "pcgrad"), agree.sum(0))
+    assert torch.equal(combine_user_gradients(J[:1], "mgda"), g1)
+
+
+def test_combine_user_gradients_names_what_is_wrong():
+    from core.gradients import combine_user_gradients
+
+    with pytest.raises(ValueError, match="grad_strategy"):
+        combine_user_gradients(torch.ones(2, 3), "sum")
+    with pytest.raises(ValueError, match="jacobian"):
+        combine_user_gradients(torch.ones(0, 3), "mgda")
+
+
+def test_user_jacobians_give_each_stacked_run_its_own_per_user_gradients():
+    from core.gradients import user_jacobians
+
+    W = torch.tensor([[1.0, 2.0], [3.0, -1.0]], requires_grad=True)  # (M=2 runs, 2) stacked weights
+    x = {0: torch.tensor([1.0, 0.0]), 1: torch.tensor([0.0, 2.0])}  # user u's input
+    present = torch.tensor([[1.0, 1.0], [1.0, 0.0]])  # run 1 has no pair of user 1 in its batch
+    losses = {u: (W @ x[u]) ** 2 * present[:, u] for u in (0, 1)}  # (M,) each: user u's loss in each run
+    jac = user_jacobians(losses, [W])
+    for u in (0, 1):
+        for m in (0, 1):
+            expected = 2 * float(W[m] @ x[u]) * x[u] * present[m, u]  # d/dW[m] of (W[m] . x_u)^2
+            assert torch.allclose(jac[u][0][m], expected), (u, m)
+    assert torch.equal(jac[1][0][1], torch.zeros(2))  # an absent user gives that run nothing

@@ -1,0 +1,118 @@
+"""core.grid: many runs in one process give each run what it gets alone, and leave one by one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.config import build_config
+from core.runs import RunDir, now_iso
+from core.shared import Shared
+from core.train import Trainer, train, train_grid
+
+SMALL = {"corpus_prompts": 400, "eval_every": 10}
+
+
+def _cfgs(cache_root, steps=30, **extra):
+    pairs = [("vpl", 0), ("vpl-mgda", 1), ("vpl-contrastive", 0), ("traditional", 1), ("personal", 0)]
+    return [build_config({"preset": p, **SMALL, "steps": steps, "seed": s, "cache_dir": cache_root, **extra})
+            for p, s in pairs]
+
+
+def test_grid_members_end_where_their_runs_end_alone(tmp_path, small_corpus_embeddings, cache_root):
+    cfgs = _cfgs(cache_root)
+    alone = [train(c, tmp_path / f"alone-{i}", log=lambda m: None)[-1] for i, c in enumerate(cfgs)]
+    grid = [h[-1] for h in train_grid(cfgs, [tmp_path / f"grid-{i}" for i in range(len(cfgs))], log=lambda m: None)]
+    for c, a, g in zip(cfgs, alone, grid, strict=True):
+        assert g["step"] == a["step"] == 30
+        assert g["accuracy"] == pytest.approx(a["accuracy"], abs=0.01), c.preset
+        assert g["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-3), c.preset
+        assert g["all_pairs_accuracy"] == pytest.approx(a["all_pairs_accuracy"], abs=0.01), c.preset
+    # the runs learned something, so equality is not two runs that both did nothing
+    assert grid[0]["accuracy"] > 0.7 and grid[4]["accuracy"] > 0.55  # 30 steps: personal is past chance
+    for i in range(len(cfgs)):
+        assert RunDir(tmp_path / f"grid-{i}").status()["state"] == "succeeded"
+
+
+@pytest.mark.parametrize("preset", ["vpl-contrastive", "vpl-pcgrad", "vpl-mgda", "personal"])
+def test_a_stacked_step_is_the_micro_batch_loop_step(tmp_path, small_corpus_embeddings, cache_root, preset):
+    """The grid's fused, stacked step (and its per-user path for MGDA / PCGrad, core.gradients) against the
+    plain loop over micro-batches (Trainer.train_step, torchjd's own backward for MGDA / PCGrad)."""
+    from core.grid import StackedGroup
+
+    cfg = {"preset": preset, **SMALL, "steps": 20, "cache_dir": cache_root}
+    shared = Shared()
+    plain = Trainer(build_config({**cfg, "seed": 0}), RunDir(tmp_path / "plain").create(), log=lambda m: None,
+                    shared=shared)
+    members = [Trainer(build_config({**cfg, "seed": s}), RunDir(tmp_path / f"m{s}").create(), log=lambda m: None,
+                       shared=shared) for s in (0, 1)]
+    start = {n: p.detach().clone() for n, p in plain.model.named_parameters()}
+    group = StackedGroup(members)
+    for _ in range(3):
+        plain.train_step()
+        group.step([0, 1])
+    # the same reward margins on test pairs (parameters can differ where the margin ignores them: the last
+    # bias cancels in r_chosen - r_rejected, its gradient is rounding noise, and Adam scales noise up to lr)
+    idx = np.arange(64)
+    with torch.no_grad():
+        _, m_plain, _, _ = plain.forward(plain.data.test, idx, train=False)
+        _, m_grid, _, _ = members[0].forward(members[0].data.test, idx, train=False)
+    assert torch.allclose(m_plain, m_grid, atol=1e-4)
+    assert sum(not torch.equal(p, start[n]) for n, p in plain.model.named_parameters()) > 0
+    # the other member is another run (seed 1), not a copy of the first
+    assert any(not torch.allclose(p, q) for p, q in zip(members[0].model.parameters(), members[1].model.parameters(),
+                                                         strict=True))
+
+
+def test_a_member_cancelled_alone_stops_checkpointed_while_the_others_finish(tmp_path, small_corpus_embeddings,
+                                                                            cache_root, monkeypatch):
+    import core.grid
+
+    monkeypatch.setattr(core.grid, "CANCEL_CHECK_S", 0.0)
+    cfgs = _cfgs(cache_root, steps=40)[:2]
+    dirs = [tmp_path / "a", tmp_path / "b"]
+
+    def on_step(i, step, steps):
+        if i == 0 and step == 5:
+            RunDir(dirs[0]).update_status(cancel_requested=now_iso())
+
+    train_grid(cfgs, dirs, log=lambda m: None, on_step=on_step)
+    a, b = RunDir(dirs[0]), RunDir(dirs[1])
+    assert a.status()["state"] == "cancelled" and "cancelled by the user" in a.status()["error"]
+    assert torch.load(dirs[0] / "train_state.pt", weights_only=True)["step"] == 5
+    assert b.status()["state"] == "succeeded" and b.metrics()[0][-1]["step"] == 40
+
+
+def test_an_interrupted_grid_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path, small_corpus_embeddings,
+                                                                            cache_root):
+    cfgs = _cfgs(cache_root, steps=30)[:3]
+    full = [tmp_path / f"full-{i}" for i in range(3)]
+    part = [tmp_path / f"part-{i}" for i in range(3)]
+    train_grid(cfgs, full, log=lambda m: None)
+    train_grid(cfgs, part, stop_after=15, log=lambda m: None)
+    assert all(RunDir(d).status()["state"] == "cancelled" for d in part)
+    train_grid(cfgs, part, log=lambda m: None)
+    for f, p in zip(full, part, strict=True):
+        a, _ = RunDir(f).metrics()
+        b, _ = RunDir(p).metrics()
+        assert [r["step"] for r in a] == [r["step"] for r in b]
+        assert a[-1]["eval_loss"] == pytest.approx(b[-1]["eval_loss"], rel=1e-5)
+        assert a[-1]["user_accuracy"] == b[-1]["user_accuracy"]
+
+
+def test_members_share_setup_but_not_weights(tmp_path, small_corpus_embeddings, cache_root):
+    shared = Shared()
+    t = [Trainer(c, RunDir(tmp_path / str(i)).create(), log=lambda m: None, shared=shared)
+         for i, c in enumerate(_cfgs(cache_root)[:3])]  # vpl s0, vpl-mgda s1, vpl-contrastive s0
+    assert t[0].data is t[2].data and t[0].data is not t[1].data  # same seed -> same split
+    assert t[0].embeddings is t[1].embeddings  # one matrix for the table and encoder
+    # vpl and vpl-contrastive at seed 0 start from the same weights, as they would alone
+    for p, q in zip(t[0].model.parameters(), t[2].model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert not np.array_equal(t[0].data.test.user, t[1].data.test.user) or len(t[0].data.test) != len(t[1].data.test)
+
+
+def test_train_grid_needs_one_run_dir_per_config(tmp_path):
+    with pytest.raises(ValueError, match="one run directory per config"):
+        train_grid([build_config({"preset": "vpl"})], [], log=lambda m: None)
