@@ -25,7 +25,7 @@ BUILTIN_KINDS = (
     JobKind("train", "core.train", "core.kinds:validate_train"),
     JobKind("personas", "core.personas", "core.personas.config:validate_config"),
     JobKind("study", "core.study", "core.study:validate_study_job"),
-    JobKind("grid", "core.gridjob", "core.gridjob:validate_grid_job"),
+    JobKind("grid", "core.gridjob", "core.gridjob:validate_grid_job", members="runs"),
 )
 
 for _kind in BUILTIN_KINDS:

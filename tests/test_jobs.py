@@ -221,3 +221,117 @@ def test_jobs_py_imports_no_feature():
     assert not feature, feature
     assert job_kinds()["train"].module == "core.train"
     assert job_kinds()["personas"].module == "core.personas"
+
+
+# --------------------------------------------------------------------------- a grid job: one process, many runs
+# tiny data; members step at about 50 steps/s each on an idle 2-core CPU and check for a cancel once a second,
+# so 300 steps leave a cancel time to land mid-run
+GRID_TINY = {"corpus_prompts": 60, "steps": 300, "eval_every": 100, "max_train_per_user": 40, "max_test_per_user": 20,
+             "pool_size": 20}
+
+
+def grid(cache_dir, methods=("traditional", "vpl"), **overrides):
+    return {"kind": "grid", "methods": list(methods), "seeds": [0],
+            "overrides": {**GRID_TINY, "cache_dir": cache_dir, **overrides}}
+
+
+def member_training(jm, run_id):
+    """Like training(), for a member that may not exist yet (the grid process creates it)."""
+    try:
+        return training(jm, run_id)
+    except JobError:
+        return False
+
+
+def checkpoint_step(run_path) -> int:
+    import torch
+
+    return int(torch.load(Path(run_path) / "train_state.pt", weights_only=False)["step"])
+
+
+@pytest.mark.slow
+def test_grid_members_are_runs_and_a_member_is_cancelled_alone(tmp_path, warm_cache):
+    jm = JobManager(tmp_path, max_concurrent=1, grace_s=10)
+    gid = jm.submit(grid(warm_cache))
+    assert jm.status(gid)["state"] == "running"
+    trad, vpl = f"{gid}.traditional-s0", f"{gid}.vpl-s0"
+    wait_for(lambda: [r["run_id"] for r in jm.list()] == [gid, trad, vpl], 120, "both members to start")
+    runs = {r["run_id"]: r for r in jm.list()}
+    gpid = runs[gid]["pid"]
+    assert runs[gid]["kind"] == "grid" and runs[gid]["members"] == [trad, vpl]
+    for rid, name in ((trad, "traditional-s0"), (vpl, "vpl-s0")):
+        r = runs[rid]
+        assert r["grid"] == gid and r["grid_pid"] == gpid and r["pid"] == gpid and r["state"] == "running"
+        assert r["label"] == name and r["kind"] == "train" and r["path"] == str(tmp_path / gid / "runs" / name)
+        assert jm.run_dir(rid).path == tmp_path / gid / "runs" / name
+    assert jm.status(gid)["members"] == [trad, vpl]
+    with pytest.raises(JobError):
+        jm.status(f"{gid}.nope-s0")
+    with pytest.raises(JobError):
+        jm.status(f"{gid}.vpl-s0/../x")
+
+    wait_for(lambda: training(jm, vpl), 60, "the vpl member to train")
+    t0 = time.time()
+    out = jm.cancel(vpl)
+    assert out["state"] == "cancelled", out
+    assert out["error"] == "cancelled by the user"
+    assert time.time() - t0 < 10
+    assert pid_alive(gpid)  # the grid process was not signalled: the other member trains on
+    assert jm.status(trad)["state"] == "running"
+    assert "cancel_requested" not in RunDir(tmp_path / gid).status()
+    step = checkpoint_step(tmp_path / gid / "runs" / "vpl-s0")
+    assert 0 < step < GRID_TINY["steps"]
+
+    wait_for(lambda: jm.status(gid)["state"] not in ("queued", "running"), 240, "the grid to end")
+    runs = {r["run_id"]: r for r in jm.list()}
+    assert runs[trad]["state"] == "succeeded", runs[trad].get("error")
+    assert runs[vpl]["state"] == "cancelled"
+    assert checkpoint_step(tmp_path / gid / "runs" / "vpl-s0") == step  # it stayed where it stopped
+    records, _ = RunDir(tmp_path / gid / "runs" / "traditional-s0").metrics()
+    assert records[-1]["step"] == GRID_TINY["steps"]
+    # core.gridjob ends a grid with a cancelled member `cancelled`, naming every member's state
+    assert runs[gid]["state"] == "cancelled"
+    assert runs[gid]["error"] == "members ended: succeeded, cancelled"
+    wait_for(lambda: not pid_alive(gpid), 15, "the grid process to exit")
+    # a member's log is its own lines of the grid's log
+    log = jm.log(vpl)
+    assert "step     0" in log and "[traditional-s0]" not in log and "[vpl-s0]" not in log
+    assert (tmp_path / gid / "table.csv").exists()
+
+
+@pytest.mark.slow
+def test_sigkilled_grid_fails_its_running_members_and_a_member_cancel_needs_no_process(tmp_path, warm_cache):
+    jm = JobManager(tmp_path)
+    gid = jm.submit(grid(warm_cache, steps=100_000, eval_every=50))
+    trad, vpl = f"{gid}.traditional-s0", f"{gid}.vpl-s0"
+    wait_for(lambda: member_training(jm, trad) and member_training(jm, vpl), 90, "both members to train")
+    gpid = jm.status(gid)["pid"]
+    os.killpg(gpid, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(gpid), 10, "the grid process to die")
+    # cancelling a member of a dead grid marks it at once (nobody is left to read cancel_requested)
+    t0 = time.time()
+    assert jm.cancel(vpl)["state"] == "cancelled"
+    assert time.time() - t0 < 3
+    runs = {r["run_id"]: r for r in jm.list()}
+    assert runs[gid]["state"] == "failed"
+    assert runs[trad]["state"] == "failed" and runs[trad]["pid"] is None
+    assert f"its grid {gid}" in runs[trad]["error"] and "ended without a final state" in runs[trad]["error"]
+    assert "step     0" in runs[trad]["error"]  # the member's own lines of the grid's log
+    # persisted: the run dirs say so on disk, for any reader
+    assert RunDir(tmp_path / gid / "runs" / "traditional-s0").status()["state"] == "failed"
+    assert RunDir(tmp_path / gid / "runs" / "vpl-s0").status()["state"] == "cancelled"
+
+
+@pytest.mark.slow
+def test_cancelling_the_only_active_member_stops_a_grid_of_one(tmp_path, warm_cache):
+    # core.grid does not read cancel_requested when it trains one run; the manager signals the grid instead
+    # (no other member is active, so this stops nothing else)
+    jm = JobManager(tmp_path, grace_s=10)
+    gid = jm.submit(grid(warm_cache, methods=("vpl",), steps=100_000, eval_every=50))
+    rid = f"{gid}.vpl-s0"
+    wait_for(lambda: member_training(jm, rid), 90, "the member to train")
+    out = jm.cancel(rid)
+    assert out["state"] == "cancelled", out
+    assert checkpoint_step(tmp_path / gid / "runs" / "vpl-s0") > 0
+    wait_for(lambda: jm.status(gid)["state"] not in ("queued", "running"), 30, "the grid to end")
+    assert jm.status(gid)["state"] == "cancelled"
