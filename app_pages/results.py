@@ -21,7 +21,7 @@ include = st.multiselect("Include runs that are", ["succeeded", "cancelled", "fa
                          key="results_states")
 
 rows, unreadable, torn = [], [], 0
-for r in runs:
+for r in runs:  # a grid job's members are runs of the list (id <grid id>.<name>), with the state the job system judged
     if r.get("kind", "train") not in ("train", "fewshot") or r["state"] not in include:
         continue
     try:
@@ -32,10 +32,15 @@ for r in runs:
         unreadable.append(r["run_id"])
         continue
     torn += row.get("skipped_lines", 0) or 0
+    row["run_id"] = r["run_id"]
     rows.append(row)
 
-# comparison folders written by `python -m core.experiments compare --out <root>/<name>` land here too
+# comparison folders written by `python -m core.experiments compare --out <root>/<name>` (and a study's runs)
+# land here too; a grid job's members were listed above
+listed = {Path(r["path"]).resolve() for r in runs}
 for path in sorted(Path(jm.root).glob("*/runs/*")):
+    if path.resolve() in listed:
+        continue
     row = run_row(path) if path.is_dir() else None
     if row is None:
         unreadable.append(path.name)

@@ -1,4 +1,5 @@
-"""Train: launch runs as background jobs, watch per-user curves live, cancel, compare."""
+"""Train: launch runs as background jobs (one job per run, or methods x seeds as one grid job whose members
+are runs), watch per-user curves live, cancel, compare."""
 
 from __future__ import annotations
 
@@ -84,6 +85,25 @@ def submit_all(jm: JobManager, methods: list[str], seeds: list[int], extra: dict
         for s in seeds:
             ids.append(jm.submit({"preset": m, "seed": s, **extra}, launcher=launcher, slurm_params=slurm_params))
     return ids
+
+
+def submit_grid(jm: JobManager, methods: list[str], seeds: list[int], extra: dict, launcher: str = "local",
+                slurm_params: dict | None = None) -> str:
+    """Methods x seeds as one grid job (core.gridjob): one process, one run per member, same results."""
+    return jm.submit({"kind": "grid", "methods": list(methods), "seeds": list(seeds), "overrides": extra},
+                     launcher=launcher, slurm_params=slurm_params)
+
+
+def with_members(run_ids: list[str], runs_by_id: dict) -> list[str]:
+    """A grid job stands for its members (it has no curves of its own); other runs stand for themselves."""
+    out = []
+    for rid in run_ids:
+        members = (runs_by_id.get(rid) or {}).get("members")
+        if members is None:
+            out.append(rid)
+        else:
+            out.extend(m for m in members if m in runs_by_id)
+    return list(dict.fromkeys(out))
 
 
 def smooth(y: list, alpha: float) -> list:
@@ -199,9 +219,12 @@ def curves(run_ids: list[str], runs_by_id: dict, alpha: float, view: str = "grou
 
 def runs_table(runs) -> None:
     on_slurm = any(r.get("launcher") == "slurm" for r in runs)
+    grids = any(r.get("grid") for r in runs)
     rows = []
     for r in runs:
         row = {"run": r["run_id"], "label": r.get("label") or r.get("method"), "state": r.get("state")}
+        if grids:  # which grid job a run trains in (cancelling the grid stops all of its runs)
+            row["grid"] = r.get("grid")
         if on_slurm:  # right after the state: a pending job says why it waits
             row["slurm job"] = r.get("job_id")
             row["node"] = r.get("node")
@@ -266,13 +289,21 @@ with st.expander("Launch runs", expanded=not runs):
     seeds_text = c2.text_input("Seed(s)", "0", key="seeds", help="e.g. 0 or 0,1,2 or 0-4")
     size = c3.radio("Size", ["Quick (400 questions)", "Study preset (1500 questions)"], key="size")
     steps = st.number_input("Steps", 1, 20000, 60 if size.startswith("Quick") else 400, key="steps")
+    as_grid = st.checkbox("Train as one grid (one process, faster)", value=True, key="as_grid",
+                          help="Every method x seed trains in one process that shares the data and the frozen "
+                               "encoder and steps the models together; each still gets its own run, curves and "
+                               "cancel, with the same results as alone. Off: one job per run, one at a time.")
     launcher, slurm_params = launcher_fields()
     if st.button("Launch", key="launch", disabled=not methods):
         try:
             extra = {**user_cfg, "steps": int(steps)}
             if size.startswith("Quick"):
                 extra.update(corpus_prompts=QUICK["corpus_prompts"], eval_every=max(1, int(steps) // 12))
-            ids = submit_all(jm, methods, parse_seeds(seeds_text), extra, launcher, slurm_params)
+            seeds = parse_seeds(seeds_text)
+            if as_grid and len(methods) * len(seeds) > 1:
+                ids = [submit_grid(jm, methods, seeds, extra, launcher, slurm_params)]
+            else:
+                ids = submit_all(jm, methods, seeds, extra, launcher, slurm_params)
         except (ConfigError, ValueError) as err:
             st.error(f"Not launched: {err}")
         else:
@@ -301,8 +332,9 @@ if active_ids:
     victim = c1.selectbox("Active run", active_ids, key="cancel_pick",
                           format_func=lambda rid: run_label(runs_by_id[rid]))
     if c2.button("Cancel run", key="cancel"):
-        with st.spinner("Stopping (the run checkpoints first)…"):
-            jm.cancel(victim)
+        what = "every run of the grid" if runs_by_id[victim].get("members") is not None else "the run"
+        with st.spinner(f"Stopping {what} (checkpointed first)…"):
+            jm.cancel(victim)  # a grid's member: only that run stops, the others train on
         st.rerun()
 
 watching = any(r["state"] in ACTIVE for r in runs)
@@ -313,16 +345,17 @@ def live():
     fresh_list = jm.list()
     fresh = {r["run_id"]: r for r in fresh_list}
     runs_table(fresh_list)
-    if {r: fresh.get(r, {}).get("state") for r in runs_by_id} != {r: v["state"] for r, v in runs_by_id.items()}:
-        st.rerun()  # a run changed state: refresh the whole page (cancel list, refresh policy)
+    if {r: v["state"] for r, v in fresh.items()} != {r: v["state"] for r, v in runs_by_id.items()}:
+        st.rerun()  # a run changed state or appeared (a grid's members): refresh the whole page (cancel list, refresh policy)
     if not shown:
         return
+    drawn = with_members(shown, fresh)
     states = ", ".join(f"{fresh.get(r, {}).get('label')}: **{fresh.get(r, {}).get('state')}** "
                        f"({(fresh.get(r, {}).get('progress') or {}).get('done', 0)}/"
-                       f"{(fresh.get(r, {}).get('progress') or {}).get('total', '?')})" for r in shown)
+                       f"{(fresh.get(r, {}).get('progress') or {}).get('total', '?')})" for r in drawn)
     if states:
         st.markdown(states)
-    acc, loss, notes = curves(shown, fresh, alpha, "users" if view == "Every user" else "groups", show_refs)
+    acc, loss, notes = curves(drawn, fresh, alpha, "users" if view == "Every user" else "groups", show_refs)
     st.plotly_chart(acc, key="train_accuracy", use_container_width=True)
     st.plotly_chart(loss, key="train_loss", use_container_width=True)
     for n in notes:

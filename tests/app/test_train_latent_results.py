@@ -177,3 +177,78 @@ def test_results_tables_show_rounded_figures(runs_root):
     runs = next(t for t in tables if "run_id" in t.columns)  # "All N runs"
     acc = runs["accuracy"].dropna()
     assert len(acc) and all(abs(v * 1000 - round(v * 1000)) < 1e-9 for v in acc), acc  # the rest to 0.001
+
+
+@pytest.mark.slow
+def test_train_page_launches_a_grid_whose_members_are_runs(tmp_path, monkeypatch, cache_root,
+                                                           small_corpus_embeddings):
+    from core.runs import FINAL_STATES
+    from tests.test_jobs import member_training, wait_for
+
+    monkeypatch.setenv("PREFLENS_RUNS_DIR", str(tmp_path))
+    monkeypatch.setenv("PREFLENS_CACHE", str(cache_root))
+    at = open_page("app_pages/train.py")
+    assert not at.exception, at.exception
+    assert at.checkbox(key="as_grid").value  # the page's runs all read a frozen encoder: a grid by default
+    at.multiselect(key="methods").set_value(["traditional", "vpl"])
+    at.number_input(key="steps").set_value(5000)
+    at.button(key="launch").click().run()
+    assert not at.exception, at.exception
+    jm = JobManager(tmp_path)
+    try:
+        (job,) = jm.list()  # one job for the two runs
+        gid = job["run_id"]
+        assert job["kind"] == "grid" and job["label"] == "grid-2-runs" and job["state"] == "running"
+        cfg = RunDir(job["path"]).config()
+        assert cfg["methods"] == ["traditional", "vpl"] and cfg["seeds"] == [0]
+        assert cfg["overrides"]["steps"] == 5000 and cfg["overrides"]["corpus_prompts"] == 400
+        assert at.query_params["runs"] == gid
+        members = [f"{gid}.traditional-s0", f"{gid}.vpl-s0"]
+        wait_for(lambda: all(member_training(jm, m) for m in members), 180, "both members to train")
+
+        at.run()
+        assert not at.exception, at.exception
+        table = next(d.value for d in at.dataframe if "grid" in d.value.columns).set_index("run")
+        assert list(table.loc[members, "grid"]) == [gid, gid]
+        assert list(table.loc[members, "state"]) == ["running", "running"]
+        # the grid in "Runs to show" draws its members' curves
+        assert {t["meta"]["run_id"] for t in figure(at, "train_accuracy")["data"]} == set(members)
+        labels = at.selectbox(key="cancel_pick").options  # "<label> · <run id>"
+        assert all(any(o.endswith(f" · {m}") for o in labels) for m in members)
+
+        at.selectbox(key="cancel_pick").set_value(members[1])
+        at.button(key="cancel").click().run()
+        assert not at.exception, at.exception
+        assert jm.status(members[1])["state"] == "cancelled"
+        assert jm.status(members[0])["state"] == "running" and jm.status(gid)["state"] == "running"
+        table = next(d.value for d in at.dataframe if "grid" in d.value.columns).set_index("run")
+        assert table.loc[members[1], "state"] == "cancelled"
+    finally:
+        for r in jm.list():
+            if r["state"] not in FINAL_STATES and not r.get("grid"):
+                jm.cancel(r["run_id"])
+    assert {r["state"] for r in jm.list()} == {"cancelled"}
+
+
+def test_results_page_shows_a_grids_members_once(tmp_path, monkeypatch, cache_root, small_corpus_embeddings):
+    import json
+
+    from core.gridjob import main as grid_main
+
+    gid = "grid-20260101-000000-abcdef"
+    cfg = tmp_path / "grid.json"
+    cfg.write_text(json.dumps({"kind": "grid", "methods": ["traditional", "vpl"], "seeds": [0],
+                               "overrides": {**TINY, "cache_dir": cache_root}}))
+    assert grid_main(["--config", str(cfg), "--run-dir", str(tmp_path / "runs-root" / gid)]) == 0
+    monkeypatch.setenv("PREFLENS_RUNS_DIR", str(tmp_path / "runs-root"))
+    at = open_page("app_pages/results.py")
+    assert not at.exception, at.exception
+    summary = next(d.value for d in at.dataframe if "converged_share" in d.value.columns).set_index("method")
+    assert summary.loc["traditional", "runs"] == 1 and summary.loc["vpl", "runs"] == 1  # not also as a folder
+    runs = next(d.value for d in at.dataframe if "run_id" in d.value.columns)
+    assert sorted(runs["run_id"]) == [f"{gid}.traditional-s0", f"{gid}.vpl-s0"]
+    bar = figure(at, "results_accuracy")["data"][0]
+    got = dict(zip(bar["x"], array(bar["y"]), strict=True))
+    for m in ("traditional", "vpl"):
+        records, _ = RunDir(tmp_path / "runs-root" / gid / "runs" / f"{m}-s0").metrics()
+        assert got[m] == pytest.approx(records[-1]["accuracy"])
