@@ -43,7 +43,10 @@ PRESETS: dict[str, dict] = {
     #   option; it extrapolates past the trained users (random: new people 0.80 against blend's 0.78);
     # - batch 128 and lr 3e-3 (four times the pairs a step: the 100-user heads were undertrained at 32);
     # - no contrastive term.
-    "personal": {**_CPU, "method": "vpl", "z_mode": "mean", "contrastive_coef": 0.0,
+    # - z acts on the frozen encoder's features of a response (z_features 'frozen'), where the reader reads the
+    #   demonstrations: with a LoRA query encoder the shared reward moves with LoRA while the reading stays
+    #   consistent (issue 19: one of four users was never read with LoRA); no change with a frozen encoder.
+    "personal": {**_CPU, "method": "vpl", "z_mode": "mean", "contrastive_coef": 0.0, "z_features": "frozen",
                  "user_encoder": "blend", "decoder": "linear", "agreed_share": 1.0, "batch_size": 128, "grad_accum": 1,
                  "lr": 3e-3},
 }
@@ -103,6 +106,7 @@ class TrainConfig(BaseModel):
     pair_diff: bool = Field(False, description="Give the pair encoder e(chosen) - e(rejected) beside the two embeddings (the study: only the two), so a demonstration's direction of preference is one linear read away.")
     user_encoder: Literal["pairs", "differences", "mixture", "fit", "blend"] = Field("pairs", description="How the VPL model reads the user from the demonstrations. 'blend': the posterior mean over blends of the training users' latents (a fixed grid of the simplex over users, Dirichlet(1) prior), weighed by how well each blend's reward explains the demonstrations; reads people between the trained users with an uncertainty; needs decoder 'linear' or 'bilinear'. 'pairs': the study's: an MLP over [e(chosen), e(rejected)] per demonstration, self-attention across them, mean-pool. 'differences': an MLP over e(chosen) - e(rejected) per demonstration, mean-pool, an MLP (a DeepSets reader that sees only each demonstration's direction of preference). 'mixture': one learned latent per training user, mixed by how well each user's reward (the bilinear decoder's z term) explains the demonstrations; needs decoder 'bilinear' or 'linear'. 'fit': the z that best explains the demonstrations under the model's own BTL likelihood and a Gaussian prior (a few Newton steps, trained through), with a Laplace uncertainty; reads blends and people unlike any training user; needs decoder 'bilinear' (the MLP's own dependence on z is held at the prior mean) or 'linear' (exact). See core.models.")
     fit_steps: int = Field(4, ge=1, le=20, description="Newton steps of the 'fit' user reader.")
+    z_features: Literal["query", "frozen"] = Field("query", description="Which response features the user latent z acts on (decoders 'linear' and 'bilinear'). 'query': the query encoder's (the study's). 'frozen': the frozen encoder's, the same space the reader reads the demonstrations in, while the shared part of the reward uses the trained (LoRA) query encoder. The same thing for a frozen query encoder.")
     decoder: Literal["concat", "bilinear", "linear", "film", "hyper"] = Field("concat", description="How the VPL decoder joins the response embedding e and the user latent z. 'concat': the study's MLP([e, z]). 'bilinear': MLP([e, z]) + <U e, V z>. 'linear': MLP(e) + <U e, V z> (z only in the bilinear term, so a margin is linear in z). 'film': z scales and shifts the hidden features of e. 'hyper': z writes the weights of a reward head over features of e. See core.models.")
     beta: float = Field(0.0, ge=0.0, description="Weight of the KL term (the study: 0 or tiny).")
     # optimization
@@ -160,6 +164,8 @@ class TrainConfig(BaseModel):
         if self.user_encoder == "fit" and self.decoder not in ("linear", "bilinear"):
             raise ValueError(f"user_encoder 'fit' solves for z through the decoder's bilinear term; "
                              f"set decoder to 'bilinear' or 'linear' (got {self.decoder!r})")
+        if self.z_features == "frozen" and self.decoder not in ("linear", "bilinear"):
+            raise ValueError(f"z_features 'frozen' needs decoder 'linear' or 'bilinear' (got {self.decoder!r})")
         if self.agreed_share > 0 and not self.contested_only:
             raise ValueError("agreed_share: only means something with contested_only=true "
                              "(contested_only=false already keeps every pair)")

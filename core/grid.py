@@ -54,14 +54,20 @@ STACK_FIELDS = ("method", "query_encoder", "query_head", "z_mode", "decoder", "u
                 "data", "corpus_prompts", "corpus_seed", "signal", "rating_noise", "encoder", "max_length", "device")
 
 
+# Texts x tokens one LoRA group sends through the shared base model per step: its activations for the
+# backward pass (~0.7 MB a token for SmolLM2-135M in bf16) must fit the GPU; bigger grids form more groups
+LORA_GROUP_TOKENS = 65536
+
+
 def stack_key(trainer) -> tuple | None:
-    """Members with equal keys step as one stacked group; None = steps alone (a trained query encoder)."""
+    """Members with equal keys step as one stacked group; None = steps alone (full fine-tuning)."""
     cfg = trainer.cfg
-    if cfg.query_encoder != "frozen":
+    if cfg.query_encoder == "full" or (cfg.query_encoder == "lora" and trainer.query_encoder is not None):
         return None
     shapes = tuple((n, tuple(p.shape)) for n, p in trainer.model.named_parameters())
     per_user = cfg.grad_strategy != "sum"
-    return tuple(getattr(cfg, f) for f in STACK_FIELDS) + (len(trainer.W), per_user, shapes)
+    lora = (cfg.lora_r, cfg.lora_alpha) if cfg.query_encoder == "lora" else None
+    return tuple(getattr(cfg, f) for f in STACK_FIELDS) + (len(trainer.W), per_user, lora, shapes)
 
 
 class Cancelled(Exception):
@@ -75,9 +81,10 @@ class _StepLoss(nn.Module):
         super().__init__()
         self.model, self.method, self.beta = model, method, beta
 
-    def forward(self, q, demo_c=None, demo_r=None, inv=None, eps=None):
+    def forward(self, q, demo_c=None, demo_r=None, inv=None, eps=None, qz=None):
         """q (2B, D); demo_c, demo_r (U, D) the distinct demonstrations of the batch, inv (B, K) each pair's
-        K of them; eps (B, L) -> per-pair loss (B,), mu (B, L)."""
+        K of them; eps (B, L); qz (2B, D) the frozen features z acts on (z_features 'frozen' with LoRA)
+        -> per-pair loss (B,), mu (B, L)."""
         n = q.shape[0] // 2
         if self.method == "btl":
             r = self.model.reward(q)
@@ -85,7 +92,7 @@ class _StepLoss(nn.Module):
         terms = self.model.demo_terms(demo_c, demo_r)  # (U, X) each
         mu, logvar = self.model.posterior_from_terms(terms, inv)  # (B, L)
         z = self.model.latent(mu, logvar, train=True, eps=eps)
-        r = self.model.reward(q, torch.cat([z, z]))
+        r = self.model.reward(q, torch.cat([z, z]), z_emb=qz)
         loss = btl_loss(r[:n], r[n:])
         if self.beta > 0:
             loss = loss + self.beta * kl_to_standard_normal(mu, logvar)
@@ -112,7 +119,20 @@ class StackedGroup:
         for m, t in enumerate(trainers):
             for n, S in zip(self.names, self.stacked, strict=True):
                 _set_param(t.model, n, nn.Parameter(S.detach()[m]))
-            t.make_optimizer()
+        self.encoder = None
+        if t0.cfg.query_encoder == "lora":  # one base model, every member's adapters on it (core.stacked_lora)
+            from .encoders import TextEncoder
+            from .stacked_lora import MemberEncoder, add_stacked_lora
+
+            self.encoder = TextEncoder.load(t0.cfg.encoder, device=t0.device, max_length=t0.cfg.max_length)
+            adapters = add_stacked_lora(self.encoder.model, [t.cfg.seed for t in trainers], t0.cfg.lora_r,
+                                        t0.cfg.lora_alpha)
+            self.encoder.model.train()
+            for m, t in enumerate(trainers):
+                t.query_encoder = MemberEncoder(self.encoder, adapters, m)
+            self.stacked += [p for mod in adapters.values() for p in (mod.A, mod.B)]  # the order MemberAdapters lists
+        for t in trainers:
+            t.make_optimizer()  # over the views: head parameters, then the adapters
         self.buffers = {n: b for n, b in t0.model.named_buffers()}  # identical in every member (fixed grids)
         cfg = t0.cfg
         self.method, self.per_user = cfg.method, cfg.grad_strategy != "sum"
@@ -138,8 +158,16 @@ class StackedGroup:
         for t in ts:
             idx = np.concatenate([t.sampler.sample(t.step, self.bs) for _ in range(self.ga)])
             splits.append(t.data.train.take(idx))
-        q_ids = torch.as_tensor(np.stack([np.concatenate([s.chosen, s.rejected]) for s in splits]), device=dev)
-        args = [F.embedding(q_ids, self.E)]  # (M, 2B, D)
+        whole = len(members) == len(self.trainers)
+        q_ids = np.stack([np.concatenate([s.chosen, s.rejected]) for s in splits])  # (M, 2B)
+        if self.encoder is None:
+            args = [F.embedding(torch.as_tensor(q_ids, device=dev), self.E)]  # (M, 2B, D)
+        else:  # every adapter's block in one pass of the base (members that left repeat a member's texts)
+            at = dict(zip(members, q_ids, strict=True))
+            rows = [at.get(m, q_ids[0]) for m in range(len(self.trainers))]
+            texts = [t.data.texts[i] for r in rows for i in r]
+            q = self.encoder.forward(self.encoder.tokenize(texts)).view(len(rows), q_ids.shape[1], -1)
+            args = [q if whole else q[torch.as_tensor(members, device=dev)]]
         if self.method == "vpl":
             # each member's distinct demonstrations, padded to the longest list with its first (M, U, D) x 2
             demos = [distinct_demos(s.ctx_chosen, s.ctx_rejected) for s in splits]
@@ -153,10 +181,15 @@ class StackedGroup:
                 L = ts[0].model.dims.latent
                 args.append(torch.stack([torch.cat([torch.randn((self.bs, L), generator=t.z_gen, device=dev)
                                                     for _ in range(self.ga)]) for t in ts]))  # (M, B, L)
-        whole = len(members) == len(self.trainers)
+            else:
+                args.append(None)
+            if self.encoder is not None and ts[0].cfg.z_features == "frozen":
+                args.append(F.embedding(torch.as_tensor(q_ids, device=dev), self.E))  # (M, 2B, D)
         sel = torch.as_tensor(members, device=dev)
-        params = self.stacked if whole else [S[sel] for S in self.stacked]
-        loss, mu = vmap(self._one)(params, *args)  # (M, B), (M, B, L)
+        head = self.stacked[:len(self.names)]
+        params = head if whole else [S[sel] for S in head]
+        in_dims = (0,) + tuple(None if a is None else 0 for a in args)
+        loss, mu = vmap(self._one, in_dims=in_dims)(params, *args)  # (M, B), (M, B, L)
         users = torch.as_tensor(np.stack([s.user for s in splits]), device=dev)  # (M, B)
         coef = torch.tensor([t.cfg.contrastive_coef for t in ts], device=dev, dtype=loss.dtype)
         extra = None
@@ -168,9 +201,10 @@ class StackedGroup:
         if not self.per_user:
             obj = loss.mean(1).sum() + (extra.sum() if extra is not None else 0.0)
             obj.backward()
-            grads = [S.grad if whole else S.grad[sel] for S in self.stacked]  # (M, ...) each member's gradient
+            grads = [torch.zeros_like(S) if S.grad is None else S.grad for S in self.stacked]
+            grads = grads if whole else [g[sel] for g in grads]  # (M, ...) each member's gradient
         else:
-            grads = self._per_user_grads(ts, loss, users, extra, params)
+            grads = self._per_user_grads(ts, loss, users, extra, params + self.stacked[len(self.names):], sel, whole)
         self._clip(ts, grads)
         if whole:
             self.adam.step(grads)
@@ -178,7 +212,7 @@ class StackedGroup:
                 t.optimizer._opt_called = True
         else:  # some members left: their own AdamW (whose state is a view of the stacks) on their slices
             for i, t in enumerate(ts):
-                for p, g in zip(t.model.parameters(), grads, strict=True):
+                for p, g in zip(t.params, grads, strict=True):
                     p.grad = g[i]
                 t.optimizer.step()
         out = []
@@ -205,9 +239,10 @@ class StackedGroup:
         for g in grads:
             g.mul_(coef.view((M,) + (1,) * (g.ndim - 1)))
 
-    def _per_user_grads(self, ts, loss, users, extra, params) -> list[torch.Tensor]:
+    def _per_user_grads(self, ts, loss, users, extra, params, sel, whole) -> list[torch.Tensor]:
         """MGDA / PCGrad: one backward per user over the group, then each member aggregates its own rows
-        (core.gradients); returns the stacked gradients (M, ...)."""
+        (core.gradients); returns the stacked gradients (M, ...). ``params``: the head tensors as the forward
+        used them, then the LoRA adapters (whole stacks: their rows of members that left are dropped)."""
         present = {}
         user_losses: dict[int, torch.Tensor] = {}
         for u in torch.unique(users).tolist():
@@ -219,6 +254,9 @@ class StackedGroup:
             user_losses[u] = mean * (cnt > 0)
             present[u] = (cnt > 0).tolist()
         jac = user_jacobians(user_losses, params)
+        if not whole:
+            jac = {u: [g if k < len(self.names) else g[sel] for k, g in enumerate(gs)] for u, gs in jac.items()}
+            params = [p if k < len(self.names) else p[sel] for k, p in enumerate(params)]
         grads = [torch.empty_like(p) for p in params]
         sizes = [p[0].numel() for p in params]
         for i, t in enumerate(ts):
@@ -248,7 +286,7 @@ class StackedAdamW:
         with torch.no_grad():
             for i, t in enumerate(self.group.trainers):
                 steps = []
-                for j, p in enumerate(t.model.parameters()):
+                for j, p in enumerate(t.params):
                     st = t.optimizer.state.get(p, {})
                     if "exp_avg" in st:
                         self.exp_avg[j][i].copy_(st["exp_avg"])
@@ -306,7 +344,13 @@ def plan_groups(trainers: list) -> list:
             solo.append(SoloGroup(t))
         else:
             groups.setdefault(k, []).append(t)
-    return [StackedGroup(ts) for ts in groups.values()] + solo
+    out = []
+    for ts in groups.values():
+        cfg = ts[0].cfg
+        per = 1 if cfg.query_encoder != "lora" else cfg.batch_size * cfg.grad_accum * 2 * cfg.max_length
+        size = max(1, LORA_GROUP_TOKENS // per) if cfg.query_encoder == "lora" else len(ts)
+        out += [StackedGroup(ts[i:i + size]) for i in range(0, len(ts), size)]
+    return out + solo
 
 
 class Grid:

@@ -24,7 +24,7 @@ def validate_train(raw: dict) -> tuple[dict, str, str]:
 BUILTIN_KINDS = (
     JobKind("train", "core.train", "core.kinds:validate_train"),
     JobKind("personas", "core.personas", "core.personas.config:validate_config"),
-    JobKind("study", "core.study", "core.study:validate_study_job"),
+    JobKind("study", "core.study", "core.study:validate_study_job", members="runs"),  # a grid too (core.grid)
     JobKind("grid", "core.gridjob", "core.gridjob:validate_grid_job", members="runs"),
 )
 

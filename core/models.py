@@ -144,11 +144,12 @@ class BilinearDecoder(nn.Module):
         self.V = nn.Linear(d_z, hidden, bias=False)
         self.scale = hidden ** -0.5
 
-    def forward(self, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.mlp(e, z) + (self.U(e) * self.V(z)).sum(-1) * self.scale
+    def forward(self, e: torch.Tensor, z: torch.Tensor, e_z: torch.Tensor | None = None) -> torch.Tensor:
+        """e_z: the features z multiplies, when not e (z_features 'frozen')."""
+        return self.mlp(e, z) + (self.U(e if e_z is None else e_z) * self.V(z)).sum(-1) * self.scale
 
-    def grid(self, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # (T, D), (N, L) -> (N, T)
-        return self.mlp.grid(e, z) + (self.V(z) @ self.U(e).T) * self.scale
+    def grid(self, e: torch.Tensor, z: torch.Tensor, e_z: torch.Tensor | None = None) -> torch.Tensor:
+        return self.mlp.grid(e, z) + (self.V(z) @ self.U(e if e_z is None else e_z).T) * self.scale  # (N, T)
 
 
 class LinearDecoder(nn.Module):
@@ -161,12 +162,13 @@ class LinearDecoder(nn.Module):
         self.V = nn.Linear(d_z, hidden, bias=False)
         self.scale = hidden ** -0.5
 
-    def forward(self, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # (B, D), (B, L) -> (B,)
-        return self.base(e).squeeze(-1) + (self.U(e) * self.V(z)).sum(-1) * self.scale
+    def forward(self, e: torch.Tensor, z: torch.Tensor, e_z: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D), (B, L) -> (B,); e_z (B, D): the features z multiplies, when not e (z_features 'frozen')."""
+        return self.base(e).squeeze(-1) + (self.U(e if e_z is None else e_z) * self.V(z)).sum(-1) * self.scale
 
-    def grid(self, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def grid(self, e: torch.Tensor, z: torch.Tensor, e_z: torch.Tensor | None = None) -> torch.Tensor:
         """Every response under every latent: (T, D), (N, L) -> (N, T), without repeating e N times."""
-        return self.base(e).squeeze(-1)[None] + (self.V(z) @ self.U(e).T) * self.scale
+        return self.base(e).squeeze(-1)[None] + (self.V(z) @ self.U(e if e_z is None else e_z).T) * self.scale
 
 
 class FiLMDecoder(nn.Module):
@@ -441,12 +443,19 @@ class VPLRewardModel(nn.Module):
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * eps
 
-    def reward(self, query_emb: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.query_head(query_emb), z)  # (B,)
+    def reward(self, query_emb: torch.Tensor, z: torch.Tensor, z_emb: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D), (B, L) -> (B,). ``z_emb`` (B, D): the response features z acts on, when they are not
+        query_emb (z_features 'frozen': the frozen encoder's, while query_emb comes through LoRA)."""
+        if z_emb is None:
+            return self.decoder(self.query_head(query_emb), z)
+        return self.decoder(self.query_head(query_emb), z, self.query_head(z_emb))
 
-    def reward_grid(self, query_emb: torch.Tensor, z: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    def reward_grid(self, query_emb: torch.Tensor, z: torch.Tensor, chunk: int = 64,
+                    z_emb: torch.Tensor | None = None) -> torch.Tensor:
         """Every response under every latent: (T, D), (N, L) -> (N, T)."""
         e = self.query_head(query_emb)
+        if z_emb is not None:
+            return self.decoder.grid(e, z, self.query_head(z_emb))
         if hasattr(self.decoder, "grid"):
             return self.decoder.grid(e, z)
         T = len(e)

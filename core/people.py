@@ -157,14 +157,17 @@ def reading_latents(model, pset: PeopleSet, embed: Callable[[np.ndarray], torch.
 @torch.no_grad()
 def people_accuracy(model, pset: PeopleSet, embed: Callable[[np.ndarray], torch.Tensor],
                     query: Callable[[np.ndarray], torch.Tensor] | None = None,
-                    latents: tuple[torch.Tensor, torch.Tensor] | None = None) -> np.ndarray:
-    """float (P,): each person's accuracy on their pairs, averaged over their readings (NaN: no pairs)."""
+                    latents: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    z_embed: Callable[[np.ndarray], torch.Tensor] | None = None) -> np.ndarray:
+    """float (P,): each person's accuracy on their pairs, averaged over their readings (NaN: no pairs).
+    ``z_embed``: the features z acts on, when not the query's (z_features 'frozen' with a trained encoder)."""
     q = (query or embed)(pset.text_ids)  # (T, D)
     T = len(pset.text_ids)
     P, R = len(pset.people), pset.n_readings
     if getattr(model, "conditional", False):
         mu = (latents or reading_latents(model, pset, embed))[0]  # (P * R, L)
-        rewards = model.reward_grid(q, mu).float().cpu().numpy().reshape(P, R, T)
+        qz = None if z_embed is None else z_embed(pset.text_ids)
+        rewards = model.reward_grid(q, mu, z_emb=qz).float().cpu().numpy().reshape(P, R, T)
     else:
         rewards = np.broadcast_to(model.reward(q).float().cpu().numpy()[None, None], (P, R, T))
     out = np.full(P, np.nan)

@@ -274,6 +274,9 @@ class PersonalRewardModel:
     def _score_texts(self, texts: list[str], z: torch.Tensor | None) -> list[float]:
         q = self._queries(texts)  # (R, D)
         zz = None if z is None else z[None].expand(len(texts), -1)  # (R, L)
+        if zz is not None and self.query_encoder is not None and getattr(self.cfg, "z_features", "query") == "frozen":
+            # z acts on the frozen encoder's features (z_features 'frozen'), the shared part on the trained encoder's
+            return [float(r) for r in self.model.reward(q, zz, z_emb=self._frozen(texts)).float().cpu()]
         return [float(r) for r in self.model.reward(q, zz).float().cpu()]
 
     def preference(self, prompt: str, a: str, b: str, user=None) -> float:

@@ -74,7 +74,7 @@ class StudyConfig(BaseModel):
     users: Literal["two-opposed", "four-one-hot"] = Field("two-opposed", description="Which user set to train on.")
     methods: list[str] | None = Field(None, description="Presets to run (default: traditional, vpl, vpl-adaptive, and personal where it exists).")
     seeds: list[int] = Field([0, 1, 2], min_length=1, max_length=10, description="Seeds, one run per method and seed.")
-    workers: int = Field(0, ge=0, le=16, description="Runs trained at once (child processes). 0 = auto: 3 on CUDA, whose small kernels leave the GPU idle between launches; 1 on a CPU, where runs would only fight for cores.")
+    workers: int = Field(0, ge=0, le=16, description="0 = auto = 1: every run in one process, stepped together (core.grid: set-up once, stacked heads and LoRA adapters). N > 1: N child processes, one run each (the way before the grid).")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'.")
     overrides: dict = Field({}, description="Extra TrainConfig fields for every run, e.g. {'steps': 100}.")
 
@@ -101,11 +101,8 @@ def validate_study(raw: dict) -> StudyConfig:
 
 
 def resolved_workers(cfg: StudyConfig) -> int:
-    if cfg.workers:
-        return cfg.workers
-    from .train import resolve_device
-
-    return 3 if resolve_device(cfg.device).type == "cuda" else 1
+    """0 = auto = 1: every run in one process, stepped together (core.grid); N > 1: N child processes."""
+    return cfg.workers or 1
 
 
 def validate_study_job(raw: dict) -> tuple[dict, str, str]:
@@ -140,7 +137,6 @@ def run_study(cfg: StudyConfig, out: str | Path, *, log: Callable[[str], None] =
               progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """Train the grid into out/runs/ (finished runs are kept, partial ones resume) and write the table."""
     from .tables import run_row, summarize, write_table
-    from .train import train
 
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -158,21 +154,31 @@ def run_study(cfg: StudyConfig, out: str | Path, *, log: Callable[[str], None] =
 
         log(f"frozen embeddings ready in {warm_cache(TrainConfig(**configs[todo[0]]), log=lambda m: None):.1f}s")
     workers = resolved_workers(cfg)
-    if workers <= 1:
+    if workers <= 1 and todo:  # one process: members step together (core.grid), progress in steps
         from .config import TrainConfig
+        from .train import train_grid
 
+        cfgs = [TrainConfig(**configs[name]) for name in todo]
+        total = sum(c.steps for c in cfgs)
+        steps = [0] * len(cfgs)
+
+        def on_step(i, step, _steps):
+            steps[i] = step
+            if progress and step % 5 == 0:
+                progress(sum(steps), total)
+
+        t0 = time.perf_counter()
+        train_grid(cfgs, [out / "runs" / name for name in todo], log=lambda m: None, on_step=on_step)
         for name in todo:
-            t0 = time.perf_counter()
-            train(TrainConfig(**configs[name]), out / "runs" / name, log=lambda m: None)
             state = RunDir(out / "runs" / name).status().get("state")
             if state != "succeeded":
                 raise StudyStopped(f"{name} ended {state}")
-            done += 1
             row = run_row(out / "runs" / name)
-            log(f"{name}: accuracy {row['accuracy']:.3f} ({time.perf_counter() - t0:.1f}s)")
-            if progress:
-                progress(done, len(configs))
-    else:
+            log(f"{name}: accuracy {row['accuracy']:.3f}")
+        log(f"{len(todo)} runs as one grid in {time.perf_counter() - t0:.1f}s")
+        if progress:
+            progress(total, total)
+    elif todo:
         _run_parallel({n: configs[n] for n in todo}, out, workers, log, progress, done, len(configs))
     rows = [run_row(out / "runs" / name) for name in configs]
     rows = [r for r in rows if r is not None]
@@ -325,7 +331,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--methods", nargs="+", help="presets (default: traditional vpl vpl-adaptive [+ personal])")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per method and seed")
     ap.add_argument("--seed", type=int, help="shorthand for --seeds SEED")
-    ap.add_argument("--workers", type=int, default=0, help="runs trained at once (child processes); 0 = 3 on CUDA, 1 on CPU")
+    ap.add_argument("--workers", type=int, default=0, help="0 = one process for the whole grid (core.grid); N > 1: N child processes, one run each")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     ap.add_argument("--set", nargs="*", default=[], help="TrainConfig overrides for every run, key=value (JSON values)")
     ap.add_argument("--dry-run", action="store_true", help="measure one step here and print the wall-time estimate")

@@ -49,6 +49,7 @@ from .references import reference_accuracy, shuffled_partners, user_groups
 from .runs import RunDir
 from .samplers import AdaptiveSampler, UniformSampler
 from .shared import DATA_FIELDS, ENCODER_FIELDS, PEOPLE_FIELDS, TABLE_FIELDS, Embeddings, Shared
+from .stacked_lora import lora_targets  # noqa: F401 - core.reward imports it from here
 from .users import load_users  # noqa: F401 - also imported from here by study, reward and pages
 
 
@@ -78,13 +79,6 @@ def load_table(cfg: TrainConfig):
     return load_ultrafeedback(cfg.data)
 
 
-def lora_targets(model: torch.nn.Module) -> list[str] | None:
-    """The attention projections LoRA goes on (BERT: query/key/value; Llama: q/k/v_proj; GPT-2: c_attn);
-    poolers and MLPs stay untouched. None lets peft pick when none of these names exist."""
-    names = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    return [t for t in ("query", "key", "value", "q_proj", "k_proj", "v_proj", "c_attn") if t in names] or None
-
-
 class Trainer:
     """A small generic loop (minGPT-style) with callbacks: ``on_eval(trainer, record)``, ``on_step(trainer)``.
 
@@ -92,7 +86,7 @@ class Trainer:
     terminal, core.progress); status.json gets the progress either way."""
 
     def __init__(self, cfg: TrainConfig, run: RunDir, *, log: Callable[[str], None] = print,
-                 show_progress: bool | str = False, shared: Shared | None = None):
+                 show_progress: bool | str = False, shared: Shared | None = None, adapters_later: bool = False):
         self.cfg, self.run, self.log = cfg, run, log
         self.show_progress = show_progress
         self.shared = shared or Shared()  # parts other runs of this process may already have built
@@ -126,7 +120,9 @@ class Trainer:
             torch.set_num_threads(threads)
         torch.manual_seed(cfg.seed)  # here, so a run's initial weights do not depend on what was built before
         self.model = model_from_config(cfg, self.encoder.dim, n_users=len(self.W)).to(self.device)
-        self.query_encoder = self._setup_query_encoder()
+        # adapters_later: a grid puts this run's LoRA adapters on a base model its group shares (core.stacked_lora)
+        self.query_encoder = None if adapters_later and cfg.query_encoder == "lora" else self._setup_query_encoder()
+        self._q_cache: dict[int, torch.Tensor] | None = None  # text id -> query embedding, during an evaluation
         # Micro-batches of equal size under a plain sum give the same gradient as one batch of all of
         # them; fusing them pays off where a step is launch-bound (a trained encoder on CUDA: measured
         # on an H200, LoRA SmolLM2 spent ~15x more CPU than GPU time per micro-batch). The contrastive
@@ -247,15 +243,31 @@ class Trainer:
 
     # ------------------------------------------------------------------ forward
     def _query(self, ids: np.ndarray) -> torch.Tensor:
+        """(N,) text ids -> (N, D) query embeddings: cached rows, or through the trained encoder. During an
+        evaluation each distinct text goes through the encoder once (the shuffled and fresh-demonstration
+        passes and the people read the same responses)."""
         if self.query_encoder is None:
             return F.embedding(torch.as_tensor(ids, device=self.device), self.embeddings)
-        batch = self.query_encoder.tokenize([self.data.texts[i] for i in ids])
-        return self.query_encoder.forward(batch)
+        if self._q_cache is None:
+            batch = self.query_encoder.tokenize([self.data.texts[i] for i in ids])
+            return self.query_encoder.forward(batch)
+        todo = [int(i) for i in dict.fromkeys(np.asarray(ids).tolist()) if int(i) not in self._q_cache]
+        for s in range(0, len(todo), 128):
+            part = todo[s:s + 128]
+            rows = self.query_encoder.forward(self.query_encoder.tokenize([self.data.texts[i] for i in part]))
+            self._q_cache.update(zip(part, rows, strict=True))
+        return torch.stack([self._q_cache[int(i)] for i in ids]) if len(ids) else self.embeddings[:0]
 
     def _query_chunked(self, ids: np.ndarray, chunk: int = 128) -> torch.Tensor:
         if self.query_encoder is None:
             return self._query(ids)
         return torch.cat([self._query(ids[s:s + chunk]) for s in range(0, len(ids), chunk)])
+
+    def _z_rows(self, ids: np.ndarray) -> torch.Tensor | None:
+        """The frozen features z acts on (z_features 'frozen' with a trained query encoder), else None."""
+        if self.cfg.z_features != "frozen" or self.query_encoder is None:
+            return None
+        return self._frozen_rows(ids)
 
     def _frozen_rows(self, ids: np.ndarray) -> torch.Tensor:
         return self.embeddings[torch.as_tensor(ids, device=self.device)]
@@ -274,7 +286,7 @@ class Trainer:
             return btl_loss(r[:n], r[n:]), margin, None, user
         mu, logvar = self._posterior(s) if latent is None else latent  # (B, L)
         z = self.model.latent(mu, logvar, train=train, generator=self.z_gen)
-        r = self.model.reward(q, torch.cat([z, z]))
+        r = self.model.reward(q, torch.cat([z, z]), z_emb=self._z_rows(np.concatenate([s.chosen, s.rejected])))
         margin = r[:n] - r[n:]
         loss = btl_loss(r[:n], r[n:])
         if self.cfg.beta > 0:
@@ -370,7 +382,7 @@ class Trainer:
                 s = split.take(idx)
                 q = self._query(np.concatenate([s.chosen, s.rejected]))  # (2B, D)
                 z = mu[torch.as_tensor(partner[idx], device=self.device)]  # (B, L) another user's latent
-                r = self.model.reward(q, torch.cat([z, z]))
+                r = self.model.reward(q, torch.cat([z, z]), z_emb=self._z_rows(np.concatenate([s.chosen, s.rejected])))
                 shuffled.append((r[: len(idx)] > r[len(idx):]).float().cpu())
         loss = torch.cat(losses).numpy() if losses else np.zeros(0)
         corr = torch.cat(correct).numpy() if correct else np.zeros(0)
@@ -385,6 +397,13 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
+        self._q_cache = {}
+        try:
+            return self._evaluate()
+        finally:
+            self._q_cache = None
+
+    def _evaluate(self) -> dict:
         self.model.eval()
         if self.query_encoder is not None:
             self.query_encoder.model.eval()
@@ -447,7 +466,8 @@ class Trainer:
         out: dict = {}
         for name, pset in (("trained", trained), ("outside", outside)):
             lat = reading_latents(self.model, pset, self._frozen_rows)
-            acc = people_accuracy(self.model, pset, self._frozen_rows, self._query_chunked, latents=lat)
+            z_embed = self._frozen_rows if self._z_rows(pset.text_ids[:1]) is not None else None
+            acc = people_accuracy(self.model, pset, self._frozen_rows, self._query_chunked, latents=lat, z_embed=z_embed)
             if name == "trained":
                 per = {str(u): float(a) for u, a in enumerate(acc) if np.isfinite(a)}
                 out["all_pairs_user_accuracy"] = per
@@ -602,7 +622,8 @@ def train_grid(cfgs: list[TrainConfig], run_dirs: list[str | Path], *, stop_afte
         runs.append(run)
     for cfg, run in zip(cfgs, runs, strict=True):
         run.write_config(cfg.model_dump(mode="json"))
-        run.mark_running(kind="train", method=cfg.preset or cfg.method)
+        # a resumed run starts afresh: an old cancel request must not cancel it again
+        run.mark_running(kind="train", method=cfg.preset or cfg.method, cancel_requested=None)
     trainers: list[Trainer] = []
     prev = {}
 
@@ -632,7 +653,7 @@ def train_grid(cfgs: list[TrainConfig], run_dirs: list[str | Path], *, stop_afte
         for i, (cfg, run) in enumerate(zip(cfgs, runs, strict=True)):
             member_log = log if len(cfgs) == 1 else (lambda m, name=run.path.name: log(f"[{name}] {m}"))
             t = Trainer(cfg, run, log=member_log, show_progress=show_progress if len(cfgs) == 1 else False,
-                        shared=shared)
+                        shared=shared, adapters_later=True)
             if on_step is not None:
                 t.callbacks["on_step"].append(lambda t, i=i: on_step(i, t.step, t.cfg.steps))
             trainers.append(t)

@@ -116,3 +116,29 @@ def test_members_share_setup_but_not_weights(tmp_path, small_corpus_embeddings, 
 def test_train_grid_needs_one_run_dir_per_config(tmp_path):
     with pytest.raises(ValueError, match="one run directory per config"):
         train_grid([build_config({"preset": "vpl"})], [], log=lambda m: None)
+
+
+def test_lora_members_share_one_base_model_and_match_their_runs_alone(tmp_path, cache_root):
+    """Two LoRA runs stacked on one SmolLM2 (core.stacked_lora) end where each ends alone; only their own
+    adapters and heads move, and a member's checkpoint serves rewards through peft (core.reward)."""
+    from safetensors.torch import load_file
+
+    from core.reward import PersonalRewardModel
+
+    tiny = {"corpus_prompts": 60, "max_train_per_user": 8, "max_test_per_user": 4, "pool_size": 8, "n_demos": 2,
+            "encoder": "bundled-smollm2", "query_encoder": "lora", "max_length": 48, "batch_size": 2,
+            "grad_accum": 2, "steps": 3, "eval_every": 3, "probe_per_user": 2, "lr": 1e-3, "warmup_ratio": 0.0,
+            "cache_dir": cache_root}
+    cfgs = [build_config({"preset": "personal", **tiny, "batch_size": 4, "grad_accum": 1, "seed": 0}),
+            build_config({"preset": "vpl", **tiny, "seed": 1})]
+    alone = [train(c, tmp_path / f"alone-{i}", log=lambda m: None)[-1] for i, c in enumerate(cfgs)]
+    grid = [h[-1] for h in train_grid(cfgs, [tmp_path / f"grid-{i}" for i in range(2)], log=lambda m: None)]
+    for a, g in zip(alone, grid, strict=True):
+        assert g["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-3)
+    w = load_file(str(tmp_path / "grid-1" / "model.safetensors"))
+    lora_b = [k for k in w if k.startswith("encoder.") and "lora_B" in k]
+    assert lora_b and all(".default.weight" in k for k in lora_b)  # peft's names
+    assert any(float(w[k].abs().sum()) > 0 for k in lora_b)  # B starts at zero: the adapters trained
+    rm = PersonalRewardModel.from_run(tmp_path / "grid-0")
+    scores = rm.score("How do I boil an egg?", ["Put it in boiling water for nine minutes.", "No."], user=0)
+    assert len(scores) == 2 and all(np.isfinite(scores))

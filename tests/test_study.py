@@ -180,6 +180,7 @@ def test_study_tiny_cli_writes_the_grid_with_an_encoder_column_and_the_dry_run_e
     proc = subprocess.run([sys.executable, "-m", "core.experiments", "study", "--size", "tiny", "--out", str(out)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "12 runs as one grid" in proc.stdout  # the grid path (core.grid), stacked LoRA adapters
     table = json.loads((out / "table.json").read_text())
     assert [r["method"] for r in table] == ["traditional", "vpl", "vpl-adaptive", "personal"]
     assert all(r["runs"] == 3 and r["encoder"] == "bundled-smollm2 + lora" for r in table)
@@ -210,6 +211,7 @@ def test_study_runs_as_a_job_kind_through_the_job_manager(tmp_path, smollm2, cac
         time.sleep(1)
     st = jm.status(rid)
     assert st["state"] == "succeeded", jm.log(rid)[-2000:]
-    assert st["label"] == "study-tiny-two-opposed" and st["progress"]["done"] == 1
+    # one grid (core.grid): progress counts optimizer steps over its runs
+    assert st["label"] == "study-tiny-two-opposed" and st["progress"]["done"] == st["progress"]["total"] > 0
     table = json.loads((tmp_path / "runs" / rid / "table.json").read_text())
     assert table[0]["method"] == "traditional" and table[0]["encoder"] == "bundled-smollm2 + lora"
