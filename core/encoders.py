@@ -61,6 +61,11 @@ def last_token_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return hidden[b, last]
 
 
+# Tokens (padding included: what the chip computes) sent through encoders in this process, with and without
+# gradients, and the parameter count of the last model loaded: the study's achieved-FLOP/s figure
+TOKENS = {"grad": 0, "no_grad": 0, "params": 0}
+
+
 class TextEncoder:
     """A tokenizer + transformer body + pooling. The weights load on first use of ``model``, so a
     run whose texts are all in the embedding cache never pays for loading them."""
@@ -108,6 +113,7 @@ class TextEncoder:
 
             self._model = AutoModel.from_pretrained(self._target, local_files_only=self._local)
             self._model.to(self._device).eval()
+            TOKENS["params"] = sum(p.numel() for p in self._model.parameters())
         return self._model
 
     @model.setter
@@ -141,6 +147,7 @@ class TextEncoder:
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
                              return_tensors="pt")
+        TOKENS["grad" if torch.is_grad_enabled() else "no_grad"] += int(enc["input_ids"].numel())
         return {k: v.to(self.device) for k, v in enc.items()}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -102,7 +102,7 @@ def _compare(presets, seeds, trained, out: Path, overrides, log, prog, *, judge,
         t0 = time.perf_counter()
         prog.set(0, stage=f"train {len(todo)} runs as one grid")
         train_grid([cfg for _, _, cfg in todo], [out / "runs" / f"{p}-s{s}" for p, s, _ in todo], log=lambda m: None,
-                   on_step=on_step)
+                   on_step=on_step, summary=log)
         log(f"trained {len(todo)} runs as one grid: {time.perf_counter() - t0:.1f}s")
     for p, s, _ in trained:
         row = run_row(out / "runs" / f"{p}-s{s}")

@@ -367,6 +367,7 @@ class Grid:
         self.groups = plan_groups(trainers)
         self.histories: dict[int, list[dict]] = {id(t): [] for t in trainers}
         self._last_cancel_check = 0.0
+        self.step_s = 0.0
 
     def fit(self, stop_after: int | None = None, on_member_end: Callable | None = None) -> list[list[dict]]:
         for t in self.trainers:
@@ -382,7 +383,10 @@ class Grid:
             if isinstance(g, StackedGroup):
                 g.adam.link()  # a resume loaded each member's optimizer state: back into the stacks
         active = {id(t) for t in self.trainers if t.step < t.cfg.steps}
+        sync = torch.cuda.synchronize if self.trainers[0].device.type == "cuda" else (lambda: None)
+        t_fit, n_steps = time.perf_counter(), 0
         while active:
+            t0 = time.perf_counter()
             for g in self.groups:
                 members = [i for i, t in enumerate(g.trainers) if id(t) in active]
                 if not members:
@@ -395,6 +399,9 @@ class Grid:
                     t.progress.set(t.step, train_loss=loss)
                     if t.step % t.cfg.eval_every == 0 or t.step == t.cfg.steps:
                         self.histories[id(t)].append(t._record(t.evaluate()))
+            sync()
+            self.step_s += time.perf_counter() - t0  # steps and this round's evaluations
+            n_steps += 1
             stop_all = any(t._stop_requested for t in self.trainers if id(t) in active)
             cancel = self._cancel_requests(active)
             for t in self.trainers:
@@ -415,6 +422,10 @@ class Grid:
                         on_member_end(t, "ended")
             if stop_all:
                 raise Cancelled(f"stopped at step {max(t.step for t in self.trainers)}")
+        wall = time.perf_counter() - t_fit
+        if n_steps:
+            self.log(f"grid: {len(self.trainers)} runs in {len(self.groups)} group(s), {n_steps} rounds in {wall:.1f}s "
+                     f"({wall / n_steps:.3f}s a round: every member's step, and its evaluation when due)")
         return [self.histories[id(t)] for t in self.trainers]
 
     def _cancel_requests(self, active: set) -> set:

@@ -167,8 +167,19 @@ def run_study(cfg: StudyConfig, out: str | Path, *, log: Callable[[str], None] =
             if progress and step % 5 == 0:
                 progress(sum(steps), total)
 
+        from .encoders import TOKENS
+
         t0 = time.perf_counter()
-        train_grid(cfgs, [out / "runs" / name for name in todo], log=lambda m: None, on_step=on_step)
+        before = dict(TOKENS)
+        train_grid(cfgs, [out / "runs" / name for name in todo], log=lambda m: None, on_step=on_step, summary=log)
+        wall = time.perf_counter() - t0
+        n, grad, nograd = TOKENS["params"], TOKENS["grad"] - before["grad"], TOKENS["no_grad"] - before["no_grad"]
+        if n and wall > 0:
+            # 6N a trained token (the usual count; LoRA skips the base's weight gradients, so the chip did ~4N)
+            # and 2N an evaluated one, over the whole grid's wall time (set-up and evaluations included)
+            log(f"encoder work: {grad / 1e6:.1f}M trained + {nograd / 1e6:.1f}M evaluated tokens of a "
+                f"{n / 1e6:.0f}M-parameter model in {wall:.1f}s: {(6 * grad + 2 * nograd) * n / wall / 1e12:.1f} "
+                f"TFLOP/s achieved at 6N a trained token ({(4 * grad + 2 * nograd) * n / wall / 1e12:.1f} at 4N)")
         for name in todo:
             state = RunDir(out / "runs" / name).status().get("state")
             if state != "succeeded":
@@ -246,15 +257,18 @@ def _run_parallel(configs: dict[str, dict], out: Path, workers: int, log, progre
 
 # ---------------------------------------------------------------------------------------------- dry run
 def estimate(cfg: StudyConfig, log: Callable[[str], None] = print) -> dict:
-    """Measure set-up, one micro-batch step, an eval batch and the encoding rate on cfg.device (on a
-    60-question corpus, so a CPU can afford it: step cost does not depend on corpus size), count the
-    grid's real pairs and texts, and extrapolate its wall time."""
+    """Measure the grid as it will run (core.grid: every run's step in one round, stacked heads and LoRA
+    adapters) on cfg.device, on a 60-question corpus (a round's cost does not depend on corpus size), plus
+    one evaluation batch and the frozen encoding rate; count the study's real pairs and texts and
+    extrapolate its wall time. Without CUDA it also prints the figures recorded on a GPU (``MEASURED``)."""
     import numpy as np
     import torch
 
     from .config import TrainConfig
     from .dataset import build, used_text_ids
-    from .train import Trainer, load_table, load_users
+    from .grid import Grid
+    from .shared import Shared
+    from .train import Trainer, load_table, load_users, resolve_device
 
     configs = run_configs(cfg)
     first = TrainConfig(**next(c for c in configs.values() if c["method"] == "vpl"))
@@ -263,30 +277,34 @@ def estimate(cfg: StudyConfig, log: Callable[[str], None] = print) -> dict:
                  max_train_per_user=first.max_train_per_user, max_test_per_user=first.max_test_per_user)
     n_texts, test_pairs = len(used_text_ids(data)), len(data.test)
     small = {"corpus_prompts": 60, "max_train_per_user": 32, "max_test_per_user": 32, "pool_size": 20}
-    from .train import resolve_device
-
-    # a CPU times one micro-batch (a step is grad_accum of them); CUDA times whole (possibly fused) steps
-    accum = first.grad_accum if resolve_device(first.device).type == "cuda" else 1
-    micro = TrainConfig(**{**first.model_dump(), **small, "grad_accum": accum})
+    cuda = resolve_device(first.device).type == "cuda"
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        tr = Trainer(micro, RunDir(tmp).create(), log=lambda m: None)
+        shared = Shared()
+        trainers = [Trainer(TrainConfig(**{**c, **small}), RunDir(Path(tmp) / name).create(), log=lambda m: None,
+                            shared=shared, adapters_later=True) for name, c in configs.items()]
+        grid = Grid(trainers, log=lambda m: None)
         setup_s = time.perf_counter() - t0
+        tr = trainers[0]
         sync = torch.cuda.synchronize if tr.device.type == "cuda" else (lambda: None)
         texts = [tr.data.texts[i] for i in used_text_ids(tr.data)][:64]
         t0 = time.perf_counter()
         tr.encoder.encode(texts)
         sync()
         encode_rate = len(texts) / (time.perf_counter() - t0)  # texts/s, frozen
-        tr._t_start = time.perf_counter()
-        tr.train_step()  # warm-up (allocations, kernels)
+
+        def one_round():
+            for g in grid.groups:
+                g.step(list(range(len(g.trainers))))
+
+        one_round()  # warm-up (allocations, kernels)
         sync()
-        n = 3
+        n = 3 if cuda else 1
         t0 = time.perf_counter()
         for _ in range(n):
-            tr.train_step()
+            one_round()
         sync()
-        micro_s = (time.perf_counter() - t0) / n
+        round_s = (time.perf_counter() - t0) / n
         idx = np.arange(min(32, len(tr.data.test)))
         with torch.no_grad():
             tr.model.eval()
@@ -296,31 +314,34 @@ def estimate(cfg: StudyConfig, log: Callable[[str], None] = print) -> dict:
             eval_pair_s = (time.perf_counter() - t0) / max(1, len(idx))
         device = str(tr.device) + (f" ({torch.cuda.get_device_name(tr.device)})" if tr.device.type == "cuda"
                                    else f" ({torch.get_num_threads()} threads)")
-    step_s = micro_s * first.grad_accum / accum
     evals = first.steps // first.eval_every + 1
-    eval_s = eval_pair_s * test_pairs
-    per_run = setup_s + first.steps * step_s + evals * eval_s
+    eval_s = eval_pair_s * test_pairs * len(configs)  # every run's evaluation, one after another
     encode_s = n_texts / encode_rate
-    total = per_run * len(configs) + encode_s
-    workers = resolved_workers(cfg)
+    total = setup_s + first.steps * round_s + evals * eval_s + encode_s
     figures = {"device": device, "size": cfg.size, "users": cfg.users, "runs": len(configs),
-               "step_s": round(step_s, 4), "eval_s": round(eval_s, 3), "setup_s": round(setup_s, 2),
-               "steps": first.steps, "evals": evals, "test_pairs": test_pairs, "texts": n_texts,
-               "encode_s": round(encode_s, 1), "per_run_s": round(per_run, 1),
-               "serial_total_min": round(total / 60, 2), "workers": workers}
-    log(f"measured on {device}: {step_s:.3f} s per optimizer step (batch {first.batch_size} x {first.grad_accum}, "
-        f"{first.max_length} tokens), {eval_s:.2f} s per evaluation ({test_pairs} test pairs), {setup_s:.1f} s "
-        f"set-up, {encode_rate:.0f} texts/s frozen encoding")
-    log(f"estimate for `{cfg.size}` / {cfg.users} ({len(configs)} runs x {first.steps} steps, {evals} evaluations "
-        f"each, {n_texts} texts to encode once): {total / 60:.1f} min serially"
-        + (f"; with {workers} workers at most {workers}x faster" if workers > 1 else ""))
+               "groups": len(grid.groups), "round_s": round(round_s, 4), "step_s": round(round_s / len(configs), 4),
+               "eval_s": round(eval_s, 3), "setup_s": round(setup_s, 2), "steps": first.steps, "evals": evals,
+               "test_pairs": test_pairs, "texts": n_texts, "encode_s": round(encode_s, 1),
+               "grid_total_min": round(total / 60, 2)}
+    log(f"measured on {device}: one round of the grid ({len(configs)} runs in {len(grid.groups)} stacked groups, "
+        f"each run one optimizer step of batch {first.batch_size} x {first.grad_accum}, {first.max_length} tokens) "
+        f"{round_s:.3f} s; every run's evaluation {eval_s:.2f} s ({test_pairs} test pairs each); {setup_s:.1f} s "
+        f"set-up; {encode_rate:.0f} texts/s frozen encoding")
+    log(f"estimate for `{cfg.size}` / {cfg.users} as one grid ({len(configs)} runs x {first.steps} steps, {evals} "
+        f"evaluations each, {n_texts} texts to encode once): {total / 60:.1f} min")
     if not device.startswith("cuda"):
         if not MEASURED:
             log("no CUDA measurement is recorded yet: run `--dry-run --device cuda` on a GPU machine")
         for name, m in MEASURED.items():
-            per = m["setup_s"] + first.steps * m["step_s"] + evals * m["eval_pair_s"] * test_pairs
-            log(f"recorded on {name} ({m['note']}): {m['step_s']:.3f} s per step, so `{cfg.size}` / {cfg.users} "
-                f"would take about {(per * len(configs) + n_texts / m['encode_rate']) / 60:.1f} min serially there")
+            if "round_s" in m:
+                per = m["setup_s"] + first.steps * m["round_s"] * len(configs) / m["runs"] + evals * m["eval_s"]
+                log(f"recorded on {name} ({m['note']}): a round of {m['runs']} runs {m['round_s']:.3f} s, so `{cfg.size}` "
+                    f"/ {cfg.users} would take about {(per + n_texts / m['encode_rate']) / 60:.1f} min there")
+            else:
+                per = m["setup_s"] + first.steps * m["step_s"] + evals * m["eval_pair_s"] * test_pairs
+                log(f"recorded on {name} ({m['note']}): {m['step_s']:.3f} s per step of one run, so `{cfg.size}` / "
+                    f"{cfg.users} would take about {(per * len(configs) + n_texts / m['encode_rate']) / 60:.1f} min "
+                    "there one run after another")
     return figures
 
 

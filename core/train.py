@@ -603,7 +603,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, stop_after: int | None = Non
 
 def train_grid(cfgs: list[TrainConfig], run_dirs: list[str | Path], *, stop_after: int | None = None,
                log: Callable[[str], None] = print, show_progress: bool | str = False,
-               on_step: Callable[[int, int, int], None] | None = None) -> list[list[dict]]:
+               on_step: Callable[[int, int, int], None] | None = None,
+               summary: Callable[[str], None] | None = None) -> list[list[dict]]:
     """Train many runs in one process (core.grid), each into its own run directory; returns each run's
     evaluation records of this session. ``on_step(i, step, steps)`` after every optimizer step of run i.
 
@@ -657,7 +658,7 @@ def train_grid(cfgs: list[TrainConfig], run_dirs: list[str | Path], *, stop_afte
             if on_step is not None:
                 t.callbacks["on_step"].append(lambda t, i=i: on_step(i, t.step, t.cfg.steps))
             trainers.append(t)
-        return Grid(trainers, log=log).fit(stop_after=stop_after, on_member_end=member_end)
+        return Grid(trainers, log=summary or log).fit(stop_after=stop_after, on_member_end=member_end)
     except Cancelled as err:
         for run in runs:
             run.mark_final("cancelled", error=str(err), if_state=("queued", "running"))

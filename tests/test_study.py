@@ -194,7 +194,8 @@ def test_study_tiny_cli_writes_the_grid_with_an_encoder_column_and_the_dry_run_e
     assert "measured on cpu" in dry.stdout and "estimate for `tiny`" in dry.stdout
     assert "recorded on NVIDIA H200" in dry.stdout  # the CUDA estimate from the recorded GPU figures
     figures = json.loads(dry.stdout.strip().splitlines()[-1])
-    assert figures["runs"] == 12 and figures["step_s"] > 0 and figures["serial_total_min"] > 0
+    assert figures["runs"] == 12 and figures["round_s"] > 0 and figures["grid_total_min"] > 0
+    assert figures["groups"] == 3  # traditional, vpl + vpl-adaptive (same shapes), personal: stacked
 
 
 @pytest.mark.slow
