@@ -24,12 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoints import CheckpointMixin
 from .config import LESSONS, MANY_USERS, ConfigError, TrainConfig, build_config, load_config_file
 from .dataset import PrefData, build, used_text_ids
 from .encoders import EmbeddingCache, TextEncoder, default_cache_root
+from .evaluation import EvaluationMixin
 from .grid import Cancelled
 from .models import (
-    active_units,
     btl_loss,
     contrastive_loss,
     distinct_demos,
@@ -40,28 +41,15 @@ from .people import (
     PeopleSet,
     build_people_set,
     outside_people,
-    people_accuracy,
-    reading_latents,
     trained_people,
 )
 from .progress import Progress, echo, status_writer
-from .references import reference_accuracy, shuffled_partners, user_groups
+from .references import shuffled_partners, user_groups
 from .runs import RunDir
 from .samplers import AdaptiveSampler, UniformSampler
 from .shared import DATA_FIELDS, ENCODER_FIELDS, PEOPLE_FIELDS, TABLE_FIELDS, Embeddings, Shared
 from .stacked_lora import lora_targets  # noqa: F401 - core.reward imports it from here
 from .users import load_users  # noqa: F401 - also imported from here by study, reward and pages
-
-
-def _cloned(obj):
-    """A state dict with every tensor copied (nested dicts and lists)."""
-    if torch.is_tensor(obj):
-        return obj.clone()
-    if isinstance(obj, dict):
-        return {k: _cloned(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_cloned(v) for v in obj]
-    return obj
 
 
 def resolve_device(name: str) -> torch.device:
@@ -79,7 +67,7 @@ def load_table(cfg: TrainConfig):
     return load_ultrafeedback(cfg.data)
 
 
-class Trainer:
+class Trainer(EvaluationMixin, CheckpointMixin):
     """A small generic loop (minGPT-style) with callbacks: ``on_eval(trainer, record)``, ``on_step(trainer)``.
 
     ``show_progress`` ("auto", True or False): the embedding and training bars (or plain lines off a
@@ -355,197 +343,6 @@ class Trainer:
         params = [p for p in self.params if p.requires_grad]
         backward(torch.stack(losses), inputs=params)
         jac_to_grad(params, MGDA() if self.cfg.grad_strategy == "mgda" else PCGrad())
-
-    # ------------------------------------------------------------------ evaluation
-    def _score(self, split, partner: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Per-pair loss and correctness (1 when r_chosen > r_rejected) over a whole split, in chunks.
-
-        With ``partner`` (N,), also the correctness when pair i is read with the user latent of pair
-        partner[i]: at evaluation z is the posterior mean, a function of the demonstrations alone, so
-        every pair's latent is computed once and the borrowed one is a lookup, not a second pass.
-        """
-        n_pairs = len(split)
-        chunk = 256 if self.query_encoder is not None else 2048  # texts through a transformer vs cached rows
-        chunks = [np.arange(s, min(s + chunk, n_pairs)) for s in range(0, n_pairs, chunk)]
-        if self.cfg.method == "vpl":
-            lat = [self._posterior(split.take(idx)) for idx in chunks]
-            mu = torch.cat([m for m, _ in lat]) if lat else None  # (N, L)
-            logvar = torch.cat([v for _, v in lat]) if lat else None
-        losses, correct, shuffled = [], [], []
-        for idx in chunks:
-            t = torch.as_tensor(idx, device=self.device)
-            latent = (mu[t], logvar[t]) if self.cfg.method == "vpl" else None
-            loss, margin, _, _ = self.forward(split, idx, train=False, latent=latent)
-            losses.append(loss.cpu())
-            correct.append((margin > 0).float().cpu())
-            if partner is not None and self.cfg.method == "vpl":
-                s = split.take(idx)
-                q = self._query(np.concatenate([s.chosen, s.rejected]))  # (2B, D)
-                z = mu[torch.as_tensor(partner[idx], device=self.device)]  # (B, L) another user's latent
-                r = self.model.reward(q, torch.cat([z, z]), z_emb=self._z_rows(np.concatenate([s.chosen, s.rejected])))
-                shuffled.append((r[: len(idx)] > r[len(idx):]).float().cpu())
-        loss = torch.cat(losses).numpy() if losses else np.zeros(0)
-        corr = torch.cat(correct).numpy() if correct else np.zeros(0)
-        shuf = torch.cat(shuffled).numpy() if shuffled else None
-        return loss, corr, shuf
-
-    def references(self) -> dict:
-        """Reference ceilings (global / group / per-user probe) on this run's own test pairs."""
-        groups = user_groups(self.cfg.users, self.W)
-        return self.shared.get("references", self.cfg, DATA_FIELDS + ENCODER_FIELDS, lambda: reference_accuracy(
-            self.data, self.table.ratings, self.W, groups, self.embeddings.float().cpu().numpy()))
-
-    @torch.no_grad()
-    def evaluate(self) -> dict:
-        self._q_cache = {}
-        try:
-            return self._evaluate()
-        finally:
-            self._q_cache = None
-
-    def _evaluate(self) -> dict:
-        self.model.eval()
-        if self.query_encoder is not None:
-            self.query_encoder.model.eval()
-        test = self.data.test
-        loss, corr, shuf = self._score(test, self.shuffled_partner)
-        user_acc, user_loss = {}, {}
-        for u in range(self.data.n_users):
-            m = test.user == u
-            if m.any():
-                user_acc[str(u)] = float(corr[m].mean())
-                user_loss[str(u)] = float(loss[m].mean())
-        record = {
-            "step": self.step,
-            "epoch": self.samples_seen / max(1, len(self.data.train)),
-            "loss": self.loss_sum / self.loss_n if self.loss_n else None,
-            "eval_loss": float(loss.mean()) if len(loss) else None,
-            "accuracy": float(np.mean(list(user_acc.values()))) if user_acc else None,
-            "pair_accuracy": float(corr.mean()) if len(corr) else None,
-            "user_accuracy": user_acc,
-            "user_loss": user_loss,
-            "lr": self.scheduler.get_last_lr()[0],
-            "phase": self.sampler.phase(max(0, self.step - 1)),
-            "samples": self.samples_seen,
-        }
-        if shuf is not None:
-            # the same pairs, each read with another user's demonstrations: near `accuracy` = z is ignored
-            per = [float(shuf[test.user == u].mean()) for u in range(self.data.n_users) if (test.user == u).any()]
-            record["z_shuffled_accuracy"] = float(np.mean(per))
-        if self.cfg.method == "vpl" and self.data.test_fresh is not None:
-            # the same pairs read with demonstrations from outside the user's training pool: far below
-            # `accuracy` = the model recognises which pairs make up a user's pool instead of reading taste
-            fresh = self.data.test_fresh
-            _, corr_f, _ = self._score(fresh)
-            per_f = {str(u): float(corr_f[fresh.user == u].mean()) for u in range(self.data.n_users)
-                     if (fresh.user == u).any()}
-            record["fresh_demos_accuracy"] = float(np.mean(list(per_f.values())))
-            record["fresh_demos_user_accuracy"] = per_f
-        if self.step == 0:
-            record["reference_accuracy"] = self.references()
-        every = self.cfg.people_every
-        if self.people and self.step > 0 and (self.step >= self.cfg.steps or (every and self.step % every == 0)):
-            record.update(self.score_people())
-        if self.cfg.method == "vpl" and len(self.probe):
-            s = test.take(self.probe)
-            mu, _ = self._posterior(s)
-            record["active_units"] = active_units(mu)
-            np.savez(self.run.latents_dir / f"step-{self.step:06d}.npz", mu=mu.float().cpu().numpy(),
-                     user=s.user, question=s.question)
-        self.loss_sum, self.loss_n = 0.0, 0
-        self.model.train()
-        if self.query_encoder is not None:
-            self.query_encoder.model.train()
-        return record
-
-    @torch.no_grad()
-    def score_people(self) -> dict:
-        """all_pairs_* for the run's users and new_users_* for people outside training (core.people);
-        the readings' latents go to latents/people-{trained,outside}-step-N.npz for the Latent page."""
-        trained, outside = self.people
-        out: dict = {}
-        for name, pset in (("trained", trained), ("outside", outside)):
-            lat = reading_latents(self.model, pset, self._frozen_rows)
-            z_embed = self._frozen_rows if self._z_rows(pset.text_ids[:1]) is not None else None
-            acc = people_accuracy(self.model, pset, self._frozen_rows, self._query_chunked, latents=lat, z_embed=z_embed)
-            if name == "trained":
-                per = {str(u): float(a) for u, a in enumerate(acc) if np.isfinite(a)}
-                out["all_pairs_user_accuracy"] = per
-                out["all_pairs_accuracy"] = float(np.mean(list(per.values()))) if per else None
-            else:
-                out["new_users"] = [{**p.to_json(), "accuracy": None if not np.isfinite(a) else float(a)}
-                                    for p, a in zip(pset.people, acc, strict=True)]
-                ok = acc[np.isfinite(acc)]
-                out["new_users_accuracy"] = float(ok.mean()) if len(ok) else None
-            if lat is not None:
-                R = pset.n_readings
-                np.savez(self.run.latents_dir / f"people-{name}-step-{self.step:06d}.npz",
-                         mu=lat[0].float().cpu().numpy(), person=np.repeat(np.arange(len(pset.people)), R),
-                         weights=np.stack([p.weights for p in pset.people]),
-                         names=np.array([p.name for p in pset.people]), kinds=np.array([p.kind for p in pset.people]),
-                         accuracy=acc)
-        return out
-
-    # ------------------------------------------------------------------ checkpoints
-    def _trainable_state(self) -> dict[str, torch.Tensor]:
-        state = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        if self.query_encoder is not None:
-            for n, p in self.query_encoder.model.named_parameters():
-                if p.requires_grad:
-                    state[f"encoder.{n}"] = p.detach()
-        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
-
-    def save_checkpoint(self) -> None:
-        from safetensors.torch import save_file
-
-        tmp = self.run.path / ".model.safetensors.tmp"
-        save_file(self._trainable_state(), str(tmp))
-        tmp.replace(self.run.path / "model.safetensors")
-        state = {
-            "step": self.step,
-            "samples_seen": self.samples_seen,
-            "wall_s": self.wall_offset + (time.perf_counter() - self._t_start),
-            # cloned: in a grid the state tensors are views of a group's stacks (torch.save would write them whole)
-            "optimizer": _cloned(self.optimizer.state_dict()),
-            "scheduler": self.scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "z_gen": self.z_gen.get_state(),
-            "sampler": json.dumps(self.sampler.state()),
-        }
-        tmp = self.run.path / ".train_state.pt.tmp"
-        torch.save(state, tmp)
-        tmp.replace(self.run.path / "train_state.pt")
-
-    def try_resume(self) -> bool:
-        from safetensors.torch import load_file
-
-        st_path = self.run.path / "train_state.pt"
-        if not st_path.exists() or not (self.run.path / "model.safetensors").exists():
-            return False
-        state = torch.load(st_path, weights_only=True, map_location="cpu")
-        weights = load_file(str(self.run.path / "model.safetensors"))
-        self.model.load_state_dict({k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")})
-        if self.query_encoder is not None:
-            named = dict(self.query_encoder.model.named_parameters())
-            with torch.no_grad():
-                for k, v in weights.items():
-                    if k.startswith("encoder."):
-                        named[k[len("encoder."):]].copy_(v)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        self.z_gen.set_state(state["z_gen"])
-        self.sampler.load_state(json.loads(state["sampler"]))
-        self.step = int(state["step"])
-        self.samples_seen = int(state["samples_seen"])
-        self.wall_offset = float(state["wall_s"])
-        # drop metrics recorded after the checkpoint (the run died between the two writes)
-        records, _ = self.run.metrics()
-        kept = [r for r in records if r.get("step", 0) <= self.step]
-        if len(kept) != len(records):
-            self.run.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        self.log(f"resumed from step {self.step}")
-        return True
 
     # ------------------------------------------------------------------ the loop
     def request_stop(self, *_):
