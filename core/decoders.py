@@ -29,6 +29,16 @@ class ConcatDecoder(nn.Sequential):
     def forward(self, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # (B, D), (B, L) -> (B,)
         return super().forward(torch.cat([e, z], dim=-1)).squeeze(-1)
 
+    def text_part(self, e: torch.Tensor) -> torch.Tensor:
+        """The first layer's z-free part, (T, D) -> (T, H): the same for a response under every latent."""
+        return e @ self[0].weight[:, :e.shape[-1]].T + self[0].bias
+
+    def from_text_part(self, he: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """forward(e, z) from text_part(e) (B, H) and z (B, L) -> (B,)."""
+        first, last = self[0], self[3]
+        hz = z @ first.weight[:, first.weight.shape[1] - z.shape[-1]:].T  # (B, H)
+        return (F.gelu(he + hz) @ last.weight[0] + last.bias).reshape(-1)
+
     def grid(self, e: torch.Tensor, z: torch.Tensor, chunk: int = 32) -> torch.Tensor:
         """Every response under every latent, (T, D), (N, L) -> (N, T): the first layer splits into an e part
         computed once and a z part, so N latents cost N * T * H, not N * T * (D + L) * H."""

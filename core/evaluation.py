@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from .models import active_units
+from .models import active_units, kl_to_standard_normal
 from .people import people_accuracy, reading_latents
 from .references import reference_accuracy, user_groups
 from .shared import DATA_FIELDS, ENCODER_FIELDS
+
+
+def btl_loss_from_margin(margin: torch.Tensor) -> torch.Tensor:
+    """-log sigmoid(r_chosen - r_rejected), (N,): core.models.btl_loss from the margin."""
+    return -torch.nn.functional.logsigmoid(margin)
 
 
 class EvaluationMixin:
@@ -25,6 +31,10 @@ class EvaluationMixin:
         partner[i]: at evaluation z is the posterior mean, a function of the demonstrations alone, so
         every pair's latent is computed once and the borrowed one is a lookup, not a second pass.
         """
+        from .decoders import ConcatDecoder
+
+        if self.cfg.method == "vpl" and type(self.model.decoder) is ConcatDecoder:
+            return self._score_by_text(split, partner)
         n_pairs = len(split)
         chunk = 256 if self.query_encoder is not None else 2048  # texts through a transformer vs cached rows
         chunks = [np.arange(s, min(s + chunk, n_pairs)) for s in range(0, n_pairs, chunk)]
@@ -49,6 +59,33 @@ class EvaluationMixin:
         corr = torch.cat(correct).numpy() if correct else np.zeros(0)
         shuf = torch.cat(shuffled).numpy() if shuffled else None
         return loss, corr, shuf
+
+    def _score_by_text(self, split, partner: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """_score for the study's concat decoder MLP([e, z]): its first layer's e part is computed once per
+        distinct response text and shared by the pair read with its own latent and with a borrowed one
+        (the same numbers, a third of the decoder's work at evaluation)."""
+        n = len(split)
+        if n == 0:
+            return np.zeros(0), np.zeros(0), None
+        lat = [self._posterior(split.take(np.arange(s, min(s + 2048, n)))) for s in range(0, n, 2048)]
+        mu, logvar = torch.cat([m for m, _ in lat]), torch.cat([v for _, v in lat])  # (N, L)
+        texts, rows = np.unique(np.concatenate([split.chosen, split.rejected]), return_inverse=True)
+        dec = self.model.decoder
+        he = dec.text_part(self.model.query_head(self._query(texts)))  # (T, H)
+        he = F.embedding(torch.as_tensor(rows, device=he.device), he)  # (2N, H): chosen then rejected
+
+        def margin(z):  # (N, L) -> r_chosen - r_rejected (N,)
+            r = dec.from_text_part(he, torch.cat([z, z]))
+            return r[:n] - r[n:]
+
+        m = margin(mu)
+        loss = btl_loss_from_margin(m)
+        if self.cfg.beta > 0:
+            loss = loss + self.cfg.beta * kl_to_standard_normal(mu, logvar)
+        shuf = None
+        if partner is not None:
+            shuf = (margin(mu[torch.as_tensor(partner, device=mu.device)]) > 0).float().cpu().numpy()
+        return loss.cpu().numpy(), (m > 0).float().cpu().numpy(), shuf
 
     def references(self) -> dict:
         """Reference ceilings (global / group / per-user probe) on this run's own test pairs."""

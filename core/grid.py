@@ -41,11 +41,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
-from .gradients import combine_user_gradients, user_jacobians
+from .gradients import user_jacobians, user_weights
 from .models import btl_loss, contrastive_loss, distinct_demos, kl_to_standard_normal
 from .progress import Progress, status_writer
 
-CANCEL_CHECK_S = 1.0  # how often the loop reads the members' status.json for a cancel request
+CANCEL_CHECK_S = 1.0
+FUSED_ADAM = True  # torch's fused AdamW over a group's stacks when its members share lr and step count  # how often the loop reads the members' status.json for a cancel request
 
 # TrainConfig fields that decide a model's shapes and forward, or a step's batch shape: members agreeing on
 # all of them (and on the table and encoder they read) stack
@@ -257,13 +258,21 @@ class StackedGroup:
         if not whole:
             jac = {u: [g if k < len(self.names) else g[sel] for k, g in enumerate(gs)] for u, gs in jac.items()}
             params = [p if k < len(self.names) else p[sel] for k, p in enumerate(params)]
-        grads = [torch.empty_like(p) for p in params]
-        sizes = [p[0].numel() for p in params]
+        M, users_ = params[0].shape[0], sorted(jac)
+        # each member's Gramian of its per-user gradients, G[m, u, v] = <g_u[m], g_v[m]>, summed over parameters
+        G = torch.zeros((M, len(users_), len(users_)), dtype=loss.dtype, device=loss.device)
+        for a, u in enumerate(users_):
+            for b, v in enumerate(users_[a:], start=a):
+                dot = sum((gu.reshape(M, -1) * gv.reshape(M, -1)).sum(1) for gu, gv in zip(jac[u], jac[v], strict=True))
+                G[:, a, b] = G[:, b, a] = dot
+        w = torch.zeros((M, len(users_)), dtype=loss.dtype, device=loss.device)  # (M, U): absent users weigh 0
         for i, t in enumerate(ts):
-            rows = [torch.cat([g[i].reshape(-1) for g in jac[u]]) for u in sorted(jac) if present[u][i]]
-            flat = combine_user_gradients(torch.stack(rows), t.cfg.grad_strategy)  # (P,)
-            for g, piece in zip(grads, flat.split(sizes), strict=True):
-                g[i] = piece.view_as(g[i])
+            here = [a for a, u in enumerate(users_) if present[u][i]]
+            w[i, here] = user_weights(G[i][here][:, here], t.cfg.grad_strategy)
+        grads = []
+        for k in range(len(params)):
+            shape = (M,) + (1,) * (params[k].ndim - 1)
+            grads.append(sum(w[:, a].view(shape) * jac[u][k] for a, u in enumerate(users_)))
         return grads
 
 
@@ -277,15 +286,15 @@ class StackedAdamW:
         self.group = group
         self.exp_avg = [torch.zeros_like(S, requires_grad=False) for S in group.stacked]
         self.exp_avg_sq = [torch.zeros_like(S, requires_grad=False) for S in group.stacked]
-        self.steps: list[list[torch.Tensor]] = []
         self.link()
 
     def link(self) -> None:
-        """Copy each member's AdamW state (fresh, or loaded by a resume) into the stacks and make it views."""
-        self.steps = []
+        """Copy each member's AdamW state (fresh, or loaded by a resume) into the stacks and make it views
+        (the step counts too: one (M, n_params) table, so a step counts every member's tensors at once)."""
+        ts = self.group.trainers
+        self.step_table = torch.zeros((len(ts), len(ts[0].params)))
         with torch.no_grad():
-            for i, t in enumerate(self.group.trainers):
-                steps = []
+            for i, t in enumerate(ts):
                 for j, p in enumerate(t.params):
                     st = t.optimizer.state.get(p, {})
                     if "exp_avg" in st:
@@ -294,11 +303,9 @@ class StackedAdamW:
                     else:
                         self.exp_avg[j][i].zero_()
                         self.exp_avg_sq[j][i].zero_()
-                    step = torch.tensor(float(st["step"]) if "step" in st else 0.0)
-                    t.optimizer.state[p] = {"step": step, "exp_avg": self.exp_avg[j][i],
+                    self.step_table[i, j] = float(st["step"]) if "step" in st else 0.0
+                    t.optimizer.state[p] = {"step": self.step_table[i, j], "exp_avg": self.exp_avg[j][i],
                                             "exp_avg_sq": self.exp_avg_sq[j][i]}
-                    steps.append(step)
-                self.steps.append(steps)
 
     @torch.no_grad()
     def step(self, grads: list[torch.Tensor]) -> None:
@@ -307,8 +314,12 @@ class StackedAdamW:
         pg = [t.optimizer.param_groups[0] for t in ts]
         b1, b2 = pg[0]["betas"]
         eps = pg[0]["eps"]
-        torch._foreach_add_([s for steps in self.steps for s in steps], 1.0)
-        step = torch.tensor([float(steps[0]) for steps in self.steps], dtype=torch.float64)
+        same = {(g["lr"], g["weight_decay"], g["betas"], g["eps"]) for g in pg}
+        if FUSED_ADAM and len(same) == 1 and bool((self.step_table == self.step_table[0, 0]).all()):
+            self._fused_step(grads, pg[0])  # the usual case: members that started together with one schedule
+            return
+        self.step_table += 1.0
+        step = self.step_table[:, 0].double()
         lr = torch.tensor([g["lr"] for g in pg], dtype=torch.float64)
         wd = torch.tensor([g["weight_decay"] for g in pg], dtype=torch.float64)
         dtype, dev = grads[0].dtype, grads[0].device
@@ -323,6 +334,30 @@ class StackedAdamW:
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
             denom = (v.sqrt() / bc2_sqrt.view(shape)).add_(eps)
             P.sub_(m / denom * step_size.view(shape))
+
+    def _fused_step(self, grads: list[torch.Tensor], group: dict) -> None:
+        """Every member with the same learning rate, decay and step count: torch's fused AdamW over the stacks
+        (one pass over memory per tensor; ~5x less time than element-wise ops on a CPU), same update."""
+        stacked = self.group.stacked
+        if getattr(self, "_fused", None) is None:
+            fused_ok = stacked[0].device.type in ("cpu", "cuda")
+            self._fused = torch.optim.AdamW(stacked, lr=group["lr"], betas=group["betas"], eps=group["eps"],
+                                            weight_decay=group["weight_decay"], fused=fused_ok,
+                                            foreach=None if fused_ok else True)
+            for j, S in enumerate(stacked):
+                self._fused.state[S] = {"step": torch.zeros((), dtype=torch.float32, device=S.device)
+                                        if fused_ok else torch.zeros(()),
+                                        "exp_avg": self.exp_avg[j], "exp_avg_sq": self.exp_avg_sq[j]}
+        opt = self._fused
+        opt.param_groups[0].update(lr=group["lr"], weight_decay=group["weight_decay"])
+        step = float(self.step_table[0, 0])
+        for S, g in zip(stacked, grads, strict=True):
+            opt.state[S]["step"].fill_(step)
+            S.grad = g
+        opt.step()
+        for S in stacked:
+            S.grad = None
+        self.step_table += 1.0
 
 
 class SoloGroup:
