@@ -353,7 +353,9 @@ class StackedAdamW:
         step = float(self.step_table[0, 0])
         for S, g in zip(stacked, grads, strict=True):
             opt.state[S]["step"].fill_(step)
-            S.grad = g
+            # the fused kernel walks memory: a gradient must have its parameter's layout (a batched backward
+            # can hand back a transposed one, and MGDA/PCGrad combine those)
+            S.grad = g if g.stride() == S.stride() else g.contiguous()
         opt.step()
         for S in stacked:
             S.grad = None

@@ -29,8 +29,10 @@ def test_grid_members_end_where_their_runs_end_alone(tmp_path, small_corpus_embe
         assert g["accuracy"] == pytest.approx(a["accuracy"], abs=0.01), c.preset
         assert g["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-3), c.preset
         assert g["all_pairs_accuracy"] == pytest.approx(a["all_pairs_accuracy"], abs=0.01), c.preset
-    # the runs learned something, so equality is not two runs that both did nothing
-    assert grid[0]["accuracy"] > 0.7 and grid[4]["accuracy"] > 0.55  # 30 steps: personal is past chance
+    # the runs learned something, so equality is not two runs that both did nothing (a single run is a grid
+    # of one, so a fault of the grid's own would show here as a member stuck at chance, not as a difference)
+    assert [round(g["accuracy"], 2) > 0.7 for g in grid[:3]] == [True] * 3, [g["accuracy"] for g in grid]
+    assert grid[4]["accuracy"] > 0.55  # 30 steps: personal is past chance
     for i in range(len(cfgs)):
         assert RunDir(tmp_path / f"grid-{i}").status()["state"] == "succeeded"
 
