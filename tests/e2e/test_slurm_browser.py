@@ -44,6 +44,11 @@ def test_launch_a_run_on_slurm_from_the_train_page(slurm_partition, server):  # 
         page.wait_for_function(f"() => document.querySelector('.st-key-steps input').value === '{STEPS}'")
         page.locator(".st-key-slurm_time input").fill("9")
         page.locator(".st-key-slurm_time input").press("Enter")
+        # one Slurm job per run here (the grid, on by default, would be one job for both)
+        grid_box = page.locator(".st-key-as_grid input[type=checkbox]")
+        if grid_box.is_checked():
+            page.locator(".st-key-as_grid label").click()
+        page.wait_for_function("() => !document.querySelector('.st-key-as_grid input[type=checkbox]').checked")
         page.wait_for_timeout(1000)  # let the reruns for the edited inputs settle before launching
         page.locator(".st-key-launch button").click()
 
