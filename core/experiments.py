@@ -100,7 +100,8 @@ def _compare(presets, seeds, trained, out: Path, overrides, log, prog, *, judge,
             prog.set(sum(done))
 
         t0 = time.perf_counter()
-        prog.set(0, stage=f"train {len(todo)} runs as one grid")
+        p0, s0, _ = todo[0]
+        prog.set(0, stage=f"train {p0}-s{s0}" if len(todo) == 1 else f"train {len(todo)} runs as one grid")
         train_grid([cfg for _, _, cfg in todo], [out / "runs" / f"{p}-s{s}" for p, s, _ in todo], log=lambda m: None,
                    on_step=on_step, summary=log)
         log(f"trained {len(todo)} runs as one grid: {time.perf_counter() - t0:.1f}s")
