@@ -69,6 +69,12 @@ class ConfigError(ValueError):
     """A config that does not validate; the message names each bad field."""
 
 
+def field_problems(err: ValidationError) -> str:
+    """pydantic's errors as one line naming each bad field: 'steps: Input should be ... (got 0); ...'."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']} (got {e.get('input')!r})"
+                     for e in err.errors())
+
+
 class TrainConfig(BaseModel):
     """Everything a training run needs; saved as config.json in the run directory."""
 
@@ -187,11 +193,7 @@ def build_config(raw: dict | None = None, **overrides) -> TrainConfig:
     try:
         return TrainConfig(**merged)
     except ValidationError as err:
-        problems = []
-        for e in err.errors():
-            field = ".".join(str(p) for p in e["loc"]) or "config"
-            problems.append(f"{field}: {e['msg']} (got {e.get('input')!r})")
-        raise ConfigError("; ".join(problems)) from None
+        raise ConfigError(field_problems(err)) from None
 
 
 def load_config_file(path: str | Path, **overrides) -> TrainConfig:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .config import field_problems
 from .runs import RunDir
 
 
@@ -59,9 +60,7 @@ def validate_grid(raw: dict) -> GridConfig:
     try:
         cfg = GridConfig(**raw)
     except ValidationError as err:
-        problems = [f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']} (got {e.get('input')!r})"
-                    for e in err.errors()]
-        raise GridError("; ".join(problems)) from None
+        raise GridError(field_problems(err)) from None
     member_configs(cfg)  # every member must validate before anything starts
     return cfg
 

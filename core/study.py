@@ -40,6 +40,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .config import field_problems
 from .runs import RunDir
 
 USER_SETS = ("two-opposed", "four-one-hot")  # user presets (core.users)
@@ -90,9 +91,7 @@ def validate_study(raw: dict) -> StudyConfig:
     try:
         cfg = StudyConfig(**raw)
     except ValidationError as err:
-        problems = [f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']} (got {e.get('input')!r})"
-                    for e in err.errors()]
-        raise StudyError("; ".join(problems)) from None
+        raise StudyError(field_problems(err)) from None
     for m in cfg.methods or []:
         if m.startswith("fewshot-"):
             raise StudyError(f"methods: {m!r} is not a trained method")
