@@ -22,7 +22,10 @@ generator, optimizer, evaluations and checkpoints. What the grid adds:
   gradient; the contrastive term is still taken per micro-batch. MGDA / PCGrad members get one backward
   per user over the whole group (core.gradients) and aggregate per member;
 - **solo members**: runs that train their query encoder (LoRA, full) step through ``Trainer.train_step``
-  in the same loop.
+  in the same loop;
+- **groups side by side**: on a CPU, when every group is small heads on cached embeddings, each group
+  steps (and evaluates its members when due) in its own thread with one intra-op thread: their ops are too
+  small for intra-op threads to keep several cores busy. Files, callbacks and logs stay on the loop's thread.
 
 Same seed and config give the same batches, noise and initial weights as the run trained alone; the
 results agree up to floating-point summation order (tests/test_grid.py). A member is cancelled on its own
@@ -34,6 +37,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -45,8 +49,8 @@ from .gradients import user_jacobians, user_weights
 from .models import btl_loss, contrastive_loss, distinct_demos, kl_to_standard_normal
 from .progress import Progress, status_writer
 
-CANCEL_CHECK_S = 1.0
-FUSED_ADAM = True  # torch's fused AdamW over a group's stacks when its members share lr and step count  # how often the loop reads the members' status.json for a cancel request
+CANCEL_CHECK_S = 1.0  # how often the loop reads the members' status.json for a cancel request
+FUSED_ADAM = True  # torch's fused AdamW over a group's stacks when its members share lr and step count
 
 # TrainConfig fields that decide a model's shapes and forward, or a step's batch shape: members agreeing on
 # all of them (and on the table and encoder they read) stack
@@ -260,21 +264,17 @@ class StackedGroup:
             jac = {u: [g if k < len(self.names) else g[sel] for k, g in enumerate(gs)] for u, gs in jac.items()}
             params = [p if k < len(self.names) else p[sel] for k, p in enumerate(params)]
         M, users_ = params[0].shape[0], sorted(jac)
-        # each member's Gramian of its per-user gradients, G[m, u, v] = <g_u[m], g_v[m]>, summed over parameters
-        G = torch.zeros((M, len(users_), len(users_)), dtype=loss.dtype, device=loss.device)
-        for a, u in enumerate(users_):
-            for b, v in enumerate(users_[a:], start=a):
-                dot = sum((gu.reshape(M, -1) * gv.reshape(M, -1)).sum(1) for gu, gv in zip(jac[u], jac[v], strict=True))
-                G[:, a, b] = G[:, b, a] = dot
+        # J[m, u] = user u's gradient in member m, every parameter flattened: (M, U, N) -- one copy, so the
+        # Gramians G[m] = J[m] J[m]^T and the updates w[m]^T J[m] are one batched matmul each
+        J = torch.stack([torch.cat([g.reshape(M, -1) for g in jac[u]], dim=1) for u in users_], dim=1)
+        G = J @ J.transpose(1, 2)  # (M, U, U)
         w = torch.zeros((M, len(users_)), dtype=loss.dtype, device=loss.device)  # (M, U): absent users weigh 0
         for i, t in enumerate(ts):
             here = [a for a, u in enumerate(users_) if present[u][i]]
             w[i, here] = user_weights(G[i][here][:, here], t.cfg.grad_strategy)
-        grads = []
-        for k in range(len(params)):
-            shape = (M,) + (1,) * (params[k].ndim - 1)
-            grads.append(sum(w[:, a].view(shape) * jac[u][k] for a, u in enumerate(users_)))
-        return grads
+        flat = (w[:, None, :] @ J).squeeze(1)  # (M, N)
+        sizes = [p[0].numel() for p in params]
+        return [g.view(p.shape) for g, p in zip(flat.split(sizes, dim=1), params, strict=True)]
 
 
 class StackedAdamW:
@@ -399,15 +399,32 @@ class Grid:
     def __init__(self, trainers: list, *, log: Callable[[str], None] = print):
         self.trainers = trainers
         self.log = log
-        if trainers[0].device.type == "cpu" and len(trainers) > 1 and not any(t.cfg.cpu_threads for t in trainers):
-            # stacked ops are large: every core helps (a lone run of small heads keeps its one thread)
-            torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
         self.groups = plan_groups(trainers)
         self.histories: dict[int, list[dict]] = {id(t): [] for t in trainers}
         self._last_cancel_check = 0.0
-        self.step_s = 0.0
+        self.workers = 1  # groups stepped side by side, each in its own thread
+        self._threads_before = torch.get_num_threads()  # put back when the loop ends
+        if trainers[0].device.type == "cpu" and len(trainers) > 1 and not any(t.cfg.cpu_threads for t in trainers):
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            heads = all(isinstance(g, StackedGroup) and g.encoder is None for g in self.groups)
+            if heads and len(self.groups) > 1 and cores > 1:
+                # small heads on cached embeddings: their ops are too small to keep several cores busy
+                # with intra-op threads, so each group gets one thread and the groups run side by side
+                self.workers = min(cores, len(self.groups))
+                torch.set_num_threads(1)
+            else:  # one group, or a transformer in the step: large ops, every core on each
+                torch.set_num_threads(cores)
 
     def fit(self, stop_after: int | None = None, on_member_end: Callable | None = None) -> list[list[dict]]:
+        pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
+        try:
+            return self._fit(pool, stop_after, on_member_end)
+        finally:
+            if pool:
+                pool.shutdown(wait=True, cancel_futures=True)
+                torch.set_num_threads(self._threads_before)
+
+    def _fit(self, pool, stop_after, on_member_end) -> list[list[dict]]:
         for t in self.trainers:
             t._t_start = time.perf_counter()
             resumed = t.try_resume()
@@ -415,56 +432,75 @@ class Grid:
             t.progress = Progress(t.cfg.steps, unit="steps", stage="training", done=t.step,
                                   show=t.show_progress if len(self.trainers) == 1 else False,
                                   status=status_writer(t.run))
-            if t.step == 0:
-                self.histories[id(t)].append(t._record(t.evaluate()))
+        first = [t for t in self.trainers if t.step == 0]  # the step-0 evaluations (references included)
+        records = list(pool.map(lambda t: t.evaluate(), first)) if pool else [t.evaluate() for t in first]
+        for t, record in zip(first, records, strict=True):
+            self.histories[id(t)].append(t._record(record))
         for g in self.groups:
             if isinstance(g, StackedGroup):
                 g.adam.link()  # a resume loaded each member's optimizer state: back into the stacks
         active = {id(t) for t in self.trainers if t.step < t.cfg.steps}
-        sync = torch.cuda.synchronize if self.trainers[0].device.type == "cuda" else (lambda: None)
         t_fit, n_steps = time.perf_counter(), 0
+        # the costliest groups first, so the threads finish a round together
+        order = sorted(self.groups, key=lambda g: -len(g.trainers) * (2 if getattr(g, "per_user", False) else 1))
         while active:
-            t0 = time.perf_counter()
-            for g in self.groups:
+            running = []
+            for g in order:
                 members = [i for i, t in enumerate(g.trainers) if id(t) in active]
-                if not members:
-                    continue
-                losses = g.step(members)
-                for i, loss in zip(members, losses, strict=True):
+                if members:
+                    job = (g, members)
+                    running.append((job, pool.submit(self._advance, *job) if pool else None))
+            for (g, members), fut in running:
+                losses, records = fut.result() if fut else self._advance(g, members)
+                for i, loss in zip(members, losses, strict=True):  # callbacks and files: this thread only
                     t = g.trainers[i]
                     for cb in t.callbacks["on_step"]:
                         cb(t)
                     t.progress.set(t.step, train_loss=loss)
-                    if t.step % t.cfg.eval_every == 0 or t.step == t.cfg.steps:
-                        self.histories[id(t)].append(t._record(t.evaluate()))
-            sync()
-            self.step_s += time.perf_counter() - t0  # steps and this round's evaluations
+                    if i in records:
+                        self.histories[id(t)].append(t._record(records[i]))
             n_steps += 1
-            stop_all = any(t._stop_requested for t in self.trainers if id(t) in active)
-            cancel = self._cancel_requests(active)
-            for t in self.trainers:
-                if id(t) not in active:
-                    continue
-                if stop_all:
-                    t.save_checkpoint()
-                elif id(t) in cancel:
-                    t.save_checkpoint()
-                    active.discard(id(t))
-                    if on_member_end:
-                        on_member_end(t, "cancelled")
-                elif t.step >= t.cfg.steps or (stop_after is not None and t.step >= stop_after):
-                    if t.step < t.cfg.steps:
-                        t.save_checkpoint()
-                    active.discard(id(t))
-                    if on_member_end:
-                        on_member_end(t, "ended")
-            if stop_all:
-                raise Cancelled(f"stopped at step {max(t.step for t in self.trainers)}")
+            self._end_round(active, on_member_end, stop_after)
         wall = time.perf_counter() - t_fit
         if n_steps:
-            self.log(f"grid: {len(self.trainers)} runs in {len(self.groups)} group(s), {n_steps} rounds in {wall:.1f}s "
+            self.log(f"grid: {len(self.trainers)} runs in {len(self.groups)} group(s)"
+                     f"{f' on {self.workers} threads' if self.workers > 1 else ''}, {n_steps} rounds in {wall:.1f}s "
                      f"({wall / n_steps:.3f}s a round: every member's step, and its evaluation when due)")
         return [self.histories[id(t)] for t in self.trainers]
+
+    @staticmethod
+    def _advance(g, members: list[int]) -> tuple[list[float], dict[int, dict]]:
+        """One step of a group's members and the evaluations it makes due (any thread: computes only)."""
+        losses = g.step(members)
+        records = {}
+        for i in members:
+            t = g.trainers[i]
+            if t.step % t.cfg.eval_every == 0 or t.step == t.cfg.steps:
+                records[i] = t.evaluate()
+        return losses, records
+
+    def _end_round(self, active: set, on_member_end: Callable | None, stop_after: int | None) -> None:
+        """Checkpoint and retire members that are done, cancelled or stopped; raises Cancelled on a stop."""
+        stop_all = any(t._stop_requested for t in self.trainers if id(t) in active)
+        cancel = self._cancel_requests(active)
+        for t in self.trainers:
+            if id(t) not in active:
+                continue
+            if stop_all:
+                t.save_checkpoint()
+            elif id(t) in cancel:
+                t.save_checkpoint()
+                active.discard(id(t))
+                if on_member_end:
+                    on_member_end(t, "cancelled")
+            elif t.step >= t.cfg.steps or (stop_after is not None and t.step >= stop_after):
+                if t.step < t.cfg.steps:
+                    t.save_checkpoint()
+                active.discard(id(t))
+                if on_member_end:
+                    on_member_end(t, "ended")
+        if stop_all:
+            raise Cancelled(f"stopped at step {max(t.step for t in self.trainers)}")
 
     def _cancel_requests(self, active: set) -> set:
         """Members whose status.json asks for a cancel (checked at most once a second)."""

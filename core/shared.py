@@ -13,6 +13,7 @@ change what a run sees: a run built alone and the same run built in a grid read 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -51,13 +52,21 @@ class Embeddings:
 
 
 class Shared:
-    """Parts of a run's setup by key; ``get(kind, cfg, fields, make)`` builds a part once per key."""
+    """Parts of a run's setup by key; ``get(kind, cfg, fields, make)`` builds a part once per key, also
+    when members of a grid ask from several threads at once (the others wait for the one building it)."""
 
     def __init__(self):
         self._parts: dict[tuple[str, str], object] = {}
+        self._lock = threading.Lock()
+        self._building: dict[tuple[str, str], threading.Lock] = {}
 
     def get(self, kind: str, cfg: TrainConfig, fields: tuple[str, ...], make: Callable[[], object]):
         k = (kind, key(cfg, fields))
-        if k not in self._parts:
-            self._parts[k] = make()
+        with self._lock:
+            if k in self._parts:
+                return self._parts[k]
+            building = self._building.setdefault(k, threading.Lock())
+        with building:
+            if k not in self._parts:
+                self._parts[k] = make()
         return self._parts[k]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -23,7 +25,11 @@ def _cfgs(cache_root, steps=30, **extra):
 def test_grid_members_end_where_their_runs_end_alone(tmp_path, small_corpus_embeddings, cache_root):
     cfgs = _cfgs(cache_root)
     alone = [train(c, tmp_path / f"alone-{i}", log=lambda m: None)[-1] for i, c in enumerate(cfgs)]
-    grid = [h[-1] for h in train_grid(cfgs, [tmp_path / f"grid-{i}" for i in range(len(cfgs))], log=lambda m: None)]
+    said = []
+    grid = [h[-1] for h in train_grid(cfgs, [tmp_path / f"grid-{i}" for i in range(len(cfgs))], log=lambda m: None,
+                                      summary=said.append)]
+    if len(os.sched_getaffinity(0)) > 1:  # 4 stacked groups: each in its own thread, side by side
+        assert any("4 group(s) on 2 threads" in m for m in said), said
     for c, a, g in zip(cfgs, alone, grid, strict=True):
         assert g["step"] == a["step"] == 30
         assert g["accuracy"] == pytest.approx(a["accuracy"], abs=0.01), c.preset
