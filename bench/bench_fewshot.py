@@ -56,7 +56,8 @@ def main(argv=None) -> int:
 
     from core.config import build_config
     from core.experiments import parse_set
-    from core.fewshot import LogitChooser, _answer_tasks, evaluate, prepare
+    from core.fewshot import LogitChooser, evaluate, prepare
+    from core.fewshot_runs import _answer_tasks
     from core.personas.judges import make_judge
     from core.train import load_table, load_users
 

@@ -9,7 +9,7 @@ For each judge, in one run:
     ``python -m core.personas`` run it): Spearman rho between the judge's expected grades and the offline
     corpus's true ratings, per dimension, over ``4 x --probe-questions`` responses; and the share of
     next-token mass on the grade tokens;
-(b) the few-shot baseline on the two-opposed lesson's data (``core.fewshot.run_methods``, the code path of
+(b) the few-shot baseline on the two-opposed lesson's data (``core.fewshot_runs.run_methods``, the code path of
     ``python -m core.experiments compare --presets fewshot-k0 fewshot-k4``, which loads the judge by its
     spec): accuracy per k over both users, ``--queries`` test pairs a user, one seed;
 (c) seconds per item: probe seconds per response, few-shot seconds per prompt (one query in one order).
@@ -97,7 +97,7 @@ def few_shot_prompts(cfg, queries: int, n_ks: int) -> tuple[int, int]:
 
 def measure(spec: str, args, overrides: dict, work: Path) -> dict:
     from core.config import build_config
-    from core.fewshot import run_methods
+    from core.fewshot_runs import run_methods
     from core.personas.judges import make_judge
     from core.personas.quality import probe_items, run_probe
 

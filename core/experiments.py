@@ -78,7 +78,7 @@ def _compare(presets, seeds, trained, out: Path, overrides, log, prog, *, judge,
     run_rows = []
     fewshot = [p for p in presets if p.startswith("fewshot-")]
     if fewshot:
-        from .fewshot import run_methods
+        from .fewshot_runs import run_methods
 
         t0 = time.perf_counter()
         for d in run_methods(fewshot, seeds, out, overrides, judge_spec=judge, how=fewshot_how,

@@ -197,7 +197,7 @@ def _first_difference(a: list[int], b: list[int]) -> int:
 
 @pytest.mark.slow
 def test_worker_processes_give_the_same_answers_and_report_progress(tmp_path):
-    from core.fewshot import run_methods
+    from core.fewshot_runs import run_methods
     from core.progress import Progress
 
     tiny = {"corpus_prompts": 60, "max_test_per_user": 20, "pool_size": 20}
