@@ -112,6 +112,7 @@ class TrainConfig(BaseModel):
     pair_diff: bool = Field(False, description="Give the pair encoder e(chosen) - e(rejected) beside the two embeddings (the study: only the two), so a demonstration's direction of preference is one linear read away.")
     user_encoder: Literal["pairs", "differences", "mixture", "fit", "blend"] = Field("pairs", description="How the VPL model reads the user from the demonstrations. 'blend': the posterior mean over blends of the training users' latents (a fixed grid of the simplex over users, Dirichlet(1) prior), weighed by how well each blend's reward explains the demonstrations; reads people between the trained users with an uncertainty; needs decoder 'linear' or 'bilinear'. 'pairs': the study's: an MLP over [e(chosen), e(rejected)] per demonstration, self-attention across them, mean-pool. 'differences': an MLP over e(chosen) - e(rejected) per demonstration, mean-pool, an MLP (a DeepSets reader that sees only each demonstration's direction of preference). 'mixture': one learned latent per training user, mixed by how well each user's reward (the bilinear decoder's z term) explains the demonstrations; needs decoder 'bilinear' or 'linear'. 'fit': the z that best explains the demonstrations under the model's own BTL likelihood and a Gaussian prior (a few Newton steps, trained through), with a Laplace uncertainty; reads blends and people unlike any training user; needs decoder 'bilinear' (the MLP's own dependence on z is held at the prior mean) or 'linear' (exact). See core.models.")
     fit_steps: int = Field(4, ge=1, le=20, description="Newton steps of the 'fit' user reader.")
+    blend_centre_prior: float = Field(0.0, ge=0.0, le=20.0, description="'blend' reader: extra log prior mass on the even blend of the training users (the population point, see population_coef), so a person whose choices do not single out a blend is read there instead of being pushed towards one training taste. Applied when reading (evaluation, people, serving), not in training. 0 = the plain grid prior.")
     z_features: Literal["query", "frozen"] = Field("query", description="Which response features the user latent z acts on (decoders 'linear' and 'bilinear'). 'query': the query encoder's (the study's). 'frozen': the frozen encoder's, the same space the reader reads the demonstrations in, while the shared part of the reward uses the trained (LoRA) query encoder. The same thing for a frozen query encoder.")
     decoder: Literal["concat", "bilinear", "linear", "film", "hyper"] = Field("concat", description="How the VPL decoder joins the response embedding e and the user latent z. 'concat': the study's MLP([e, z]). 'bilinear': MLP([e, z]) + <U e, V z>. 'linear': MLP(e) + <U e, V z> (z only in the bilinear term, so a margin is linear in z). 'film': z scales and shifts the hidden features of e. 'hyper': z writes the weights of a reward head over features of e. See core.models.")
     beta: float = Field(0.0, ge=0.0, description="Weight of the KL term (the study: 0 or tiny).")
@@ -131,6 +132,7 @@ class TrainConfig(BaseModel):
     steps_per_phase: int | None = Field(None, ge=1, description="Steps per adaptive phase (default: steps / users).")
     grad_strategy: Literal["sum", "mgda", "pcgrad"] = Field("sum", description="How per-user losses combine into one update: plain sum, MGDA or PCGrad (torchjd).")
     contrastive_coef: float = Field(0.0, ge=0.0, description="Weight of the cosine contrastive loss on latent means (seed eq. 12).")
+    population_coef: float = Field(0.0, ge=0.0, description="Weight of a population term: every training pair also scored at the even blend of the training users' latents (the centre the mixture and blend readers fall back on when a person's choices say little), under the BTL loss on its own user's label, i.e. the traditional model's objective at that one point. 0 = off. Needs user_encoder 'mixture' or 'blend'.")
     # evaluation and bookkeeping
     eval_every: int = Field(20, ge=1, description="Evaluate, record metrics and latents, and checkpoint every N steps.")
     converge_threshold: float = Field(0.8, gt=0.0, lt=1.0, description="A run has converged once every user's accuracy stays at or above this.")
@@ -172,6 +174,13 @@ class TrainConfig(BaseModel):
                              f"set decoder to 'bilinear' or 'linear' (got {self.decoder!r})")
         if self.z_features == "frozen" and self.decoder not in ("linear", "bilinear"):
             raise ValueError(f"z_features 'frozen' needs decoder 'linear' or 'bilinear' (got {self.decoder!r})")
+        if self.population_coef > 0 and (self.method != "vpl" or self.user_encoder not in ("mixture", "blend")):
+            raise ValueError("population_coef: the population term lives at the centre of the training users' latents; "
+                             f"it needs method 'vpl' with user_encoder 'mixture' or 'blend' (got {self.method!r}, "
+                             f"{self.user_encoder!r})")
+        if self.blend_centre_prior > 0 and (self.method != "vpl" or self.user_encoder != "blend"):
+            raise ValueError(f"blend_centre_prior: a prior of the 'blend' reader; set user_encoder to 'blend' (got "
+                             f"{self.user_encoder!r})")
         if self.agreed_share > 0 and not self.contested_only:
             raise ValueError("agreed_share: only means something with contested_only=true "
                              "(contested_only=false already keeps every pair)")

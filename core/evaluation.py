@@ -10,15 +10,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .models import active_units, kl_to_standard_normal
+from .models import active_units, btl_loss_from_margin, kl_to_standard_normal
 from .people import people_accuracy, reading_latents
 from .references import reference_accuracy, user_groups
 from .shared import DATA_FIELDS, ENCODER_FIELDS
-
-
-def btl_loss_from_margin(margin: torch.Tensor) -> torch.Tensor:
-    """-log sigmoid(r_chosen - r_rejected), (N,): core.models.btl_loss from the margin."""
-    return -torch.nn.functional.logsigmoid(margin)
 
 
 class EvaluationMixin:

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from .gradients import user_jacobians, user_weights
-from .models import btl_loss, contrastive_loss, distinct_demos, kl_to_standard_normal
+from .models import btl_loss, btl_loss_from_margin, contrastive_loss, distinct_demos, kl_to_standard_normal
 from .progress import Progress, status_writer
 
 CANCEL_CHECK_S = 1.0  # how often the loop reads the members' status.json for a cancel request
@@ -55,7 +55,7 @@ FUSED_ADAM = True  # torch's fused AdamW over a group's stacks when its members 
 # TrainConfig fields that decide a model's shapes and forward, or a step's batch shape: members agreeing on
 # all of them (and on the table and encoder they read) stack
 STACK_FIELDS = ("method", "query_encoder", "query_head", "z_mode", "z_features", "decoder", "user_encoder",
-                "pair_diff", "fit_steps",
+                "pair_diff", "fit_steps", "population_coef", "blend_centre_prior",
                 "pair_hidden", "pair_out", "latent", "decoder_hidden", "beta", "batch_size", "grad_accum", "n_demos",
                 "data", "corpus_prompts", "corpus_seed", "signal", "rating_noise", "encoder", "max_length", "device")
 
@@ -83,9 +83,9 @@ class Cancelled(Exception):
 class _StepLoss(nn.Module):
     """One member's per-pair loss for a fused step; called through functional_call under vmap."""
 
-    def __init__(self, model: nn.Module, method: str, beta: float):
+    def __init__(self, model: nn.Module, method: str, beta: float, population_coef: float = 0.0):
         super().__init__()
-        self.model, self.method, self.beta = model, method, beta
+        self.model, self.method, self.beta, self.population_coef = model, method, beta, population_coef
 
     def forward(self, q, demo_c=None, demo_r=None, inv=None, eps=None, qz=None):
         """q (2B, D); demo_c, demo_r (U, D) the distinct demonstrations of the batch, inv (B, K) each pair's
@@ -102,6 +102,8 @@ class _StepLoss(nn.Module):
         loss = btl_loss(r[:n], r[n:])
         if self.beta > 0:
             loss = loss + self.beta * kl_to_standard_normal(mu, logvar)
+        if self.population_coef > 0:
+            loss = loss + self.population_coef * btl_loss_from_margin(self.model.population_margin(q, z_emb=qz))
         return loss, mu
 
 
@@ -144,7 +146,7 @@ class StackedGroup:
         self.method, self.per_user = cfg.method, cfg.grad_strategy != "sum"
         self.sample_noise = cfg.method == "vpl" and cfg.z_mode != "mean"
         self.bs, self.ga = cfg.batch_size, cfg.grad_accum
-        step_loss = _StepLoss(t0.model, cfg.method, cfg.beta)
+        step_loss = _StepLoss(t0.model, cfg.method, cfg.beta, cfg.population_coef)
         prefix = {n: "model." + n for n in self.names}
         bufs = {"model." + n: b for n, b in self.buffers.items()}
 

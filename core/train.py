@@ -32,6 +32,7 @@ from .evaluation import EvaluationMixin
 from .grid import Cancelled
 from .models import (
     btl_loss,
+    btl_loss_from_margin,
     contrastive_loss,
     distinct_demos,
     kl_to_standard_normal,
@@ -279,6 +280,9 @@ class Trainer(EvaluationMixin, CheckpointMixin):
         loss = btl_loss(r[:n], r[n:])
         if self.cfg.beta > 0:
             loss = loss + self.cfg.beta * kl_to_standard_normal(mu, logvar)
+        if train and self.cfg.population_coef > 0:  # the traditional objective at the users' centre
+            zq = self._z_rows(np.concatenate([s.chosen, s.rejected]))
+            loss = loss + self.cfg.population_coef * btl_loss_from_margin(self.model.population_margin(q, z_emb=zq))
         return loss, margin, mu, user
 
     def _posterior(self, s) -> tuple[torch.Tensor, torch.Tensor]:

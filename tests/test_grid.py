@@ -43,8 +43,10 @@ def test_grid_members_end_where_their_runs_end_alone(tmp_path, small_corpus_embe
         assert RunDir(tmp_path / f"grid-{i}").status()["state"] == "succeeded"
 
 
-@pytest.mark.parametrize("preset", ["vpl-contrastive", "vpl-pcgrad", "vpl-mgda", "personal"])
-def test_a_stacked_step_is_the_micro_batch_loop_step(tmp_path, small_corpus_embeddings, cache_root, preset):
+@pytest.mark.parametrize(("preset", "extra"), [("vpl-contrastive", {}), ("vpl-pcgrad", {}), ("vpl-mgda", {}),
+                                              ("personal", {}), ("personal", {"population_coef": 1.0})],
+                         ids=["vpl-contrastive", "vpl-pcgrad", "vpl-mgda", "personal", "personal-population"])
+def test_a_stacked_step_is_the_micro_batch_loop_step(tmp_path, small_corpus_embeddings, cache_root, preset, extra):
     """The grid's fused, stacked step (and its per-user path for MGDA / PCGrad, core.gradients) gives each
     member the gradient the plain loop over micro-batches gives (Trainer.train_step, torchjd's own backward
     for MGDA / PCGrad). The first step's learning rate is 0 (warm-up), so both steps start from the same
@@ -52,7 +54,7 @@ def test_a_stacked_step_is_the_micro_batch_loop_step(tmp_path, small_corpus_embe
     into +-lr steps, so weights are compared through what they compute instead."""
     from core.grid import StackedGroup
 
-    cfg = {"preset": preset, **SMALL, "steps": 20, "cache_dir": cache_root}
+    cfg = {"preset": preset, **SMALL, "steps": 20, "cache_dir": cache_root, **extra}
     shared = Shared()
     plain = Trainer(build_config({**cfg, "seed": 0}), RunDir(tmp_path / "plain").create(), log=lambda m: None,
                     shared=shared)

@@ -204,3 +204,25 @@ def test_blend_reader_reads_a_user_between_the_trained_ones_with_an_uncertainty(
         assert (d[:, 2] < d[:, 0]).all() and (d[:, 2] < d[:, 1]).all(), d
     m.train()
     assert _unchanged_after_one_step(m, chosen, rejected) == ["decoder.base.3.bias"]
+
+
+def test_the_blend_readers_centre_prior_reads_people_at_the_centre_but_does_not_train_there():
+    """blend_centre_prior is a prior for reading people: in eval mode a large one puts an ordinary reading at
+    the even blend of the users' latents; in training mode the reader is the plain grid posterior."""
+    from core.models import VPLDims, VPLRewardModel
+
+    torch.manual_seed(0)
+    dims = VPLDims.scaled(16)
+    plain = VPLRewardModel(16, dims, decoder="linear", user_encoder="blend", n_users=4)
+    strong = VPLRewardModel(16, dims, decoder="linear", user_encoder="blend", n_users=4, centre_prior=20.0)
+    strong.load_state_dict(plain.state_dict())
+    c, r = torch.randn(5, 8, 16), torch.randn(5, 8, 16)  # 5 readings of 8 demonstrations
+    centre = strong.user_latents.mean(0)
+    with torch.no_grad():
+        strong.eval()
+        mu, _ = strong.posterior(c, r)
+        assert torch.allclose(mu, centre.expand_as(mu), atol=1e-3)
+        strong.train()
+        plain.train()
+        assert torch.equal(strong.posterior(c, r)[0], plain.posterior(c, r)[0])
+        assert not torch.allclose(plain.posterior(c, r)[0], centre.expand_as(mu), atol=1e-2)

@@ -132,3 +132,41 @@ def test_bad_input_names_the_field():
 
     with pytest.raises(ConfigError, match="^n_demos"):
         build_config({"preset": "personal", "n_demos": 0})
+
+
+@pytest.mark.slow
+def test_the_population_term_makes_the_users_centre_the_taste_of_everyone(tmp_path, cache_root, small_corpus,
+                                                                           small_corpus_embeddings):
+    """population_coef trains the reward at the even blend of the users' latents with the traditional
+    objective. Four one-hot users; the uniform person (every aspect alike, never trained) scored on every
+    pair of the held-out questions with z at that centre: with the term it ranks them like a model of the
+    whole population; without it the centre is only where four one-hot tastes average, and ranks them worse."""
+    from core.runs import RunDir
+    from core.train import Trainer
+
+    common = {**SMALL, "users": "four-one-hot", "agreed_share": 1.0, "steps": 200, "eval_every": 200,
+              "people_every": 0, "cache_dir": cache_root}
+    E = torch.from_numpy(np.asarray(small_corpus_embeddings, dtype=np.float32))
+    uniform = [Person("uniform", "uniform", np.full(4, 0.25))]
+    acc = {}
+    for coef in (0.0, 1.0):
+        t = Trainer(build_config({"preset": "personal", **common, "population_coef": coef}),
+                    RunDir(tmp_path / f"c{coef}").create(), log=lambda m: None)
+        t.fit()
+        test_q = t.data.test_questions
+        ps = build_people_set(small_corpus.ratings, uniform, test_q, test_q, n_readings=1)
+        with torch.no_grad():
+            centre = t.model.user_latents.mean(0, keepdim=True)
+            acc[coef] = float(people_accuracy(t.model, ps, lambda ids: E[np.asarray(ids)],
+                                              latents=(centre, torch.zeros_like(centre)))[0])
+    assert acc[1.0] >= acc[0.0] + 0.05 and acc[1.0] > 0.75, acc
+
+
+def test_population_options_name_the_field_they_need():
+    from core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="^config: Value error, population_coef: .*'mixture' or 'blend'"):
+        build_config({"preset": "vpl", "population_coef": 1.0})
+    with pytest.raises(ConfigError, match="^config: Value error, blend_centre_prior: .*'blend'"):
+        build_config({"preset": "vpl", "blend_centre_prior": 2.0})
+    assert build_config({"preset": "personal", "population_coef": 1.0, "blend_centre_prior": 6.0}).population_coef == 1
