@@ -403,7 +403,7 @@ def distinct_demos(ctx_chosen, ctx_rejected):
 
 def btl_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
     """Per-pair negative log-likelihood of the Bradley-Terry-Luce model, (B,)."""
-    return -F.logsigmoid(r_chosen - r_rejected)
+    return btl_loss_from_margin(r_chosen - r_rejected)
 
 
 def btl_loss_from_margin(margin: torch.Tensor) -> torch.Tensor:

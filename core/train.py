@@ -267,7 +267,8 @@ class Trainer(EvaluationMixin, CheckpointMixin):
         ``latent``: the pairs' (mu, logvar), each (B, L), when already computed (evaluation)."""
         s = split.take(idx)
         n = len(idx)
-        q = self._query(np.concatenate([s.chosen, s.rejected]))  # (2B, D)
+        ids = np.concatenate([s.chosen, s.rejected])  # (2B,) chosen then rejected
+        q = self._query(ids)  # (2B, D)
         user = torch.as_tensor(s.user, device=self.device)
         if self.cfg.method == "btl":
             r = self.model.reward(q)
@@ -275,13 +276,13 @@ class Trainer(EvaluationMixin, CheckpointMixin):
             return btl_loss(r[:n], r[n:]), margin, None, user
         mu, logvar = self._posterior(s) if latent is None else latent  # (B, L)
         z = self.model.latent(mu, logvar, train=train, generator=self.z_gen)
-        r = self.model.reward(q, torch.cat([z, z]), z_emb=self._z_rows(np.concatenate([s.chosen, s.rejected])))
+        zq = self._z_rows(ids)  # (2B, D) or None: the features z acts on
+        r = self.model.reward(q, torch.cat([z, z]), z_emb=zq)
         margin = r[:n] - r[n:]
-        loss = btl_loss(r[:n], r[n:])
+        loss = btl_loss_from_margin(margin)
         if self.cfg.beta > 0:
             loss = loss + self.cfg.beta * kl_to_standard_normal(mu, logvar)
         if train and self.cfg.population_coef > 0:  # the traditional objective at the users' centre
-            zq = self._z_rows(np.concatenate([s.chosen, s.rejected]))
             loss = loss + self.cfg.population_coef * btl_loss_from_margin(self.model.population_margin(q, z_emb=zq))
         return loss, margin, mu, user
 
