@@ -12,6 +12,10 @@ Same people, questions and readings as bench/bench_any_person.py (fresh corpus g
     knowing probe         a logistic probe per person on frozen MiniLM differences e(chosen) - e(rejected),
                           fitted on that person's pairs of 1200 training-corpus questions: what a linear reader
                           of these features reaches for a person it *knows*
+    linear vs MLP scorer  for each one-hot taste and the uniform person, a BTL scorer of one response's
+                          MiniLM embedding, linear or a two-layer MLP (GELU, 256 wide), trained on that
+                          person's pairs of the same 1200 questions: how much of a taste is not a linear
+                          function of the embedding (why `personal` reads z's term through an MLP, z_head)
 """
 
 from __future__ import annotations
@@ -85,7 +89,49 @@ def main(argv=None) -> int:
     acc = np.array(acc)
     print(f"knowing probe (MiniLM, linear): trained users {np.round(acc[:len(W)], 3).tolist()}  "
           f"outside people mean {acc[len(W):].mean():.3f} min {acc[len(W):].min():.3f}")
+    scorers(Etr, Efr, train.ratings, fresh.ratings, seed=args.seed)
     return 0
+
+
+def scorers(Etr, Efr, Rtr, Rfr, seed: int, steps: int = 3000) -> None:
+    """Linear and MLP BTL scorers per taste, trained on 1200 training questions, scored on every strict pair
+    of the fresh questions."""
+    import itertools
+
+    import torch
+    import torch.nn.functional as F
+
+    Etr = torch.as_tensor(Etr, dtype=torch.float32).reshape(len(Rtr), 4, -1)[:1200]  # (Q, 4, D)
+    Efr = torch.as_tensor(Efr, dtype=torch.float32).reshape(len(Rfr), 4, -1)
+    Rtr = torch.as_tensor(np.nan_to_num(Rtr[:1200]), dtype=torch.float32)  # (Q, 4, 4 aspects)
+    Rfr = torch.as_tensor(np.nan_to_num(Rfr), dtype=torch.float32)
+    D = Etr.shape[-1]
+    tastes = {"helpfulness": [1, 0, 0, 0], "honesty": [0, 1, 0, 0], "instruction": [0, 0, 1, 0],
+              "truthfulness": [0, 0, 0, 1], "uniform": [0.25] * 4}
+    for name, w in tastes.items():
+        w = torch.tensor(w, dtype=torch.float32)
+        r, rf = Rtr @ w, Rfr @ w  # (Q, 4)
+        out = []
+        for kind in ("linear", "mlp"):
+            torch.manual_seed(seed)
+            net = torch.nn.Linear(D, 1) if kind == "linear" else torch.nn.Sequential(
+                torch.nn.Linear(D, 256), torch.nn.GELU(), torch.nn.Linear(256, 1))
+            opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
+            for _ in range(steps):
+                q, i, j = (torch.randint(0, n, (256,)) for n in (len(r), 4, 4))
+                d = r[q, i] - r[q, j]
+                keep = d != 0
+                m = net(Etr[q, i]).squeeze(-1) - net(Etr[q, j]).squeeze(-1)
+                loss = F.softplus(-torch.sign(d[keep]) * m[keep]).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                s = net(Efr).squeeze(-1)  # (Q, 4)
+            hits = [((s[:, a] - s[:, b]) * (rf[:, a] - rf[:, b]) > 0)[rf[:, a] != rf[:, b]]
+                    for a, b in itertools.combinations(range(4), 2)]
+            out.append(torch.cat(hits).float().mean().item())
+        print(f"{name:>13} scorer on MiniLM, fresh questions: linear {out[0]:.3f}  MLP {out[1]:.3f}")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ FUSED_ADAM = True  # torch's fused AdamW over a group's stacks when its members 
 # TrainConfig fields that decide a model's shapes and forward, or a step's batch shape: members agreeing on
 # all of them (and on the table and encoder they read) stack
 STACK_FIELDS = ("method", "query_encoder", "query_head", "z_mode", "z_features", "decoder", "user_encoder",
-                "pair_diff", "fit_steps", "population_coef", "blend_centre_prior",
+                "pair_diff", "fit_steps", "population_coef", "blend_centre_prior", "z_head",
                 "pair_hidden", "pair_out", "latent", "decoder_hidden", "beta", "batch_size", "grad_accum", "n_demos",
                 "data", "corpus_prompts", "corpus_seed", "signal", "rating_noise", "encoder", "max_length", "device")
 

@@ -18,6 +18,10 @@ VPL:  z ~ q(z | demos) (mean at evaluation);  r(x, y, z) = decoder(e(x, y), z), 
     film      w . (GELU(A e) * (1 + G z) + B z)          z scales and shifts every hidden feature of e
     hyper     <GELU(A e), w0 + MLP(z)> / sqrt(H)         z writes the weights of a reward head over e
 
+where, for bilinear and linear, "U e" is either that linear map (z_head 'linear') or U e + W GELU(A e)
+(z_head 'mlp', core.decoders.ResidualMLP): a taste may then be a nonlinear function of e while a margin
+stays linear in z, so everything below about the readers holds with U e read as U(e).
+
 and the user encoder q(z | demos) reads the K demonstrations either as
 
     pairs        MLP([e_w, e_l]) per demonstration, self-attention across them, mean-pool   the study's
@@ -152,7 +156,8 @@ class VPLRewardModel(nn.Module):
 
     def __init__(self, encoder_dim: int, dims: VPLDims | None = None, n_heads: int = 4, dropout: float = 0.0,
                  query_head: str = "none", z_mode: str = "sample", decoder: str = "concat", pair_diff: bool = False,
-                 user_encoder: str = "pairs", n_users: int = 0, fit_steps: int = 4, centre_prior: float = 0.0):
+                 user_encoder: str = "pairs", n_users: int = 0, fit_steps: int = 4, centre_prior: float = 0.0,
+                 z_head: str = "linear"):
         super().__init__()
         d = dims or VPLDims.scaled(encoder_dim)
         self.dims = d
@@ -204,7 +209,7 @@ class VPLRewardModel(nn.Module):
             self.to_logvar = nn.Linear(d.pair_out, d.latent)
         # decoder: (e(x, y), z) -> reward
         self.decoder_kind = decoder
-        self.decoder = make_decoder(decoder, encoder_dim, d.latent, d.decoder_hidden, dropout)
+        self.decoder = make_decoder(decoder, encoder_dim, d.latent, d.decoder_hidden, dropout, z_head)
 
     def encode_user(self, ctx_chosen: torch.Tensor, ctx_rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, K, D) x 2 -> mu, logvar (B, L)."""
@@ -455,4 +460,4 @@ def model_from_config(cfg, encoder_dim: int, n_users: int | None = None) -> nn.M
         n_users = len(load_users(cfg))
     return VPLRewardModel(encoder_dim, dims, query_head=cfg.query_head, z_mode=cfg.z_mode, decoder=cfg.decoder,
                           pair_diff=cfg.pair_diff, user_encoder=cfg.user_encoder, n_users=n_users or 0,
-                          fit_steps=cfg.fit_steps, centre_prior=cfg.blend_centre_prior)
+                          fit_steps=cfg.fit_steps, centre_prior=cfg.blend_centre_prior, z_head=cfg.z_head)

@@ -226,3 +226,51 @@ def test_the_blend_readers_centre_prior_reads_people_at_the_centre_but_does_not_
         plain.train()
         assert torch.equal(strong.posterior(c, r)[0], plain.posterior(c, r)[0])
         assert not torch.allclose(plain.posterior(c, r)[0], centre.expand_as(mu), atol=1e-2)
+
+
+def test_an_mlp_z_head_learns_a_taste_a_linear_probe_of_e_cannot_while_the_reward_stays_linear_in_z():
+    """z_head 'mlp': U is an MLP of e, so a taste that is a nonlinear function of the embedding (here the
+    reward of user k is |e_k|, which no linear map of e orders) is learned; U e stays near chance. Either way
+    the reward is linear in z, which the blend and fit readers rely on. (The linear head's figure is what the
+    shared MLP(e) reaches alone: sum_k |e_k| agrees with each |e_k| more often than not.)"""
+    from core.decoders import LinearDecoder
+
+    torch.manual_seed(0)
+    D, L, H = 8, 4, 32
+    Z = torch.eye(L)  # one latent per user; user k's reward is |e_k|
+
+    def pairs(n):
+        u = torch.randint(0, L, (n,))
+        a, b = torch.randn(n, D), torch.randn(n, D)
+        better = a[torch.arange(n), u].abs() > b[torch.arange(n), u].abs()
+        return torch.where(better[:, None], a, b), torch.where(better[:, None], b, a), Z[u]
+
+    test_w, test_l, test_z = pairs(2000)
+    acc = {}
+    for kind in ("linear", "mlp"):
+        torch.manual_seed(1)
+        dec = LinearDecoder(D, L, H, z_head_kind=kind)
+        opt = torch.optim.Adam(dec.parameters(), lr=3e-3)
+        for _ in range(400):
+            w, lo, z = pairs(256)
+            loss = btl_loss(dec(w, z), dec(lo, z)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            acc[kind] = (dec(test_w, test_z) > dec(test_l, test_z)).float().mean().item()
+            e, z1, z2 = torch.randn(6, D), torch.randn(6, L), torch.randn(6, L)
+            assert torch.allclose(dec(e, 0.3 * z1 + 0.7 * z2), 0.3 * dec(e, z1) + 0.7 * dec(e, z2), atol=1e-5)
+    assert acc["mlp"] > 0.9 and acc["mlp"] - acc["linear"] > 0.2, acc
+
+
+def test_z_head_needs_a_decoder_with_a_z_term():
+    from core.config import ConfigError, build_config
+
+    with pytest.raises(ConfigError, match="z_head"):
+        build_config({"method": "vpl", "decoder": "concat", "z_head": "mlp"})
+    with pytest.raises(ConfigError, match="z_head"):
+        build_config({"method": "vpl", "decoder": "linear", "z_head": "deep"})
+    m = VPLRewardModel(16, decoder="linear", user_encoder="blend", n_users=3, z_head="mlp")
+    c, r = torch.randn(2, 8, 16), torch.randn(2, 8, 16)
+    assert _unchanged_after_one_step(m.train(), c, r) == ["decoder.base.3.bias"]
