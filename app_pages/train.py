@@ -267,9 +267,10 @@ if not runs:
             "*Four users* (one per aspect): the study's VPL model only appends who the user is (z) to the "
             "response embedding, so it stalls at the traditional model's level, and its *z shuffled* accuracy "
             "(the same questions read with another user's examples) equals its accuracy: it ignores z. "
-            "PrefLens's `personal` preset lets z multiply the response features and reads a person by fitting "
-            "the z that best explains their examples, so blends and the uniform person are read too, not "
-            "forced onto one trained user (the dashed *per-user probe* line is what a linear head trained on "
+            "PrefLens's `personal` preset lets z multiply features of the response and reads a person as a "
+            "blend of the trained tastes, weighed by how well each blend explains their examples, so blends and "
+            "the uniform person are read too, not forced onto one trained user (the dashed *per-user probe* "
+            "line is what a linear head trained on "
             "one user alone reaches). About a minute and a half on a 2-core CPU.")
     c1, c2 = st.columns(2)
     if c1.button("Run the two-opposed lesson", type="primary", key="lesson"):
