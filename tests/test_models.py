@@ -229,10 +229,10 @@ def test_the_blend_readers_centre_prior_reads_people_at_the_centre_but_does_not_
 
 
 def test_an_mlp_z_head_learns_a_taste_a_linear_probe_of_e_cannot_while_the_reward_stays_linear_in_z():
-    """z_head 'mlp': U is an MLP of e, so a taste that is a nonlinear function of the embedding (here the
-    reward of user k is |e_k|, which no linear map of e orders) is learned; U e stays near chance. Either way
-    the reward is linear in z, which the blend and fit readers rely on. (The linear head's figure is what the
-    shared MLP(e) reaches alone: sum_k |e_k| agrees with each |e_k| more often than not.)"""
+    """z_head 'mlp': U(e) = U e + an MLP of e, so a taste that is a nonlinear function of the embedding (here
+    the reward of user k is |e_k|, which no linear map of e orders) is learned; with U e alone the model gets
+    no further than its shared MLP(e) does for everyone (sum_k |e_k| agrees with each |e_k| more often than
+    not). Either way the reward is linear in z, which the blend and fit readers rely on."""
     from core.decoders import LinearDecoder
 
     torch.manual_seed(0)

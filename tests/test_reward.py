@@ -82,7 +82,7 @@ def test_a_visitor_no_training_user_is_is_read_and_served_on_unseen_questions(pe
     assert curve["personal"][0] >= curve["traditional"][0] + 0.05, curve
     table = rm.table()
     # placed from 8 answers, five times over (a 0.3 / 0.7 visitor's 8 answers are noisy evidence: one
-    # reading of the seed-0 model put them at 0.52 / 0.48, five averaged at 0.31 / 0.69)
+    # reading of the seed-0 model put them at 0.52 / 0.48, the five at 0.30 / 0.70 on average)
     reads = [rm.infer_user([(table.prompts[q], table.responses[q][c], table.responses[q][r])
                             for q, c, r in student_answers(rm, w, 8, seed=s)]) for s in range(5)]
     assert all(me.n_demos == 8 and abs(sum(me.weights.values()) - 1) < 1e-6 for me in reads)
