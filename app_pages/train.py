@@ -271,7 +271,7 @@ if not runs:
             "blend of the trained tastes, weighed by how well each blend explains their examples, so blends and "
             "the uniform person are read too, not forced onto one trained user (the dashed *per-user probe* "
             "line is what a linear head trained on "
-            "one user alone reaches). About a minute and a half on a 2-core CPU.")
+            "one user alone reaches). A few minutes on a 2-core CPU.")
     c1, c2 = st.columns(2)
     if c1.button("Run the two-opposed lesson", type="primary", key="lesson"):
         ids = submit_all(jm, ["traditional", "vpl-adaptive"], [0], {"users": "two-opposed", **QUICK})
