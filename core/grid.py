@@ -55,7 +55,7 @@ FUSED_ADAM = True  # torch's fused AdamW over a group's stacks when its members 
 # TrainConfig fields that decide a model's shapes and forward, or a step's batch shape: members agreeing on
 # all of them (and on the table and encoder they read) stack
 STACK_FIELDS = ("method", "query_encoder", "query_head", "z_mode", "z_features", "decoder", "user_encoder",
-                "pair_diff", "fit_steps", "population_coef", "blend_centre_prior", "z_head",
+                "pair_diff", "fit_steps", "population_coef", "blend_centre_prior", "z_head", "vertex_coef", "blend_space",
                 "pair_hidden", "pair_out", "latent", "decoder_hidden", "beta", "batch_size", "grad_accum", "n_demos",
                 "data", "corpus_prompts", "corpus_seed", "signal", "rating_noise", "encoder", "max_length", "device")
 
@@ -83,11 +83,13 @@ class Cancelled(Exception):
 class _StepLoss(nn.Module):
     """One member's per-pair loss for a fused step; called through functional_call under vmap."""
 
-    def __init__(self, model: nn.Module, method: str, beta: float, population_coef: float = 0.0):
+    def __init__(self, model: nn.Module, method: str, beta: float, population_coef: float = 0.0,
+                 vertex_coef: float = 0.0):
         super().__init__()
         self.model, self.method, self.beta, self.population_coef = model, method, beta, population_coef
+        self.vertex_coef = vertex_coef
 
-    def forward(self, q, demo_c=None, demo_r=None, inv=None, eps=None, qz=None):
+    def forward(self, q, demo_c=None, demo_r=None, inv=None, eps=None, qz=None, user=None):
         """q (2B, D); demo_c, demo_r (U, D) the distinct demonstrations of the batch, inv (B, K) each pair's
         K of them; eps (B, L); qz (2B, D) the frozen features z acts on (z_features 'frozen' with LoRA)
         -> per-pair loss (B,), mu (B, L)."""
@@ -104,6 +106,8 @@ class _StepLoss(nn.Module):
             loss = loss + self.beta * kl_to_standard_normal(mu, logvar)
         if self.population_coef > 0:
             loss = loss + self.population_coef * btl_loss_from_margin(self.model.population_margin(q, z_emb=qz))
+        if self.vertex_coef > 0:
+            loss = loss + self.vertex_coef * btl_loss_from_margin(self.model.vertex_margin(q, user, z_emb=qz))
         return loss, mu
 
 
@@ -146,7 +150,7 @@ class StackedGroup:
         self.method, self.per_user = cfg.method, cfg.grad_strategy != "sum"
         self.sample_noise = cfg.method == "vpl" and cfg.z_mode != "mean"
         self.bs, self.ga = cfg.batch_size, cfg.grad_accum
-        step_loss = _StepLoss(t0.model, cfg.method, cfg.beta, cfg.population_coef)
+        step_loss = _StepLoss(t0.model, cfg.method, cfg.beta, cfg.population_coef, cfg.vertex_coef)
         prefix = {n: "model." + n for n in self.names}
         bufs = {"model." + n: b for n, b in self.buffers.items()}
 
@@ -193,6 +197,10 @@ class StackedGroup:
                 args.append(None)
             if self.encoder is not None and ts[0].cfg.z_features == "frozen":
                 args.append(F.embedding(torch.as_tensor(q_ids, device=dev), self.E))  # (M, 2B, D)
+            else:
+                args.append(None)
+            args.append(torch.as_tensor(np.stack([s.user for s in splits]), device=dev) if ts[0].cfg.vertex_coef > 0
+                        else None)  # (M, B) each pair's training user, for the vertex term
         sel = torch.as_tensor(members, device=dev)
         head = self.stacked[:len(self.names)]
         params = head if whole else [S[sel] for S in head]

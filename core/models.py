@@ -149,6 +149,27 @@ def blend_grid(n_users: int, n_samples: int = 256, seed: int = 0) -> torch.Tenso
     return torch.cat([torch.eye(n_users), torch.full((1, n_users), 1.0 / n_users), draws])
 
 
+def taste_grid(W, n_samples: int = 256, seed: int = 0) -> torch.Tensor:
+    """(S, U) blends of U users with tastes W (U, 4): each user, the even blend, and Dirichlet(1) draws over the
+    four *aspects*, each written as the least-squares affine blend of the users with that taste (alpha with
+    alpha [W, 1] closest to [t, 1]; its entries may be negative). Over 100 users a Dirichlet(1) blend of all of
+    them lands near the even blend every time, so blend_grid holds no taste between a user and the centre;
+    this grid is spread over the tastes themselves. Up to four users it is blend_grid: with fewer, or with
+    tastes all on one face, a taste off their span has no blend; four users that span the simplex have one
+    blend for every taste, so a Dirichlet(1) blend of them is already a draw over their tastes."""
+    import numpy as np
+
+    W = np.asarray(W, dtype=np.float64)
+    U = len(W)
+    X = np.c_[W, np.ones(U)]  # (U, 5); rank 4 when the tastes span the simplex (their columns sum to the last)
+    if U <= W.shape[1] or np.linalg.matrix_rank(X) < W.shape[1]:
+        return blend_grid(U, n_samples, seed)
+    # (S, 4) the tastes, a stream of their own (the 'random' preset draws its users with default_rng(0))
+    T = np.random.default_rng([seed, 4]).dirichlet(np.ones(W.shape[1]), size=n_samples)
+    A = np.c_[T, np.ones(n_samples)] @ np.linalg.pinv(X)  # (S, U)
+    return torch.cat([torch.eye(U), torch.full((1, U), 1.0 / U), torch.from_numpy(A).float()])
+
+
 class VPLRewardModel(nn.Module):
     """VAE conditional reward model (after Poddar et al. 2024), with the study's sub-modules."""
 
@@ -157,7 +178,7 @@ class VPLRewardModel(nn.Module):
     def __init__(self, encoder_dim: int, dims: VPLDims | None = None, n_heads: int = 4, dropout: float = 0.0,
                  query_head: str = "none", z_mode: str = "sample", decoder: str = "concat", pair_diff: bool = False,
                  user_encoder: str = "pairs", n_users: int = 0, fit_steps: int = 4, centre_prior: float = 0.0,
-                 z_head: str = "linear"):
+                 z_head: str = "linear", blend_tastes=None):
         super().__init__()
         d = dims or VPLDims.scaled(encoder_dim)
         self.dims = d
@@ -182,7 +203,9 @@ class VPLRewardModel(nn.Module):
         elif user_encoder == "blend":
             self.user_latents = nn.Parameter(torch.randn(n_users, d.latent))
             self.log_sharpness = nn.Parameter(torch.zeros(()))
-            self.register_buffer("blend_grid", blend_grid(n_users), persistent=False)  # (S, U)
+            # (S, U) the blends read: over the users, or over the tastes when their weights are given (blend_tastes)
+            grid = blend_grid(n_users) if blend_tastes is None else taste_grid(blend_tastes)
+            self.register_buffer("blend_grid", grid, persistent=False)
             # (S,) log prior of each blend: 0 but for the even blend (row U), which gets ``centre_prior``
             log_prior = torch.zeros(len(self.blend_grid))
             log_prior[n_users] = float(centre_prior)
@@ -380,6 +403,15 @@ class VPLRewardModel(nn.Module):
         r = self.reward(query_emb, zbar, z_emb=z_emb)
         return r[:n] - r[n:]
 
+    def vertex_margin(self, query_emb: torch.Tensor, user: torch.Tensor, z_emb: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+        """r_chosen - r_rejected (B,) of pairs (2B, D: chosen then rejected) scored at each pair's own training
+        user's latent (user (B,)): the term vertex_coef trains, so each user's own point is that user's reward."""
+        z = self.user_latents[user]  # (B, L)
+        n = query_emb.shape[0] // 2
+        r = self.reward(query_emb, torch.cat([z, z]), z_emb=z_emb)
+        return r[:n] - r[n:]
+
     def reward_grid(self, query_emb: torch.Tensor, z: torch.Tensor, chunk: int = 64,
                     z_emb: torch.Tensor | None = None) -> torch.Tensor:
         """Every response under every latent: (T, D), (N, L) -> (N, T)."""
@@ -454,10 +486,13 @@ def model_from_config(cfg, encoder_dim: int, n_users: int | None = None) -> nn.M
         return BTLRewardModel(encoder_dim, hidden=cfg.decoder_hidden or None, query_head=cfg.query_head)
     dims = VPLDims.scaled(encoder_dim, pair_hidden=cfg.pair_hidden, pair_out=cfg.pair_out, latent=cfg.latent,
                           decoder_hidden=cfg.decoder_hidden)
-    if n_users is None and cfg.user_encoder in ("mixture", "blend"):
+    W = None
+    if cfg.user_encoder in ("mixture", "blend"):
         from .users import load_users
 
-        n_users = len(load_users(cfg))
+        W = load_users(cfg)  # (U, 4) the training users' tastes
+        n_users = len(W) if n_users is None else n_users
     return VPLRewardModel(encoder_dim, dims, query_head=cfg.query_head, z_mode=cfg.z_mode, decoder=cfg.decoder,
                           pair_diff=cfg.pair_diff, user_encoder=cfg.user_encoder, n_users=n_users or 0,
-                          fit_steps=cfg.fit_steps, centre_prior=cfg.blend_centre_prior, z_head=cfg.z_head)
+                          fit_steps=cfg.fit_steps, centre_prior=cfg.blend_centre_prior, z_head=cfg.z_head,
+                          blend_tastes=W if cfg.user_encoder == "blend" and cfg.blend_space == "tastes" else None)

@@ -284,6 +284,8 @@ class Trainer(EvaluationMixin, CheckpointMixin):
             loss = loss + self.cfg.beta * kl_to_standard_normal(mu, logvar)
         if train and self.cfg.population_coef > 0:  # the traditional objective at the users' centre
             loss = loss + self.cfg.population_coef * btl_loss_from_margin(self.model.population_margin(q, z_emb=zq))
+        if train and self.cfg.vertex_coef > 0:  # each user's own latent scores that user's pairs
+            loss = loss + self.cfg.vertex_coef * btl_loss_from_margin(self.model.vertex_margin(q, user, z_emb=zq))
         return loss, margin, mu, user
 
     def _posterior(self, s) -> tuple[torch.Tensor, torch.Tensor]:

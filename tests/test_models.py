@@ -206,6 +206,41 @@ def test_blend_reader_reads_a_user_between_the_trained_ones_with_an_uncertainty(
     assert _unchanged_after_one_step(m, chosen, rejected) == ["decoder.base.3.bias"]
 
 
+def test_a_grid_over_the_tastes_reads_people_among_many_users_closer_than_a_grid_over_the_users():
+    """Over 40 users a Dirichlet(1) blend of all of them is always near the even blend, so the 'users' grid
+    holds no taste between a user and the centre. The 'tastes' grid (blend_space) draws over the four aspects
+    and writes each as a blend of the users: its points spread over the tastes, and people none of the users
+    is are read nearer their own latent. Up to four users both grids are one grid."""
+    import numpy as np
+
+    from core.models import VPLRewardModel, blend_grid, taste_grid
+
+    rng = np.random.default_rng(0)
+    W = rng.dirichlet(np.ones(4), 40)  # (40, 4) the users' tastes
+    Wt = torch.from_numpy(W).float()
+    spread = {name: float((g[41:] @ Wt).max(1).values.mean()) for name, g in
+              (("users", blend_grid(40)), ("tastes", taste_grid(W)))}  # a draw's largest aspect weight
+    assert spread["users"] < 0.33 and spread["tastes"] > 0.45, spread  # Dirichlet(1) over 4: 0.52 on average
+    assert torch.equal(taste_grid(np.eye(4)), blend_grid(4)) and torch.equal(taste_grid(np.eye(4)[:2]), blend_grid(2))
+    people = torch.from_numpy(rng.dirichlet(np.ones(4), 8)).float()  # (8, 4) people none of them is
+    torch.manual_seed(0)
+    a, b = torch.randn(8, 64, 32), torch.randn(8, 64, 32)  # one reading of 64 demonstrations a person
+    dist = {}
+    for space in ("users", "tastes"):
+        torch.manual_seed(1)
+        m = VPLRewardModel(32, decoder="linear", user_encoder="blend", n_users=40, z_mode="mean",
+                           blend_tastes=W if space == "tastes" else None).eval()
+        with torch.no_grad():
+            T = 3.0 * torch.randn(4, m.user_latents.shape[1])  # (4, L) one latent a taste
+            m.user_latents.copy_(Wt @ T)  # each user's latent the blend of the tastes it weighs
+            m.log_sharpness.fill_(2.0)  # a likelihood that can tell blends apart (a trained run learns its own)
+            Zp = people @ T  # (8, L) each person's own latent
+            sides = [_oriented(m, z, a[i:i + 1], b[i:i + 1]) for i, z in enumerate(Zp)]
+            mu, _ = m.encode_user(torch.cat([c for c, _ in sides]), torch.cat([r for _, r in sides]))
+            dist[space] = float(((mu - Zp).norm(dim=-1) / (Zp - Zp.mean(0)).norm(dim=-1).mean()).mean())
+    assert dist["tastes"] < 0.7 * dist["users"], dist
+
+
 def test_the_blend_readers_centre_prior_reads_people_at_the_centre_but_does_not_train_there():
     """blend_centre_prior is a prior for reading people: in eval mode a large one puts an ordinary reading at
     the even blend of the users' latents; in training mode the reader is the plain grid posterior."""
