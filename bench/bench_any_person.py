@@ -1,7 +1,7 @@
 """Any person, any question (issue 18): a personal model scored as a person would use it.
 
     .venv/bin/python bench/bench_any_person.py [--users two-opposed four-one-hot random] [--seeds 0 1] \
-        [--steps 400] [--preset personal] [--set key=value ...] [--workers 2] [--dry-run]
+        [--steps 400] [--preset personal] [--set key=value ...] [--workers 2] [--keep DIR] [--dry-run]
 
 For each user set and seed it trains ``--preset`` (default ``personal``) and a ``traditional`` model on the
 same pairs (the preset's data options: contested_only / agreed_share), then reads people on *fresh
@@ -22,10 +22,11 @@ fresh questions. Writes bench/out/any_person-<time>.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,6 +138,7 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default="personal")
     ap.add_argument("--set", nargs="*", default=[], help="key=value overrides of the preset (JSON values)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--keep", help="train the runs into this folder and keep them (default: a temporary one)")
     ap.add_argument("--seed", type=int, help="alias of --seeds N")
     ap.add_argument("--dry-run", action="store_true", help="one cell, 20 steps")
     args = ap.parse_args(argv)
@@ -151,8 +153,12 @@ def main(argv=None) -> int:
     cmd = "bench/bench_any_person.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"$ {cmd}")
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as root, ProcessPoolExecutor(max_workers=args.workers) as ex:
+    with (contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory()) as root, \
+            ProcessPoolExecutor(max_workers=args.workers) as ex:
         futs = [ex.submit(cell, u, s, steps, args.preset, extra, root) for u, s in cells]
+        for f in as_completed(futs):  # a line as each cell ends, so a long bench shows where it is
+            r = f.result()
+            print(f"[cell] {r['users']} seed {r['seed']} done at {time.perf_counter() - t0:.0f}s", flush=True)
         results = [f.result() for f in futs]
     print(f"{'users':<13}{'seed':>4} {'study':>6} {'allp':>6} {'newp':>6} | fresh: {'trained users':<22}"
           f"{'new':>6} {'trad':>6} {'worst-vs-trad':>22} {'unif':>5}/{'trad':<5} {'trl':>5}")
