@@ -135,56 +135,50 @@ def test_bad_input_names_the_field():
 
 
 @pytest.mark.slow
-def test_the_population_term_makes_the_users_centre_the_taste_of_everyone(tmp_path, cache_root, small_corpus,
-                                                                           small_corpus_embeddings):
-    """population_coef trains the reward at the even blend of the users' latents with the traditional
-    objective. Four one-hot users; the uniform person (every aspect alike, never trained) scored on every
-    pair of the held-out questions with z at that centre: with the term it ranks them like a model of the
-    whole population; without it the centre is only where four one-hot tastes average, and ranks them worse."""
+def _four_users_scored_at(tmp_path, cache_root, ratings, embeddings, field: str, people_of, latents_of) -> dict:
+    """Train `personal` on four one-hot users (400 questions, 200 steps) with ``field`` at 0 and at 1; score
+    ``people_of(trainer)`` on every pair of the held-out questions with z fixed at ``latents_of(model)``
+    (one row a person, no reading) -> {0.0: accuracies (P,), 1.0: ...}."""
     from core.runs import RunDir
     from core.train import Trainer
 
     common = {**SMALL, "users": "four-one-hot", "agreed_share": 1.0, "steps": 200, "eval_every": 200,
               "people_every": 0, "cache_dir": cache_root}
-    E = torch.from_numpy(np.asarray(small_corpus_embeddings, dtype=np.float32))
-    uniform = [Person("uniform", "uniform", np.full(4, 0.25))]
+    E = torch.from_numpy(np.asarray(embeddings, dtype=np.float32))
     acc = {}
     for coef in (0.0, 1.0):
-        t = Trainer(build_config({"preset": "personal", **common, "population_coef": coef}),
-                    RunDir(tmp_path / f"c{coef}").create(), log=lambda m: None)
+        t = Trainer(build_config({"preset": "personal", **common, field: coef}),
+                    RunDir(tmp_path / f"{field}-{coef}").create(), log=lambda m: None)
         t.fit()
         test_q = t.data.test_questions
-        ps = build_people_set(small_corpus.ratings, uniform, test_q, test_q, n_readings=1)
+        ps = build_people_set(ratings, people_of(t), test_q, test_q, n_readings=1)
         with torch.no_grad():
-            centre = t.model.user_latents.mean(0, keepdim=True)
-            acc[coef] = float(people_accuracy(t.model, ps, lambda ids: E[np.asarray(ids)],
-                                              latents=(centre, torch.zeros_like(centre)))[0])
-    assert acc[1.0] >= acc[0.0] + 0.05 and acc[1.0] > 0.75, acc
+            Z = latents_of(t.model).detach()  # (P, L)
+            acc[coef] = people_accuracy(t.model, ps, lambda ids: E[np.asarray(ids)], latents=(Z, torch.zeros_like(Z)))
+    return acc
 
 
-def test_the_vertex_term_makes_each_users_own_latent_serve_that_user(tmp_path, small_corpus, small_corpus_embeddings,
-                                                                    cache_root):
+def test_the_population_term_makes_the_users_centre_the_taste_of_everyone(tmp_path, cache_root, small_corpus,
+                                                                          small_corpus_embeddings):
+    """population_coef trains the reward at the even blend of the users' latents with the traditional
+    objective. Four one-hot users; the uniform person (every aspect alike, never trained) scored on every
+    pair of the held-out questions with z at that centre: with the term it ranks them like a model of the
+    whole population; without it the centre is only where four one-hot tastes average, and ranks them worse."""
+    acc = _four_users_scored_at(tmp_path, cache_root, small_corpus.ratings, small_corpus_embeddings,
+                                "population_coef", lambda t: [Person("uniform", "uniform", np.full(4, 0.25))],
+                                lambda m: m.user_latents.mean(0, keepdim=True))
+    assert acc[1.0][0] >= acc[0.0][0] + 0.05 and acc[1.0][0] > 0.75, acc
+
+
+def test_the_vertex_term_makes_each_users_own_latent_serve_that_user(tmp_path, cache_root, small_corpus,
+                                                                    small_corpus_embeddings):
     """vertex_coef trains every pair also at its own user's latent. Four one-hot users; each scored on every
     pair of the held-out questions with z exactly at their own latent (no reading): with the term each
     point ranks its user's pairs; without it the blend reader only ever serves posterior means near the
     centre, and a user's own point is no model of that user (seen at 0.39-0.48 on the 1500-question corpus)."""
-    from core.runs import RunDir
-    from core.train import Trainer
-
-    common = {**SMALL, "users": "four-one-hot", "steps": 200, "eval_every": 200, "people_every": 0,
-              "cache_dir": cache_root}
-    E = torch.from_numpy(np.asarray(small_corpus_embeddings, dtype=np.float32))
-    acc = {}
-    for coef in (0.0, 1.0):
-        t = Trainer(build_config({"preset": "personal", **common, "vertex_coef": coef}),
-                    RunDir(tmp_path / f"v{coef}").create(), log=lambda m: None)
-        t.fit()
-        test_q = t.data.test_questions
-        people = [Person(f"user {u}", "trained", w) for u, w in enumerate(t.W)]
-        ps = build_people_set(small_corpus.ratings, people, test_q, test_q, n_readings=1)
-        with torch.no_grad():
-            Z = t.model.user_latents.detach()  # (4, L): person p read exactly at user p's point
-            acc[coef] = people_accuracy(t.model, ps, lambda ids: E[np.asarray(ids)], latents=(Z, torch.zeros_like(Z)))
+    acc = _four_users_scored_at(tmp_path, cache_root, small_corpus.ratings, small_corpus_embeddings, "vertex_coef",
+                                lambda t: [Person(f"user {u}", "trained", w) for u, w in enumerate(t.W)],
+                                lambda m: m.user_latents)  # person p read exactly at user p's point
     assert acc[1.0].min() > 0.75 and acc[1.0].mean() >= acc[0.0].mean() + 0.15, acc
 
 
