@@ -395,22 +395,23 @@ class VPLRewardModel(nn.Module):
             return self.decoder(self.query_head(query_emb), z)
         return self.decoder(self.query_head(query_emb), z, self.query_head(z_emb))
 
-    def population_margin(self, query_emb: torch.Tensor, z_emb: torch.Tensor | None = None) -> torch.Tensor:
-        """r_chosen - r_rejected (B,) of pairs (2B, D: chosen then rejected) scored at the even blend of the
-        training users' latents: the point population_coef trains with the traditional objective."""
-        n = query_emb.shape[0] // 2
-        zbar = self.user_latents.mean(0).expand(query_emb.shape[0], -1)  # (2B, L)
-        r = self.reward(query_emb, zbar, z_emb=z_emb)
-        return r[:n] - r[n:]
-
-    def vertex_margin(self, query_emb: torch.Tensor, user: torch.Tensor, z_emb: torch.Tensor | None = None
-                      ) -> torch.Tensor:
-        """r_chosen - r_rejected (B,) of pairs (2B, D: chosen then rejected) scored at each pair's own training
-        user's latent (user (B,)): the term vertex_coef trains, so each user's own point is that user's reward."""
-        z = self.user_latents[user]  # (B, L)
+    def margin_at(self, query_emb: torch.Tensor, z: torch.Tensor, z_emb: torch.Tensor | None = None) -> torch.Tensor:
+        """r_chosen - r_rejected (B,) of pairs (2B, D: chosen then rejected), each scored at latent z (B, L)."""
         n = query_emb.shape[0] // 2
         r = self.reward(query_emb, torch.cat([z, z]), z_emb=z_emb)
         return r[:n] - r[n:]
+
+    def population_margin(self, query_emb: torch.Tensor, z_emb: torch.Tensor | None = None) -> torch.Tensor:
+        """Margins (B,) at the even blend of the training users' latents: the point population_coef trains
+        with the traditional objective."""
+        zbar = self.user_latents.mean(0).expand(query_emb.shape[0] // 2, -1)  # (B, L)
+        return self.margin_at(query_emb, zbar, z_emb)
+
+    def vertex_margin(self, query_emb: torch.Tensor, user: torch.Tensor, z_emb: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+        """Margins (B,) at each pair's own training user's latent (user (B,)): the term vertex_coef trains,
+        so each user's own point is that user's reward."""
+        return self.margin_at(query_emb, self.user_latents[user], z_emb)
 
     def reward_grid(self, query_emb: torch.Tensor, z: torch.Tensor, chunk: int = 64,
                     z_emb: torch.Tensor | None = None) -> torch.Tensor:
