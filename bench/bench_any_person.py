@@ -144,6 +144,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from core.experiments import parse_set
 
+    if args.keep and Path(args.keep).is_dir() and any(Path(args.keep).iterdir()):
+        # train() resumes a run folder it finds, so a reused folder would report its old runs under new --set
+        ap.error(f"--keep {args.keep}: the folder is not empty; its runs would be resumed, not trained anew "
+                 "with these options. Give a new folder.")
     extra = parse_set(args.set)
     seeds = [args.seed] if args.seed is not None else args.seeds
     cells = [(u, s) for u in args.users for s in seeds]
