@@ -121,6 +121,9 @@ def run_ceiling(run_dir: Path, seed: int, steps: int = 300) -> int:
     rm = PersonalRewardModel.from_run(run_dir, device="cpu")
     if not rm.conditional:
         raise SystemExit(f"--run {run_dir}: a user-agnostic run has no latent to fit")
+    if not hasattr(rm.model, "user_latents"):
+        raise SystemExit(f"--run {run_dir}: user_encoder {rm.cfg.user_encoder!r} keeps no latent per user, so a "
+                         "weight vector has no latent here; use a 'blend' or 'mixture' run")
     fresh = generate_table(n_prompts=300, seed=4242)
     E = torch.from_numpy(np.asarray(rm.cache.get(all_texts(fresh)), dtype=np.float32))  # (Q * C, D)
     q = np.random.default_rng(seed).permutation(len(fresh))
