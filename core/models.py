@@ -487,8 +487,9 @@ def model_from_config(cfg, encoder_dim: int, n_users: int | None = None) -> nn.M
         return BTLRewardModel(encoder_dim, hidden=cfg.decoder_hidden or None, query_head=cfg.query_head)
     dims = VPLDims.scaled(encoder_dim, pair_hidden=cfg.pair_hidden, pair_out=cfg.pair_out, latent=cfg.latent,
                           decoder_hidden=cfg.decoder_hidden)
+    tastes = cfg.user_encoder == "blend" and cfg.blend_space == "tastes"
     W = None
-    if cfg.user_encoder in ("mixture", "blend"):
+    if tastes or (n_users is None and cfg.user_encoder in ("mixture", "blend")):
         from .users import load_users
 
         W = load_users(cfg)  # (U, 4) the training users' tastes
@@ -496,4 +497,4 @@ def model_from_config(cfg, encoder_dim: int, n_users: int | None = None) -> nn.M
     return VPLRewardModel(encoder_dim, dims, query_head=cfg.query_head, z_mode=cfg.z_mode, decoder=cfg.decoder,
                           pair_diff=cfg.pair_diff, user_encoder=cfg.user_encoder, n_users=n_users or 0,
                           fit_steps=cfg.fit_steps, centre_prior=cfg.blend_centre_prior, z_head=cfg.z_head,
-                          blend_tastes=W if cfg.user_encoder == "blend" and cfg.blend_space == "tastes" else None)
+                          blend_tastes=W if tastes else None)

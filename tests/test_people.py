@@ -134,7 +134,6 @@ def test_bad_input_names_the_field():
         build_config({"preset": "personal", "n_demos": 0})
 
 
-@pytest.mark.slow
 def _four_users_scored_at(tmp_path, cache_root, ratings, embeddings, field: str, people_of, latents_of) -> dict:
     """Train `personal` on four one-hot users (400 questions, 200 steps) with ``field`` at 0 and at 1; score
     ``people_of(trainer)`` on every pair of the held-out questions with z fixed at ``latents_of(model)``
@@ -158,6 +157,7 @@ def _four_users_scored_at(tmp_path, cache_root, ratings, embeddings, field: str,
     return acc
 
 
+@pytest.mark.slow
 def test_the_population_term_makes_the_users_centre_the_taste_of_everyone(tmp_path, cache_root, small_corpus,
                                                                           small_corpus_embeddings):
     """population_coef trains the reward at the even blend of the users' latents with the traditional
@@ -170,6 +170,7 @@ def test_the_population_term_makes_the_users_centre_the_taste_of_everyone(tmp_pa
     assert acc[1.0][0] >= acc[0.0][0] + 0.05 and acc[1.0][0] > 0.75, acc
 
 
+@pytest.mark.slow
 def test_the_vertex_term_makes_each_users_own_latent_serve_that_user(tmp_path, cache_root, small_corpus,
                                                                     small_corpus_embeddings):
     """vertex_coef trains every pair also at its own user's latent. Four one-hot users; each scored on every
