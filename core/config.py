@@ -128,6 +128,7 @@ class TrainConfig(BaseModel):
     encoder: str = Field("bundled-minilm", description="Hugging Face model id or local folder; 'bundled-minilm' is the offline default.")
     query_encoder: Literal["frozen", "lora", "full"] = Field("frozen", description="How the query (prompt+response) encoder trains: frozen (cached), LoRA adapters, or fully.")
     max_length: int = Field(256, ge=16, le=4096, description="Tokens per text before truncation.")
+    segment_pool: bool = Field(False, description="A text's features: its pooled embedding beside the mean of its segments' (each line, split further at sentence ends, encoded on its own; core.encoders.text_segments), twice the encoder's width. Pooled whole, a long answer is one vector in which one sentence's marker (a hedge, a shout, an off-topic aside) is a small share; a sentence encoder keeps it in that sentence's own embedding. About doubles the tokens encoded (frozen: once, into the cache).")
     lora_r: int = Field(8, ge=1, description="LoRA rank (query_encoder='lora').")
     lora_alpha: int = Field(16, ge=1, description="LoRA scaling alpha (query_encoder='lora').")
     query_head: Literal["none", "linear"] = Field("none", description="'linear': a fresh Linear(D, D) on the pooled query embedding, trained along (the VPL reference code's sequence-classification head with D outputs); 'none': the pooled state itself.")

@@ -7,6 +7,13 @@
 
 Pooling fits the model: mean over tokens for encoder models (BERT-like), the last non-padding
 token for causal LMs (GPT-2, Llama), whose last position is the only one that has read it all.
+
+``segments=True`` (TrainConfig.segment_pool) makes a text's features [whole, mean of its segments] (2 x
+the model's width): the pooled embedding of the whole text beside the mean of the pooled embeddings of
+its segments (each line, split further at sentence ends; ``text_segments``), each encoded on its own. A
+sentence encoder pools a long text into one vector in which one sentence's marker is a small share;
+encoded alone, each sentence keeps it. The cache stores plain embeddings only (segments are texts too),
+so the whole texts a plain run cached are reused and a segment shared by many texts is encoded once.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -46,6 +54,32 @@ def resolve_model(name_or_path: str) -> tuple[str, bool]:
     return name_or_path, False
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def text_segments(text: str) -> list[str]:
+    """A text's segments for segment pooling: its lines, each split after '.', '!' or '?' and a space;
+    blank ones dropped (a text with no words is its own single segment)."""
+    out = [s for line in text.split("\n") for s in _SENTENCE_END.split(line) if s.strip()]
+    return out or [text]
+
+
+def segment_features(whole: np.ndarray, segs: list[list[int]], seg_emb: np.ndarray) -> np.ndarray:
+    """[whole, mean of segments] (n, 2D): whole (n, D), segs[i] the rows of seg_emb (S, D) of text i's segments."""
+    owner = np.repeat(np.arange(len(segs)), [len(s) for s in segs])  # (sum len,) text of each listed segment
+    mean = np.zeros_like(whole)
+    np.add.at(mean, owner, seg_emb[np.concatenate(segs).astype(np.int64)] if len(owner) else seg_emb[:0])
+    mean /= np.maximum(1, np.bincount(owner, minlength=len(segs)))[:, None]
+    return np.concatenate([whole, mean], axis=1)
+
+
+def unique_segments(texts: Sequence[str]) -> tuple[list[str], list[list[int]]]:
+    """The distinct segments of ``texts`` and, per text, the positions of its segments among them."""
+    index: dict[str, int] = {}
+    rows = [[index.setdefault(s, len(index)) for s in text_segments(t)] for t in texts]
+    return list(index), rows
+
+
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """hidden (B, T, D), mask (B, T) -> (B, D): average over real tokens."""
     m = mask.unsqueeze(-1).to(hidden.dtype)
@@ -71,15 +105,16 @@ class TextEncoder:
     run whose texts are all in the embedding cache never pays for loading them."""
 
     def __init__(self, name: str, tokenizer, config, pooling: str, max_length: int, target: str, local: bool,
-                 device: str | torch.device = "cpu", causal: bool = False):
+                 device: str | torch.device = "cpu", causal: bool = False, segments: bool = False):
         self.name, self.tokenizer, self.config, self.causal = name, tokenizer, config, causal
+        self.segments = segments  # features [whole, mean of segments] (see the module docstring)
         self.pooling, self.max_length = pooling, max_length  # pooling: "mean" | "last"
         self._target, self._local, self._device = target, local, torch.device(device)
         self._model: torch.nn.Module | None = None
 
     @classmethod
     def load(cls, name_or_path: str = DEFAULT_ENCODER, *, device: str | torch.device = "cpu",
-             pooling: str | None = None, max_length: int = 256) -> TextEncoder:
+             pooling: str | None = None, max_length: int = 256, segments: bool = False) -> TextEncoder:
         from transformers import AutoConfig, AutoTokenizer
 
         target, local = resolve_model(name_or_path)
@@ -100,7 +135,7 @@ class TextEncoder:
             # the last token summarizes the text, so an over-long one loses its start, not its end
             tok.truncation_side = "left"
         return cls(name_or_path, tok, config, pooling or ("last" if causal else "mean"), max_length, target, local,
-                   device, causal)
+                   device, causal, segments)
 
     @property
     def loaded(self) -> bool:
@@ -121,15 +156,22 @@ class TextEncoder:
         self._model = module
 
     @property
-    def dim(self) -> int:
+    def base_dim(self) -> int:
+        """The model's width: one pooled embedding (what the cache stores)."""
         return int(self.config.hidden_size)
+
+    @property
+    def dim(self) -> int:
+        """The width of a text's features: base_dim, or twice it with segments."""
+        return self.base_dim * (2 if self.segments else 1)
 
     @property
     def device(self) -> torch.device:
         return next(self._model.parameters()).device if self._model is not None else self._device
 
     def identity(self) -> str:
-        """A key that changes when the weights, pooling, truncation or precision change (for the cache)."""
+        """A key that changes when the weights, pooling, truncation or precision change (for the cache). Not
+        with ``segments``: the cache holds plain pooled embeddings, of whole texts and of segments alike."""
         target, _ = resolve_model(self.name)
         key = f"{self.name}|{self.pooling}|{self.max_length}"
         if self.tokenizer.truncation_side != "right":
@@ -145,8 +187,20 @@ class TextEncoder:
         return f"{safe}-{h.hexdigest()[:10]}"
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                             return_tensors="pt")
+        """Padded token tensors for ``texts``; with segments also ``seg_*`` ones for their distinct segments
+        and ``seg_rows`` (n_listed,) / ``seg_owner`` (n_listed,): each text's segments and whose they are."""
+        enc = self._tokens(list(texts))
+        if not self.segments:
+            return enc
+        segs, rows = unique_segments(texts)
+        seg = self._tokens(segs)
+        owner = [i for i, r in enumerate(rows) for _ in r]
+        flat = [j for r in rows for j in r]
+        return {**enc, **{f"seg_{k}": v for k, v in seg.items()},
+                "seg_rows": torch.tensor(flat, device=self.device), "seg_owner": torch.tensor(owner, device=self.device)}
+
+    def _tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         TOKENS["grad" if torch.is_grad_enabled() else "no_grad"] += int(enc["input_ids"].numel())
         return {k: v.to(self.device) for k, v in enc.items()}
 
@@ -157,6 +211,17 @@ class TextEncoder:
         left-padded text gets the same hidden states as when it stands alone or is right-padded; the
         cache therefore does not depend on the tokenizer's padding side or on batch composition.
         """
+        whole = self._pooled({k: v for k, v in batch.items() if not k.startswith("seg_")})  # (B, D)
+        if "seg_owner" not in batch:
+            return whole
+        seg = self._pooled({k[4:]: v for k, v in batch.items() if k.startswith("seg_") and k[4:] in
+                            ("input_ids", "attention_mask", "token_type_ids")})  # (S, D) distinct segments
+        owner = batch["seg_owner"]
+        total = torch.zeros_like(whole).index_add(0, owner, seg[batch["seg_rows"]])
+        count = torch.bincount(owner, minlength=len(whole)).clamp_min(1).to(whole.dtype)
+        return torch.cat([whole, total / count[:, None]], dim=-1)  # (B, 2D)
+
+    def _pooled(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.causal and "position_ids" not in batch:
             pos = (batch["attention_mask"].long().cumsum(-1) - 1).clamp_min(0)  # (B, T)
             batch = {**batch, "position_ids": pos}
@@ -174,15 +239,29 @@ class TextEncoder:
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 64,
                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """Texts -> float32 (n, D), in order. ``progress(done, total)`` after each batch."""
+        """Texts -> float32 (n, dim), in order. ``progress(done, total)`` after each batch (of whole texts and
+        then of their distinct segments, with segments)."""
+        if self.segments:
+            segs, rows = unique_segments(texts)
+            n = len(texts) + len(segs)
+            tick = (lambda d, _t: progress(d, n)) if progress else None  # noqa: E731
+            whole = self.encode_plain(texts, batch_size, tick)
+            seg = self.encode_plain(segs, batch_size, (lambda d, _t: progress(len(texts) + d, n)) if progress else None)
+            return segment_features(whole, rows, seg)
+        return self.encode_plain(texts, batch_size, progress)
+
+    @torch.no_grad()
+    def encode_plain(self, texts: Sequence[str], batch_size: int = 64,
+                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Texts -> float32 (n, base_dim): one pooled embedding each, segments or not."""
         was_training = self.model.training
         self.model.eval()
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        out = np.zeros((len(texts), self.base_dim), dtype=np.float32)
         # sort by length so batches pad little; write back in the caller's order
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for s in range(0, len(texts), batch_size):
             idx = order[s:s + batch_size]
-            pooled = self.forward(self.tokenize([texts[i] for i in idx]))
+            pooled = self._pooled(self._tokens([texts[i] for i in idx]))
             out[idx] = pooled.float().cpu().numpy()
             if progress:
                 progress(min(s + batch_size, len(texts)), len(texts))
@@ -284,8 +363,8 @@ class EmbeddingCache:
                 if not isinstance(keys, list):
                     raise ValueError("keys file does not hold a list")
                 arr = np.load(arr_file, mmap_mode="r")
-                if arr.ndim != 2 or arr.shape[0] != len(keys) or arr.shape[1] != self.encoder.dim:
-                    raise ValueError(f"shape {arr.shape} does not match {len(keys)} keys x dim {self.encoder.dim}")
+                if arr.ndim != 2 or arr.shape[0] != len(keys) or arr.shape[1] != self.encoder.base_dim:
+                    raise ValueError(f"shape {arr.shape} does not match {len(keys)} keys x dim {self.encoder.base_dim}")
             except (ValueError, OSError, EOFError) as err:  # JSONDecodeError is a ValueError
                 self._set_aside(keys_file, arr_file, f"{type(err).__name__}: {err}")
                 continue
@@ -312,7 +391,15 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._index)
 
+    def _with_segments(self, texts: Sequence[str]) -> list[str]:
+        """What the cache stores for ``texts``: the texts, and with segment pooling their distinct segments."""
+        return list(texts) + unique_segments(texts)[0] if self.encoder.segments else list(texts)
+
     def missing(self, texts: Sequence[str]) -> list[str]:
+        """The distinct texts (and segments, with segment pooling) the cache does not hold yet."""
+        return self._missing_plain(self._with_segments(texts))
+
+    def _missing_plain(self, texts: Sequence[str]) -> list[str]:
         seen, out = set(), []
         for t in texts:
             k = text_key(t)
@@ -322,17 +409,25 @@ class EmbeddingCache:
         return out
 
     def get(self, texts: Sequence[str], progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """float32 (len(texts), D) for the given texts, encoding only unseen unique ones.
+        """float32 (len(texts), encoder.dim) for the given texts, encoding only unseen unique ones.
 
-        ``progress(done, total)`` counts the texts that were missing when the call began: those this
-        object encoded and those another process stored while this one waited for it.
+        ``progress(done, total)`` counts the texts (and segments) that were missing when the call began:
+        those this object encoded and those another process stored while this one waited for it.
         """
+        if self.encoder.segments:
+            segs, rows = unique_segments(texts)
+            plain = self._get_plain(list(texts) + segs, progress)
+            return segment_features(plain[:len(texts)], rows, plain[len(texts):])
+        return self._get_plain(texts, progress)
+
+    def _get_plain(self, texts: Sequence[str], progress: Callable[[int, int], None] | None) -> np.ndarray:
+        """float32 (len(texts), encoder.base_dim): each text's own pooled embedding."""
         with self._lock:
             self.refresh()
-            todo = self.missing(texts)
+            todo = self._missing_plain(texts)
             if todo:
                 self._fill(texts, len(todo), progress)
-            out = np.empty((len(texts), self.encoder.dim), dtype=np.float32)
+            out = np.empty((len(texts), self.encoder.base_dim), dtype=np.float32)
             for i, t in enumerate(texts):
                 sid, row = self._index[text_key(t)]
                 out[i] = self._shards[sid][row]
@@ -356,7 +451,7 @@ class EmbeddingCache:
                     if progress:
                         progress(done + d, total)
 
-                emb = self.encoder.encode(part, batch_size=self.batch_size, progress=step)
+                emb = self.encoder.encode_plain(part, batch_size=self.batch_size, progress=step)
                 self.encoded += len(part)
                 self._write_shard([text_key(t) for t in part], emb.astype(np.float16), kept=base + s)
 
@@ -369,12 +464,12 @@ class EmbeddingCache:
             nested = _HELD.get(key) == me
         if nested:  # this thread already holds it (a get within a get): do not wait for ourselves
             self.refresh()
-            yield self.missing(texts)
+            yield self._missing_plain(texts)
             return
         fd = self._open_lock()
         if fd is None:
             self.refresh()
-            yield self.missing(texts)
+            yield self._missing_plain(texts)
             return
         try:
             if not self._wait_for_lock(fd, texts, total, progress):
@@ -384,7 +479,7 @@ class EmbeddingCache:
                 _HELD[key] = me
             try:
                 self.refresh()  # what the last holder stored
-                yield self.missing(texts)
+                yield self._missing_plain(texts)
             finally:
                 with _HELD_LOCK:
                     _HELD.pop(key, None)
@@ -426,7 +521,7 @@ class EmbeddingCache:
                     self._log(f"embedding cache: waiting for another process encoding into {self.dir}")
                 time.sleep(self.poll_s)
                 self.refresh()
-                left = len(self.missing(texts))
+                left = len(self._missing_plain(texts))
                 if progress:
                     progress(total - left, total)
                 if not left:
@@ -442,7 +537,7 @@ class EmbeddingCache:
         (a quoted 40-char sha1 and ", " each), each file rounded up to whole 4 kB blocks."""
         def blocks(b: int) -> int:
             return -(-b // 4096) * 4096
-        return blocks(128 + n * self.encoder.dim * 2) + blocks(n * 44 + 2)
+        return blocks(128 + n * self.encoder.base_dim * 2) + blocks(n * 44 + 2)
 
     def _check_room(self, n: int) -> None:
         """Fail before encoding, not minutes later, when the disk cannot hold ``n`` more texts."""

@@ -57,7 +57,7 @@ FUSED_ADAM = True  # torch's fused AdamW over a group's stacks when its members 
 STACK_FIELDS = ("method", "query_encoder", "query_head", "z_mode", "z_features", "decoder", "user_encoder",
                 "pair_diff", "fit_steps", "population_coef", "blend_centre_prior", "z_head", "vertex_coef", "blend_space",
                 "pair_hidden", "pair_out", "latent", "decoder_hidden", "beta", "batch_size", "grad_accum", "n_demos",
-                "data", "corpus_prompts", "corpus_seed", "signal", "rating_noise", "encoder", "max_length", "device")
+                "data", "corpus_prompts", "corpus_seed", "signal", "rating_noise", "encoder", "max_length", "segment_pool", "device")
 
 
 # Texts x tokens one LoRA group sends through the shared base model per step: its activations for the
@@ -136,7 +136,8 @@ class StackedGroup:
             from .encoders import TextEncoder
             from .stacked_lora import MemberEncoder, add_stacked_lora
 
-            self.encoder = TextEncoder.load(t0.cfg.encoder, device=t0.device, max_length=t0.cfg.max_length)
+            self.encoder = TextEncoder.load(t0.cfg.encoder, device=t0.device, max_length=t0.cfg.max_length,
+                                           segments=t0.cfg.segment_pool)
             adapters = add_stacked_lora(self.encoder.model, [t.cfg.seed for t in trainers], t0.cfg.lora_r,
                                         t0.cfg.lora_alpha)
             self.encoder.model.train()

@@ -250,3 +250,68 @@ def test_a_get_within_a_get_on_the_same_folder_does_not_wait_for_itself(minilm, 
     t.join(timeout=60)
     assert not t.is_alive(), "deadlocked on its own lock"
     assert inner and cache.encoded == 2 and other.encoded == 1
+
+
+def test_segments_are_lines_split_at_sentence_ends():
+    from core.encoders import text_segments
+
+    assert text_segments("Question: a b. c d?\nAnswer: x!!! y.\n\n- one. two") == [
+        "Question: a b.", "c d?", "Answer: x!!!", "y.", "- one.", "two"]
+    assert text_segments("no end mark") == ["no end mark"]
+    assert text_segments("  \n ") == ["  \n "]  # nothing to split: the text is its own segment
+
+
+def test_segment_features_are_the_whole_text_beside_the_mean_of_its_segments(minilm, tmp_path):
+    from core.encoders import TextEncoder
+
+    seg = TextEncoder.load(segments=True)
+    texts = ["Hello there. How are you?\nFine!", "One line only", "Hello there. Bye."]
+    x = seg.encode(texts)
+    assert x.shape == (3, 768) and (seg.dim, seg.base_dim) == (768, 384)
+    np.testing.assert_allclose(x[:, :384], minilm.encode(texts), atol=1e-5)
+    parts = minilm.encode(["Hello there.", "How are you?", "Fine!", "Bye."])
+    np.testing.assert_allclose(x[0, 384:], parts[:3].mean(0), atol=1e-5)
+    np.testing.assert_allclose(x[1, 384:], x[1, :384], atol=1e-5)  # one segment: the text itself
+    np.testing.assert_allclose(x[2, 384:], parts[[0, 3]].mean(0), atol=1e-5)
+    # the trained-encoder path (LoRA, full) computes the same features, with gradients into the model
+    y = seg.forward(seg.tokenize(texts))
+    np.testing.assert_allclose(y.detach().numpy(), x, atol=1e-5)
+    y[:, 384:].sum().backward()
+    assert seg.model.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+
+    # the cache holds plain embeddings, of texts and of distinct segments, in the plain encoder's folder
+    cache = EmbeddingCache(tmp_path, seg)
+    assert len(cache.missing(texts)) == 3 + 4  # "One line only" is a text and its own segment
+    np.testing.assert_allclose(cache.get(texts), x, atol=2e-3)  # stored as float16
+    assert cache.encoded == 7
+    plain = EmbeddingCache(tmp_path, minilm)
+    assert plain.dir == cache.dir
+    np.testing.assert_allclose(plain.get(texts + ["Bye."]), np.r_[x[:, :384], parts[3:]], atol=2e-3)
+    assert plain.encoded == 0
+
+
+@pytest.mark.slow
+def test_segment_features_let_a_linear_probe_read_honesty_far_better(small_corpus, small_corpus_embeddings, cache_root):
+    """Why segment_pool exists: a response's honesty is a confidence marker on each of four sentences, which
+    the pooled embedding of the whole answer blurs. A linear BTL probe on 300 questions, scored on every
+    strict honesty pair of the other 100."""
+    from sklearn.linear_model import LogisticRegression
+
+    from core.data.probes import all_texts
+    from core.encoders import TextEncoder
+    from core.people import _strict_pairs
+
+    seg = EmbeddingCache(cache_root, TextEncoder.load(segments=True)).get(all_texts(small_corpus))
+    np.testing.assert_allclose(seg[:, :384], small_corpus_embeddings, atol=1e-6)  # the same cached rows
+    C, honesty = small_corpus.n_completions, np.eye(4)[1]
+    tr = _strict_pairs(small_corpus.ratings, honesty, np.arange(300))
+    te = _strict_pairs(small_corpus.ratings, honesty, np.arange(300, 400))
+    acc = {}
+    for name, X in (("whole", small_corpus_embeddings), ("segments", seg)):
+        d = X[tr[:, 0] * C + tr[:, 1]] - X[tr[:, 0] * C + tr[:, 2]]
+        clf = LogisticRegression(C=1.0, fit_intercept=False, max_iter=2000).fit(
+            np.concatenate([d, -d]), np.r_[np.ones(len(d)), np.zeros(len(d))])
+        s = X @ clf.coef_[0]
+        acc[name] = float(np.mean(s[te[:, 0] * C + te[:, 1]] > s[te[:, 0] * C + te[:, 2]]))
+    assert acc["segments"] > acc["whole"] + 0.05, acc
+    assert acc["segments"] > 0.9, acc
