@@ -512,8 +512,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.warm_cache:
-        if args.lesson:  # the lessons' personal runs read segment features (segment_pool): cache the segments
-            cfg = build_config({**cfg.model_dump(), "segment_pool": True})  # too; the whole texts are cached either way
         secs = warm_cache(cfg, log=echo, show_progress="auto")
         print(f"embedding cache warm ({secs:.1f}s)")
         return 0

@@ -82,11 +82,11 @@ class CountingEncoder:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def encode(self, texts, batch_size=64, progress=None):
+    def encode_plain(self, texts, batch_size=64, progress=None):  # what the cache stores
         if self.fail_after is not None and self.asked + len(texts) > self.fail_after:
             raise RuntimeError("encoder died midway")
         self.asked += len(texts)
-        return self.inner.encode(texts, batch_size=batch_size, progress=progress)
+        return self.inner.encode_plain(texts, batch_size=batch_size, progress=progress)
 
 
 def _lock_is_free(cache) -> bool:
