@@ -117,9 +117,9 @@ def demos_from(table, pairs, answers) -> list[tuple[str, str, str]]:
 
 def traditional_twin(runs: list[dict], rm: PersonalRewardModel) -> dict | None:
     """A finished BTL run on the same data and users, to compare predictions with; one trained on the same
-    pairs (contested_only, agreed_share) first."""
+    pairs (contested_only, agreed_share) and features (segment_pool) first."""
     keys = ("users", "user_seed", "data", "corpus_prompts", "corpus_seed", "signal", "rating_noise", "encoder")
-    pairs = ("contested_only", "agreed_share")
+    pairs = ("contested_only", "agreed_share", "segment_pool")
     same = [r for r in runs if (r.get("_cfg") or {}).get("method") == "btl"
             and all((r.get("_cfg") or {}).get(k) == getattr(rm.cfg, k) for k in keys)]
     exact = [r for r in same if all(r["_cfg"].get(k, TrainConfig.model_fields[k].default) == getattr(rm.cfg, k)

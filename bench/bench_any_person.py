@@ -4,7 +4,7 @@
         [--steps 400] [--preset personal] [--set key=value ...] [--workers 2] [--keep DIR] [--dry-run]
 
 For each user set and seed it trains ``--preset`` (default ``personal``) and a ``traditional`` model on the
-same pairs (the preset's data options: contested_only / agreed_share), then reads people on *fresh
+same pairs and features (the preset's contested_only / agreed_share / encoder options), then reads people on *fresh
 questions*, a corpus no run saw (``generate_table(n_prompts=300, seed=4242)``): each person gives 8 of
 their own choices on random fresh questions (one of the 150 "demo" questions each), and is scored on every
 pair they strictly prefer on the other 150 fresh questions, averaged over 10 readings. (With 3 readings of
@@ -87,7 +87,8 @@ def cell(users: str, seed: int, steps: int, preset: str, extra: dict, root: str)
     from core.config import PRESETS, build_config
     from core.train import train
 
-    data_keys = ("contested_only", "agreed_share")
+    # the traditional twin trains on the same pairs and reads the same features
+    data_keys = ("contested_only", "agreed_share", "encoder", "max_length", "segment_pool")
     base = {**PRESETS[preset], **extra}
     shared = {k: base[k] for k in data_keys if k in base}
     res = {"users": users, "seed": seed, "steps": steps}
