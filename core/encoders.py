@@ -205,7 +205,7 @@ class TextEncoder:
         return {k: v.to(self.device) for k, v in enc.items()}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Tokenized batch -> pooled (B, D), differentiable (used by LoRA / full fine-tuning).
+        """Tokenized batch -> pooled (B, D), or (B, 2D) with segments; differentiable (LoRA / full fine-tuning).
 
         A causal LM numbers positions from the first *real* token (position_ids from the mask), so a
         left-padded text gets the same hidden states as when it stands alone or is right-padded; the
