@@ -88,9 +88,9 @@ def cell(users: str, seed: int, steps: int, preset: str, extra: dict, root: str)
     from core.train import train
 
     # the traditional twin trains on the same pairs and reads the same features
-    data_keys = ("contested_only", "agreed_share", "encoder", "max_length", "segment_pool")
+    twin_keys = ("contested_only", "agreed_share", "encoder", "max_length", "segment_pool")
     base = {**PRESETS[preset], **extra}
-    shared = {k: base[k] for k in data_keys if k in base}
+    shared = {k: base[k] for k in twin_keys if k in base}
     res = {"users": users, "seed": seed, "steps": steps}
     for name, raw in ((preset, {"preset": preset, **extra}), ("traditional", {"preset": "traditional", **shared})):
         cfg = build_config({**raw, "users": users, "seed": seed, "steps": steps, "eval_every": max(1, steps // 4),

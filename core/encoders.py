@@ -67,8 +67,9 @@ def text_segments(text: str) -> list[str]:
 def segment_features(whole: np.ndarray, segs: list[list[int]], seg_emb: np.ndarray) -> np.ndarray:
     """[whole, mean of segments] (n, 2D): whole (n, D), segs[i] the rows of seg_emb (S, D) of text i's segments."""
     owner = np.repeat(np.arange(len(segs)), [len(s) for s in segs])  # (sum len,) text of each listed segment
+    rows = np.fromiter((j for s in segs for j in s), dtype=np.int64, count=len(owner))
     mean = np.zeros_like(whole)
-    np.add.at(mean, owner, seg_emb[np.concatenate(segs).astype(np.int64)] if len(owner) else seg_emb[:0])
+    np.add.at(mean, owner, seg_emb[rows])
     mean /= np.maximum(1, np.bincount(owner, minlength=len(segs)))[:, None]
     return np.concatenate([whole, mean], axis=1)
 
@@ -214,8 +215,8 @@ class TextEncoder:
         whole = self._pooled({k: v for k, v in batch.items() if not k.startswith("seg_")})  # (B, D)
         if "seg_owner" not in batch:
             return whole
-        seg = self._pooled({k[4:]: v for k, v in batch.items() if k.startswith("seg_") and k[4:] in
-                            ("input_ids", "attention_mask", "token_type_ids")})  # (S, D) distinct segments
+        seg = self._pooled({k[4:]: v for k, v in batch.items()
+                            if k.startswith("seg_") and k not in ("seg_rows", "seg_owner")})  # (S, D) distinct segments
         owner = batch["seg_owner"]
         total = torch.zeros_like(whole).index_add(0, owner, seg[batch["seg_rows"]])
         count = torch.bincount(owner, minlength=len(whole)).clamp_min(1).to(whole.dtype)
@@ -244,10 +245,12 @@ class TextEncoder:
         if self.segments:
             segs, rows = unique_segments(texts)
             n = len(texts) + len(segs)
-            tick = (lambda d, _t: progress(d, n)) if progress else None  # noqa: E731
-            whole = self.encode_plain(texts, batch_size, tick)
-            seg = self.encode_plain(segs, batch_size, (lambda d, _t: progress(len(texts) + d, n)) if progress else None)
-            return segment_features(whole, rows, seg)
+
+            def after(start: int):  # progress over texts then segments, as one count of n
+                return None if progress is None else (lambda done, _total: progress(start + done, n))
+
+            whole = self.encode_plain(texts, batch_size, after(0))
+            return segment_features(whole, rows, self.encode_plain(segs, batch_size, after(len(texts))))
         return self.encode_plain(texts, batch_size, progress)
 
     @torch.no_grad()

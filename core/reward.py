@@ -108,8 +108,7 @@ class PersonalRewardModel:
         except Exception as err:  # noqa: BLE001 - an old or foreign config: say which run
             raise RewardModelError(f"run_dir: {run.run_id} does not hold a training config ({err})") from None
         dev = resolve_device(device if device != "auto" else cfg.device)
-        encoder = TextEncoder.load(cfg.encoder, device=dev, max_length=cfg.max_length,
-                                   segments=cfg.segment_pool)
+        encoder = TextEncoder.load(cfg.encoder, device=dev, max_length=cfg.max_length, segments=cfg.segment_pool)
         cache = EmbeddingCache(cfg.cache_dir or default_cache_root(), encoder)
         model = model_from_config(cfg, encoder.dim)
         weights = load_file(str(weights_path))
@@ -118,7 +117,7 @@ class PersonalRewardModel:
         query_encoder = None
         if cfg.query_encoder != "frozen":  # its own copy: the cache's encoder must stay the frozen one
             query_encoder = TextEncoder.load(cfg.encoder, device=dev, max_length=cfg.max_length,
-                                   segments=cfg.segment_pool)
+                                             segments=cfg.segment_pool)
             if cfg.query_encoder == "lora":
                 from peft import LoraConfig, get_peft_model
 
