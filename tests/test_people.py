@@ -134,7 +134,7 @@ def test_bad_input_names_the_field():
         build_config({"preset": "personal", "n_demos": 0})
 
 
-def _four_users_scored_at(tmp_path, cache_root, ratings, embeddings, field: str, people_of, latents_of) -> dict:
+def _four_users_scored_at(tmp_path, cache_root, ratings, field: str, people_of, latents_of) -> dict:
     """Train `personal` on four one-hot users (400 questions, 200 steps) with ``field`` at 0 and at 1; score
     ``people_of(trainer)`` on every pair of the held-out questions with z fixed at ``latents_of(model)``
     (one row a person, no reading) -> {0.0: accuracies (P,), 1.0: ...}."""
@@ -143,7 +143,6 @@ def _four_users_scored_at(tmp_path, cache_root, ratings, embeddings, field: str,
 
     common = {**SMALL, "users": "four-one-hot", "agreed_share": 1.0, "steps": 200, "eval_every": 200,
               "people_every": 0, "cache_dir": cache_root}
-    E = torch.from_numpy(np.asarray(embeddings, dtype=np.float32))
     acc = {}
     for coef in (0.0, 1.0):
         t = Trainer(build_config({"preset": "personal", **common, field: coef}),
@@ -153,7 +152,11 @@ def _four_users_scored_at(tmp_path, cache_root, ratings, embeddings, field: str,
         ps = build_people_set(ratings, people_of(t), test_q, test_q, n_readings=1)
         with torch.no_grad():
             Z = latents_of(t.model).detach()  # (P, L)
-            acc[coef] = people_accuracy(t.model, ps, lambda ids: E[np.asarray(ids)], latents=(Z, torch.zeros_like(Z)))
+            # the run's own text features (D wide: whole text, plus the segment mean when the preset pools
+            # segments), not the fixture's plain ones
+            E = t.embeddings
+            acc[coef] = people_accuracy(t.model, ps, lambda ids: E[torch.as_tensor(np.asarray(ids))],
+                                        latents=(Z, torch.zeros_like(Z)))
     return acc
 
 
@@ -164,8 +167,8 @@ def test_the_population_term_makes_the_users_centre_the_taste_of_everyone(tmp_pa
     objective. Four one-hot users; the uniform person (every aspect alike, never trained) scored on every
     pair of the held-out questions with z at that centre: with the term it ranks them like a model of the
     whole population; without it the centre is only where four one-hot tastes average, and ranks them worse."""
-    acc = _four_users_scored_at(tmp_path, cache_root, small_corpus.ratings, small_corpus_embeddings,
-                                "population_coef", lambda t: [Person("uniform", "uniform", np.full(4, 0.25))],
+    acc = _four_users_scored_at(tmp_path, cache_root, small_corpus.ratings, "population_coef",
+                                lambda t: [Person("uniform", "uniform", np.full(4, 0.25))],
                                 lambda m: m.user_latents.mean(0, keepdim=True))
     assert acc[1.0][0] >= acc[0.0][0] + 0.05 and acc[1.0][0] > 0.75, acc
 
@@ -177,7 +180,7 @@ def test_the_vertex_term_makes_each_users_own_latent_serve_that_user(tmp_path, c
     pair of the held-out questions with z exactly at their own latent (no reading): with the term each
     point ranks its user's pairs; without it the blend reader only ever serves posterior means near the
     centre, and a user's own point is no model of that user (seen at 0.39-0.48 on the 1500-question corpus)."""
-    acc = _four_users_scored_at(tmp_path, cache_root, small_corpus.ratings, small_corpus_embeddings, "vertex_coef",
+    acc = _four_users_scored_at(tmp_path, cache_root, small_corpus.ratings, "vertex_coef",
                                 lambda t: [Person(f"user {u}", "trained", w) for u, w in enumerate(t.W)],
                                 lambda m: m.user_latents)  # person p read exactly at user p's point
     assert acc[1.0].min() > 0.75 and acc[1.0].mean() >= acc[0.0].mean() + 0.15, acc
