@@ -485,7 +485,7 @@ def train_grid(cfgs: list[TrainConfig], run_dirs: list[str | Path], *, stop_afte
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m core.train", description="Train a reward model into a run directory.")
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--preset", help="method preset: traditional, vpl, vpl-adaptive, vpl-mgda, vpl-pcgrad, vpl-contrastive")
+    src.add_argument("--preset", help=f"method preset: {', '.join(PRESETS)}")
     src.add_argument("--config", help="JSON config file (may name a preset and override fields)")
     src.add_argument("--lesson", nargs="?", const="two-opposed", choices=list(LESSONS),
                      help="one of the app's lessons (default two-opposed), as its traditional run")
