@@ -155,7 +155,7 @@ def _four_users_scored_at(tmp_path, cache_root, ratings, field: str, people_of, 
             # the run's own text features (D wide: whole text, plus the segment mean when the preset pools
             # segments), not the fixture's plain ones
             E = t.embeddings
-            acc[coef] = people_accuracy(t.model, ps, lambda ids: E[torch.as_tensor(np.asarray(ids))],
+            acc[coef] = people_accuracy(t.model, ps, lambda ids, E=E: E[torch.as_tensor(np.asarray(ids))],
                                         latents=(Z, torch.zeros_like(Z)))
     return acc
 

@@ -146,3 +146,22 @@ def test_cli_dry_run_and_comparison_table(tmp_path, small_corpus_embeddings, cac
     assert [r["method"] for r in table] == ["traditional", "vpl-mgda"]
     assert all(r["runs"] == 2 and 0.0 <= r["accuracy_mean"] <= 1.0 for r in table)
     assert (tmp_path / "cmp" / "table.csv").read_text().startswith("method,runs,accuracy_mean")
+
+
+def test_a_trained_encoder_at_the_preset_batch_on_cpu_fails_at_once_naming_batch_size(tmp_path, capsys):
+    """personal's batch (1024 pairs) through LoRA on CPU was killed by the OOM killer (22.8 GB); the run now
+    ends `failed` before loading anything, with an error that names batch_size and the way out."""
+    cfg_file = tmp_path / "lora.json"
+    cfg_file.write_text(json.dumps({"preset": "personal", "query_encoder": "lora", "device": "cpu"}))
+    assert train_main(["--config", str(cfg_file), "--run-dir", str(tmp_path / "run")]) == 2
+    assert "error: batch_size: 1024 pairs" in capsys.readouterr().err
+    status = RunDir(tmp_path / "run").status()
+    assert status["state"] == "failed" and "batch_size" in status["error"] and "grad_accum" in status["error"]
+    # the same config fused over micro-batches counts them all; a frozen encoder or a small batch passes
+    from core.train import check_fits_device
+
+    with pytest.raises(ConfigError, match="^batch_size: 128 pairs"):
+        check_fits_device(build_config({"preset": "vpl", "query_encoder": "lora", "batch_size": 32, "grad_accum": 4,
+                                        "fused_accumulation": True}), torch.device("cpu"))
+    for ok in ({"preset": "personal"}, {"preset": "personal", "query_encoder": "lora", "batch_size": 64}):
+        check_fits_device(build_config(ok), torch.device("cpu"))
