@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoints import CheckpointMixin
-from .config import LESSONS, MANY_USERS, ConfigError, TrainConfig, build_config, load_config_file
+from .config import LESSONS, MANY_USERS, PRESETS, ConfigError, TrainConfig, build_config, load_config_file
 from .dataset import PrefData, build, used_text_ids
 from .encoders import EmbeddingCache, TextEncoder, default_cache_root
 from .evaluation import EvaluationMixin
