@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.config import LESSON_TWO_OPPOSED, TrainConfig
+from core.config import LESSON_TWO_OPPOSED, PRESETS, TrainConfig
 from core.data.table import ASPECTS
 from core.jobs import JobManager, default_root
 from core.reward import PersonalRewardModel, RewardModelError, UserEstimate, ask_pairs
@@ -279,9 +279,9 @@ if not runs:
     st.info("No finished training run yet. This trains a `personal` model and a traditional one on the same "
             "pairs of the two-opposed users (every pair each user has a preference on) in about a minute.")
     if st.button("Train a personal model to play with", type="primary", key="pg_lesson"):
-        for preset in ("traditional", "personal"):
+        for preset in ("traditional", "personal"):  # the twin trains on the same pairs and features
             jm.submit({"preset": preset, "seed": 0, **LESSON_TWO_OPPOSED, "agreed_share": 1.0, "steps": 200,
-                       "eval_every": 20})
+                       "eval_every": 20, "segment_pool": PRESETS["personal"]["segment_pool"]})
         st.switch_page("app_pages/train.py")
     st.stop()
 

@@ -67,10 +67,18 @@ PRESETS: dict[str, dict] = {
     # - over more users than aspects, the blend grid is drawn over the tastes (blend_space 'tastes'): a
     #   Dirichlet(1) blend of 100 users is always near the even blend (random, outside people 0.853 / 0.852
     #   against 0.835 / 0.837 before both changes). README "Any person, any question".
+    # - segment features (segment_pool: a text's pooled embedding beside the mean of its sentences'), with the
+    #   heads held at the plain width (latent, decoder_hidden 192; scaled to the doubled width they trained 2-3x
+    #   slower and read no better) and the centre prior at 6 (at 4.5 the sharper features read the uniform
+    #   person 0.065 below traditional at seed 1). Seeds 0 / 1 (bench_any_person.py; traditional reads the same
+    #   features): two-opposed honesty user 0.976 / 0.962 (0.934 / 0.896 before), contested 0.972 / 0.978;
+    #   four one-hot users, people outside training 0.880 / 0.880 (worst against traditional +0.026 / -0.018);
+    #   random, outside people 0.884 / 0.887, one-hot tastes 0.87-0.96, worst +0.014 / +0.014.
     "personal": {**_CPU, "method": "vpl", "z_mode": "mean", "contrastive_coef": 0.0, "z_features": "frozen",
                  "user_encoder": "blend", "decoder": "linear", "z_head": "mlp", "agreed_share": 1.0,
-                 "population_coef": 0.5, "blend_centre_prior": 4.5, "batch_size": 1024, "grad_accum": 1,
-                 "lr": 6e-3, "vertex_coef": 0.5, "blend_space": "tastes"},
+                 "population_coef": 0.5, "blend_centre_prior": 6.0, "batch_size": 1024, "grad_accum": 1,
+                 "lr": 6e-3, "vertex_coef": 0.5, "blend_space": "tastes", "segment_pool": True, "latent": 192,
+                 "decoder_hidden": 192},
 }
 
 

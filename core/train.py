@@ -119,11 +119,10 @@ class Trainer(EvaluationMixin, CheckpointMixin):
 
         if cfg.query_encoder == "frozen":  # read through the cache only: one encoder for every run that agrees
             self.encoder = self.shared.get("encoder", cfg, ENCODER_FIELDS, lambda: TextEncoder.load(
-                cfg.encoder, device=self.device, max_length=cfg.max_length,
-                                   segments=cfg.segment_pool))
+                cfg.encoder, device=self.device, max_length=cfg.max_length, segments=cfg.segment_pool))
         else:  # LoRA / full fine-tuning change the encoder: every run its own
             self.encoder = TextEncoder.load(cfg.encoder, device=self.device, max_length=cfg.max_length,
-                                   segments=cfg.segment_pool)
+                                            segments=cfg.segment_pool)
         self.embeddings = self._embed_frozen()  # (n_texts, D) on device
         if self.device.type == "cpu":
             # small heads on cached embeddings: one thread is ~70x faster than two fighting a busy core
@@ -533,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.warm_cache:
+        if args.lesson:  # its personal run reads segments too; encoding them also caches the whole texts
+            cfg = build_config({**cfg.model_dump(), "segment_pool": PRESETS["personal"]["segment_pool"]})
         secs = warm_cache(cfg, log=echo, show_progress="auto")
         print(f"embedding cache warm ({secs:.1f}s)")
         return 0
