@@ -187,16 +187,28 @@ class TextEncoder:
         safe = "".join(ch if ch.isalnum() else "-" for ch in self.name)[-40:]
         return f"{safe}-{h.hexdigest()[:10]}"
 
-    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+    def tokenize(self, texts: Sequence[str], blocks: int = 1) -> dict[str, torch.Tensor]:
         """Padded token tensors for ``texts``; with segments also ``seg_*`` ones for their distinct segments
-        and ``seg_rows`` (n_listed,) / ``seg_owner`` (n_listed,): each text's segments and whose they are."""
-        enc = self._tokens(list(texts))
+        and ``seg_rows`` (n_listed,) / ``seg_owner`` (n_listed,): each text's segments and whose they are.
+
+        ``blocks`` > 1: the texts are that many equal consecutive blocks (a grid's runs, core.stacked_lora)
+        and the segment rows are too: each block's distinct segments, padded to the longest block's count by
+        repeating its first, so a stacked forward can give block m's segments to run m's adapters."""
+        texts = list(texts)
+        enc = self._tokens(texts)
         if not self.segments:
             return enc
-        segs, rows = unique_segments(texts)
+        if blocks < 1 or len(texts) % blocks:
+            raise ValueError(f"tokenize: {len(texts)} texts do not split into {blocks} equal blocks")
+        n = len(texts) // blocks
+        per = [unique_segments(texts[b * n:(b + 1) * n]) for b in range(blocks)]
+        width = max(len(segs) for segs, _ in per)
+        segs, owner, flat = [], [], []
+        for b, (block_segs, rows) in enumerate(per):
+            segs += block_segs + block_segs[:1] * (width - len(block_segs))
+            owner += [b * n + i for i, r in enumerate(rows) for _ in r]
+            flat += [b * width + j for r in rows for j in r]
         seg = self._tokens(segs)
-        owner = [i for i, r in enumerate(rows) for _ in r]
-        flat = [j for r in rows for j in r]
         return {**enc, **{f"seg_{k}": v for k, v in seg.items()},
                 "seg_rows": torch.tensor(flat, device=self.device), "seg_owner": torch.tensor(owner, device=self.device)}
 

@@ -179,7 +179,8 @@ class StackedGroup:
             at = dict(zip(members, q_ids, strict=True))
             rows = [at.get(m, q_ids[0]) for m in range(len(self.trainers))]
             texts = [t.data.texts[i] for r in rows for i in r]
-            q = self.encoder.forward(self.encoder.tokenize(texts)).view(len(rows), q_ids.shape[1], -1)
+            tokens = self.encoder.tokenize(texts, blocks=len(rows))  # segments, too, in one block per run
+            q = self.encoder.forward(tokens).view(len(rows), q_ids.shape[1], -1)
             args = [q if whole else q[torch.as_tensor(members, device=dev)]]
         if self.method == "vpl":
             # each member's distinct demonstrations, padded to the longest list with its first (M, U, D) x 2

@@ -278,6 +278,15 @@ def test_segment_features_are_the_whole_text_beside_the_mean_of_its_segments(min
     np.testing.assert_allclose(y.detach().numpy(), x, atol=1e-5)
     y[:, 384:].sum().backward()
     assert seg.model.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+    # in blocks (a grid's runs, core.stacked_lora): each block's segments form an equal block of rows, the
+    # shorter padded, and every text keeps its features
+    two = texts + ["Fine!", "Hello there. How are you?", "Bye. Fine!"]
+    tok = seg.tokenize(two, blocks=2)
+    assert len(tok["seg_input_ids"]) == 2 * 5  # block 0: 5 distinct segments, block 1: 4, padded to 5
+    with torch.no_grad():
+        np.testing.assert_allclose(seg.forward(tok).numpy(), seg.encode(two), atol=1e-5)
+    with pytest.raises(ValueError, match="equal blocks"):
+        seg.tokenize(texts, blocks=2)
 
     # the cache holds plain embeddings, of texts and of distinct segments, in the plain encoder's folder
     cache = EmbeddingCache(tmp_path, seg)

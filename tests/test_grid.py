@@ -129,6 +129,30 @@ def test_train_grid_needs_one_run_dir_per_config(tmp_path):
         train_grid([build_config({"preset": "vpl"})], [], log=lambda m: None)
 
 
+def test_stacked_lora_gives_each_run_its_block_of_texts_and_segments(cache_root):
+    """A grid's LoRA forward on segment features (core.stacked_lora; the tiny study's path): with texts and
+    their segments in one block per run (TextEncoder.tokenize(blocks=M)), each run's rows get exactly the
+    features its own adapters give them alone, and two runs' adapters give different ones."""
+    from core.encoders import TextEncoder
+    from core.stacked_lora import MemberEncoder, add_stacked_lora
+
+    enc = TextEncoder.load(segments=True)
+    adapters = add_stacked_lora(enc.model, seeds=[0, 1], r=4, alpha=8)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # B starts at zero (every run at the base model): give both runs an adapter that acts
+        for mod in adapters.values():
+            mod.B.normal_(0.0, 0.05, generator=g)
+    enc.model.eval()  # no dropout: one forward and two alone draw nothing
+    blocks = [["Sure. Here it is.\nStep one. Step two.", "No."], ["Maybe. I am not sure!", "Yes. Yes. Yes."]]
+    with torch.no_grad():
+        both = enc.forward(enc.tokenize(blocks[0] + blocks[1], blocks=2))  # (4, 2D)
+        alone = [MemberEncoder(enc, adapters, m).forward(enc.tokenize(b)) for m, b in enumerate(blocks)]
+    np.testing.assert_allclose(both.numpy(), torch.cat(alone).numpy(), atol=1e-5)
+    with torch.no_grad():
+        swapped = MemberEncoder(enc, adapters, 1).forward(enc.tokenize(blocks[0]))
+    assert float((swapped - alone[0]).abs().max()) > 1e-3
+
+
 def test_lora_members_share_one_base_model_and_match_their_runs_alone(tmp_path, cache_root):
     """Two LoRA runs stacked on one SmolLM2 (core.stacked_lora) end where each ends alone; only their own
     adapters and heads move, and a member's checkpoint serves rewards through peft (core.reward)."""
