@@ -129,9 +129,9 @@ class Trainer(EvaluationMixin, CheckpointMixin):
             # (a grid of many stacked runs sets its own: its ops are large)
             threads = cfg.cpu_threads or (1 if cfg.query_encoder == "frozen" else torch.get_num_threads())
             torch.set_num_threads(threads)
-            # flush float32 subnormals (below 1.2e-38: the tails of blend weights and sigmoids) to zero: on x86
-            # each costs ~100x a normal op, and the four-users lesson's personal run slowed from 13 s to 21 s
-            # per 50 steps by step 600 alone, and far more beside other runs (flat at 13-14 s with this)
+            # flush float32 subnormals (below 1.2e-38, reached in the backward pass) to zero: x86 takes a slow
+            # path for each, and the four-users lesson's personal run slowed from 13 s to 21 s per 50 steps by
+            # step 600 alone, far more beside other runs; flushed, 13-14 s throughout (bench_flush_denormal.py)
             torch.set_flush_denormal(True)
         torch.manual_seed(cfg.seed)  # here, so a run's initial weights do not depend on what was built before
         self.model = model_from_config(cfg, self.encoder.dim, n_users=len(self.W)).to(self.device)

@@ -35,7 +35,7 @@ def test_four_users_lesson_runs_to_the_end_with_four_curves_and_reference_lines(
         page.get_by_role("button", name="Run the four-users lesson").click(timeout=90_000)
 
         jm, t0, states = JobManager(runs), time.time(), {}
-        while time.time() - t0 < 900:  # three 400-step runs on a shared 2-core machine
+        while time.time() - t0 < 900:  # three 1200-step runs on a shared 2-core machine
             states = {r["label"]: r["state"] for r in jm.list()}
             if len(states) == 3 and set(states.values()) <= set(FINAL_STATES):
                 break
