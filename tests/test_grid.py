@@ -129,7 +129,7 @@ def test_train_grid_needs_one_run_dir_per_config(tmp_path):
         train_grid([build_config({"preset": "vpl"})], [], log=lambda m: None)
 
 
-def test_stacked_lora_gives_each_run_its_block_of_texts_and_segments(cache_root):
+def test_stacked_lora_gives_each_run_its_block_of_texts_and_segments():
     """A grid's LoRA forward on segment features (core.stacked_lora; the tiny study's path): with texts and
     their segments in one block per run (TextEncoder.tokenize(blocks=M)), each run's rows get exactly the
     features its own adapters give them alone, and two runs' adapters give different ones."""
