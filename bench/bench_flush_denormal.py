@@ -4,7 +4,7 @@ chunks of training steps with subnormals flushed to zero and kept, one after the
     .venv/bin/python bench/bench_flush_denormal.py [--steps 600] [--chunk 50] [--seed 0] [--dry-run]
 
 Prints seconds per chunk for each mode and, per mode, the last chunk's time over the first (a ratio measured
-in this run). With subnormals kept, the backward pass slows as the run goes (tails of the blend weights and
+in this run) and writes bench/out/flush_denormal-<time>.json. With subnormals kept, the backward pass slows as the run goes (tails of the blend weights and
 sigmoids fall below 1.2e-38, where x86 takes a slow path for every op); flushed, the pace stays flat.
 """
 
@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from bench._results import write_result  # noqa: E402
 from core.config import LESSON_FOUR_USERS, build_config  # noqa: E402
 from core.runs import RunDir  # noqa: E402
 from core.train import Trainer  # noqa: E402
@@ -55,6 +56,9 @@ def main(argv=None) -> int:
     for flush, times in res.items():
         print(f"{'flushed' if flush else 'kept'}: {sum(times):.1f}s in all; last chunk / first {times[-1] / times[0]:.2f}")
     print(f"kept / flushed, whole run: {sum(res[False]) / sum(res[True]):.2f}")
+    path = write_result("flush_denormal", {"steps": steps, "chunk": chunk, "seed": args.seed, "dry_run": args.dry_run,
+                                           "flushed_s": res[True], "kept_s": res[False]})
+    print(f"wrote {path}")
     return 0
 
 
