@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .cli import cli_main
 from .runs import RunDir
 from .tables import (  # noqa: F401 - re-exported: pages, benches and tests import them from here
     GROUP_KEYS,
@@ -151,6 +152,7 @@ def parse_users_arg(value: str) -> list[list[float]] | str:
         raise UsersArgError(f"--users: {value}: {err}") from None
 
 
+@cli_main  # an expected error (a full cache, a missing file, ...): one "error: ..." line, exit status 2
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m core.experiments", description="Compare methods over seeds.")
     sub = ap.add_subparsers(dest="cmd", required=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .cli import cli_main
 from .config import field_problems
 from .runs import RunDir
 
@@ -94,6 +95,10 @@ def run_grid(cfg: GridConfig, out: str | Path, *, log=print, show_progress: bool
     t0 = time.perf_counter()
     if todo:
         train_grid(list(todo.values()), [out / "runs" / n for n in todo], log=log, on_step=on_step)
+    for n, c in todo.items():  # a member that stopped early (learned) is done: its remaining steps count
+        if RunDir(out / "runs" / n).status().get("state") == "succeeded":
+            done[n] = c.steps
+    prog.set(sum(done.values()))
     prog.close()
     rows = [r for r in (run_row(out / "runs" / n) for n in members) if r is not None]
     table = summarize(rows)
@@ -107,6 +112,7 @@ def run_grid(cfg: GridConfig, out: str | Path, *, log=print, show_progress: bool
     return table
 
 
+@cli_main  # an expected error (a bad config, a full cache, ...): one "error: ..." line, exit status 2
 def main(argv: list[str] | None = None) -> int:
     from .progress import echo
     from .train import Cancelled
@@ -118,12 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         raw = json.loads(Path(args.config).read_text())
+        if not isinstance(raw, dict):
+            raise GridError(f"{args.config} must hold a JSON object {{methods, seeds, overrides}}")
         if args.dry_run:
             raw = {**raw, "overrides": {**raw.get("overrides", {}), "corpus_prompts": 60, "steps": 2, "eval_every": 1,
                                         "max_train_per_user": 40, "max_test_per_user": 20, "pool_size": 20}}
         cfg = validate_grid(raw)
-    except (GridError, json.JSONDecodeError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except json.JSONDecodeError as err:
+        print(f"error: {args.config} is not JSON ({err})", file=sys.stderr)
         return 2
     run = RunDir(args.run_dir).create()
     if run.config() is None:
@@ -136,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except BaseException as err:
         run.mark_final("failed", error=f"{type(err).__name__}: {err}")
-        raise
+        raise  # an expected error ends as one line (cli_main); a bug shows its traceback
     states = [RunDir(p).status().get("state") for p in sorted((run.path / "runs").iterdir())]
     if all(s == "succeeded" for s in states):
         run.mark_final("succeeded")

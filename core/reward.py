@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cli import cli_main
 from .data.table import ASPECTS, join_prompt_response
 from .runs import RunDir
 
@@ -370,6 +371,7 @@ def _load_candidates(path: str) -> list[str]:
     return out
 
 
+@cli_main  # an expected error (a run that cannot be read, a missing model, ...): one "error: ..." line, exit status 2
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m core.reward", description="Score or rank responses with a trained run.")
     sub = ap.add_subparsers(dest="cmd", required=True)

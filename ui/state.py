@@ -9,7 +9,7 @@ import numpy as np
 import streamlit as st
 
 from core.data import PreferenceTable, generate_table, load_ultrafeedback
-from core.users import preset, validate_users
+from core.users import UserError, preset, validate_users
 
 CORPUS_DEFAULTS = {"seed": 0, "n": 1500, "signal": 1.0, "noise": 0.0}
 
@@ -48,22 +48,46 @@ def encode_users(W: np.ndarray) -> str:
 
 
 def decode_users(text: str) -> np.ndarray:
-    return validate_users([[float(x) for x in row.split(",")] for row in text.split(";") if row.strip()])
+    """A link's ``users=``: one row of comma-separated weights a user, rows separated by ';'. A UserError
+    (a ValueError) names the row that is not numbers, or the user and aspect that do not validate."""
+    rows = []
+    for i, row in enumerate(r for r in text.split(";") if r.strip()):
+        try:
+            rows.append([float(x) for x in row.split(",")])
+        except ValueError:
+            raise UserError(f"user {i}: {row.strip()!r} is not numbers separated by commas") from None
+    return validate_users(rows)
 
 
-def current_users() -> tuple[str, int, np.ndarray]:
-    """(preset name or 'custom', seed, weights (U, 4)) from the URL, defaulting to two-opposed."""
+def read_users_link() -> tuple[str, int, np.ndarray, str | None]:
+    """(preset name or 'custom', seed, weights (U, 4), problem) from the URL. ``problem`` is None, or says
+    why the link's users could not be read; then the users are the two-opposed preset."""
     name = qp_get("preset", "two-opposed")
     seed = qp_get("useed", 0, int)
     if name == "custom":
+        raw = st.query_params.get("users", "")
         try:
-            return name, seed, decode_users(st.query_params.get("users", ""))
-        except ValueError:
-            name = "two-opposed"
-    try:
-        return name, seed, preset(name, seed=seed)
-    except ValueError:
-        return "two-opposed", seed, preset("two-opposed")
+            return name, seed, decode_users(raw), None
+        except ValueError as err:
+            shown = raw if len(raw) <= 80 else raw[:77] + "..."
+            why = f"users={shown} is not a list of weight vectors ({err})" if raw else f"the link has no users= ({err})"
+    else:
+        try:
+            return name, seed, preset(name, seed=seed), None
+        except ValueError as err:
+            why = f"preset={name} is not a user preset ({err})"
+    return "two-opposed", seed, preset("two-opposed"), (
+        f"This link's users could not be read: {why}. Showing the two-opposed preset instead; "
+        "choose a preset or apply edits on the Users page to replace them.")
+
+
+def current_users(warn: bool = True) -> tuple[str, int, np.ndarray]:
+    """(preset name or 'custom', seed, weights (U, 4)) from the URL, defaulting to two-opposed. A link whose
+    users cannot be read also falls back to two-opposed and, with ``warn``, says why on the page."""
+    name, seed, W, problem = read_users_link()
+    if problem and warn:
+        st.warning(problem, icon="⚠️")
+    return name, seed, W
 
 
 def run_label(run: dict) -> str:

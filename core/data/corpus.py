@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli import cli_main
 from . import corpus_text as T
 from .table import ASPECTS, PreferenceTable
 
@@ -162,6 +163,7 @@ def write_corpus(path: str | Path, **kwargs) -> int:
     return len(rows)
 
 
+@cli_main  # an --out that cannot be written: one "error: ..." line, exit status 2
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m core.data.corpus", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="output .jsonl path")

@@ -15,6 +15,8 @@ import time
 import traceback
 from pathlib import Path
 
+from core.cli import cli_main
+
 from .config import PersonaConfig, validate_config
 
 
@@ -61,6 +63,7 @@ def load_questions(cfg: PersonaConfig):
     return pick_questions(table, n_q, cfg.seed)
 
 
+@cli_main  # e.g. a --run-dir that cannot be created: one "error: ..." line, exit status 2
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from core.runs import RunDir
@@ -82,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     run.write_config(cfg.model_dump())
     run.mark_running(kind="personas")
     run.log(f"personas run: {cfg.model_dump_json()}")
+    setting_up = True  # reading the stories and questions and loading the judge: a ValueError is bad input
     try:
         from .simulate import run_simulation
         from .stories import load_stories
@@ -97,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
         judge = make_judge(cfg.judge, reuse_prefix=cfg.reuse_prefix, batch_size=cfg.batch_size,
                            threads=cfg.threads, concurrency=cfg.batch_size)
+        setting_up = False
         run.log(f"judge {getattr(judge, 'name', cfg.judge)} ready in {time.time() - t0:.1f}s; "
                 f"{len(stories)} stories x {len(questions)} questions, mode {cfg.mode}")
         qpath = run.path / "quality.json"
@@ -134,8 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, Cancelled):
             run.mark_final("cancelled", error="stopped by signal")
             return 130
-        run.log(traceback.format_exc())
+        run.log(traceback.format_exc())  # the run's log.txt keeps the traceback; the terminal gets one line
         run.mark_final("failed", error=f"{type(e).__name__}: {e}")
+        from core.cli import is_expected, report
+
+        if is_expected(e) or (setting_up and isinstance(e, ValueError)):
+            return report(e)  # exit status 2, like a bad config
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
 

@@ -29,6 +29,7 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
+from core.cli import cli_main
 from core.runs import now_iso, write_json_atomic
 
 from . import analysis
@@ -357,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main  # an expected error (an --out that cannot be written, ...): one "error: ..." line, exit status 2
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 

@@ -19,6 +19,8 @@ import time
 import numpy as np
 from scipy.stats import spearmanr
 
+from core.cli import cli_main, report
+
 from . import prompts
 from .parse import parse_scores
 from .stories import Story
@@ -86,6 +88,7 @@ def verdict(result: dict, threshold: float = 0.3) -> str:
     return f"The judge tracks known quality on some dimensions (best Spearman {best:.2f})."
 
 
+@cli_main  # an expected error (a judge that cannot be loaded offline, ...): one "error: ..." line, exit status 2
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m core.personas.quality", description="Judge-quality probe.")
     p.add_argument("--judge", default="default")
@@ -95,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from .judges import make_judge
 
-    result = run_probe(make_judge(args.judge), args.n_questions, args.seed)
+    try:
+        judge = make_judge(args.judge)
+    except (ValueError, RuntimeError) as err:  # an unknown judge, or a bundled one that is not installed
+        return report(err)
+    result = run_probe(judge, args.n_questions, args.seed)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -29,6 +29,8 @@ import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from core.cli import cli_main, report
+
 ENV_SERVE_KEY = "PREFLENS_SERVE_API_KEY"
 
 
@@ -134,6 +136,7 @@ def make_handler(judge, model_name: str, api_key: str | None, logprobs: bool = T
     return Handler
 
 
+@cli_main  # an expected error (a port in use, a judge that cannot be loaded offline): one "error: ..." line, exit 2
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m core.personas.serve", description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, default=8011)
@@ -145,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from .judges import LocalJudge
 
-    judge = LocalJudge(args.model, threads=args.threads)
+    try:
+        judge = LocalJudge(args.model, threads=args.threads)
+    except (ValueError, RuntimeError) as err:  # an unknown judge, or a bundled one that is not installed
+        return report(err)
     handler = make_handler(judge, judge.name, os.environ.get(ENV_SERVE_KEY), logprobs=not args.no_logprobs)
     server = ThreadingHTTPServer((args.host, args.port), handler)
     mode = "without logprobs" if args.no_logprobs else "with logprobs"
