@@ -104,8 +104,11 @@ files = lv.latent_files(run_path)
 steps = list(files)
 p_files = lv.people_files(run_path)
 
+# a run that stopped early kept an earlier step's model (its people are scored there): open on that step
+kept = (by_id[run_id].get("stopped_early") or {}).get("best_step")
 c1, c2, c3 = st.columns([3, 1, 1])
-step = c1.select_slider("Evaluation step", options=steps, value=steps[-1], key="latent_step")
+step = c1.select_slider("Evaluation step", options=steps, value=kept if kept in steps else steps[-1], key="latent_step",
+                        help=f"This run stopped early and kept the model of step {kept}." if kept in steps else None)
 perplexity = c2.slider("Perplexity", 2, 50, 15, key="latent_perplexity")
 seed = c3.number_input("t-SNE seed", 0, 10_000, 0, key="latent_seed")
 _cfg = RunDir(run_path).config() or {}
@@ -245,6 +248,8 @@ with right:
     sep = go.Figure(go.Scatter(x=s_steps, y=scores, mode="lines+markers", name="silhouette"))
     sep.update_layout(title="Separation of users in latent space", xaxis_title="step",
                       yaxis_title="silhouette", yaxis_range=[-1, 1], height=300, margin={"t": 40})
+    if kept in s_steps:
+        sep.add_vline(x=kept, line_dash="dot", line_color="#555", annotation_text=f"kept step {kept}")
     st.plotly_chart(sep, key="latent_separation", use_container_width=True)
     if skipped:
         st.caption(f"Skipped {skipped} unreadable latents file(s).")

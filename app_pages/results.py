@@ -137,7 +137,8 @@ if rows:
             if c in show]
     people = [c for c in ("all_pairs_accuracy", "new_users_accuracy", "new_users_traditional", "new_users_min")
               if c in show]
-    st.dataframe(show[["method", *SETTING, "runs", "accuracy", *people, "converged_share", "steps_to_converge",
+    early = ["stopped_early"] if "stopped_early" in show and show["stopped_early"].fillna(0).any() else []
+    st.dataframe(show[["method", *SETTING, "runs", *early, "accuracy", *people, "converged_share", "steps_to_converge",
                        "epochs_to_converge", "wall_to_converge_s", "wall_s", *refs]], hide_index=True,
                  use_container_width=True, key="results_summary",
                  column_config={"converged_share": st.column_config.ProgressColumn(
@@ -153,6 +154,10 @@ if rows:
                                                           "all pairs (training and test)."),
                      "encoder": st.column_config.TextColumn("encoder", help="The text encoder and how it trained "
                                                             "(or the few-shot judge)."),
+                     "stopped_early": st.column_config.NumberColumn(
+                         "stopped early", format="%d", help="How many of the runs stopped once their validation loss "
+                         "stopped improving (early stopping) and kept their best evaluation's model; the others "
+                         "trained every step."),
                      **{c: st.column_config.NumberColumn(name, format="%.3f", help=text)
                         for c, (name, text) in PEOPLE_HELP.items()},
                      "z_shuffled_accuracy": st.column_config.NumberColumn(
@@ -174,6 +179,10 @@ if rows:
                    "blends, the uniform user, Dirichlet draws), scored the same way; beside it the traditional "
                    "model's figure on the same people and pairs is the baseline. Blank: runs recorded before "
                    "these were measured.")
+    if early:
+        st.caption("**stopped early**: runs that stopped once their validation loss (held-out training questions, "
+                   "not the test questions) stopped improving; each keeps the model of its best evaluation, and "
+                   "its figures are that model's. The runs table below gives the step each stopped at.")
     if refs:
         st.caption("Reference columns are computed at step 0 on each run's own test pairs (means over its runs): "
                    "what one global taste, each user's group taste, and a per-user linear reader of the frozen "

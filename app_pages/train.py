@@ -143,6 +143,35 @@ def _hex_rgba(color: str, alpha: float) -> str:
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 
 
+def stopped_early(info: dict, records: list[dict]) -> dict | None:
+    """Early stopping's verdict for a run (status.json's ``stopped_early``, else read off its last record, a
+    re-evaluation of the kept model marked ``kept_best``): {'at_step', 'best_step', 'reason'}; None if it
+    did not stop early."""
+    st_ = info.get("stopped_early")
+    if isinstance(st_, dict) and st_.get("best_step") is not None:
+        return st_
+    kept = next((r for r in reversed(records) if r.get("kept_best")), None)
+    return None if kept is None else {"at_step": kept.get("stopped_at"), "best_step": kept["step"], "reason": None}
+
+
+def stop_text(early: dict) -> str:
+    return f"kept step {early['best_step']} (stopped at {early.get('at_step')}: validation loss not improving)"
+
+
+def mark_kept(acc: go.Figure, loss: go.Figure, early: dict, kept: dict, label: str, rid: str, row: int = 0) -> None:
+    """A dotted line at the step a run kept on both charts, and a star on its kept accuracy (hover: why);
+    ``row``: the how-many-th marked run, whose text goes one line lower so that texts do not overlap."""
+    text = f"{label}: {stop_text(early)}"
+    for fig in (acc, loss):
+        fig.add_vline(x=early["best_step"], line_dash="dot", line_color="#555", line_width=1,
+                      annotation_text=text, annotation_position="top left", annotation_font_size=10,
+                      annotation_bgcolor="rgba(255,255,255,0.8)", annotation_yshift=-14 * row)
+    acc.add_trace(go.Scatter(x=[early["best_step"]], y=[kept.get("accuracy")], mode="markers", name=text,
+                             marker={"symbol": "star", "size": 14, "color": "black"}, showlegend=False,
+                             hovertext=[early.get("reason") or text], hoverinfo="text",
+                             meta={"run_id": rid, "kept_step": early["best_step"]}))
+
+
 def curves(run_ids: list[str], runs_by_id: dict, alpha: float, view: str = "groups",
            references: bool = True) -> tuple[go.Figure, go.Figure, list[str]]:
     """Accuracy and loss figures. Runs with more than MANY users show group means with min-max bands
@@ -150,6 +179,7 @@ def curves(run_ids: list[str], runs_by_id: dict, alpha: float, view: str = "grou
     acc, loss, notes = go.Figure(), go.Figure(), []
     dashes = ["solid", "dash", "dot", "dashdot", "longdash"]
     refs_drawn: dict[tuple[str, float], str] = {}
+    marked = 0  # runs that stopped early, marked so far
     for i, rid in enumerate(run_ids):
         info = runs_by_id.get(rid, {})
         records, skipped = RunDir(info.get("path", "")).metrics() if info else ([], 0)
@@ -157,6 +187,10 @@ def curves(run_ids: list[str], runs_by_id: dict, alpha: float, view: str = "grou
             notes.append(f"{rid}: skipped {skipped} unreadable metrics line(s)")
         label = info.get("label") or info.get("method") or rid
         records = [r for r in records if isinstance(r.get("step"), int | float)]
+        early, kept = stopped_early(info, records), next((r for r in records if r.get("kept_best")), None)
+        # an early-stopped run's last record re-evaluates the kept model at its earlier step (the same figures
+        # as that step's record): marked below, not drawn as a line going back
+        records = [r for r in records if not r.get("kept_best")]
         steps = [r["step"] for r in records]
         users = sorted({u for r in records for u in (r.get("user_accuracy") or {})}, key=lambda u: int(u) if str(u).isdigit() else 0)
         many = len(users) > MANY
@@ -199,6 +233,16 @@ def curves(run_ids: list[str], runs_by_id: dict, alpha: float, view: str = "grou
             acc.add_trace(go.Scatter(x=steps, y=smooth(mean, alpha), mode="lines", name=f"{label} · mean of users",
                                      line={"width": 4, "dash": dash, "color": "black"},
                                      meta={"run_id": rid, "user": "mean"}))
+        val = [r.get("val_loss") for r in records]
+        if any(v is not None for v in val):  # held-out training questions: what early stopping reads
+            loss.add_trace(go.Scatter(x=steps, y=smooth(val, alpha), mode="lines", name=f"{label} · validation loss",
+                                      line={"dash": dash, "width": 3, "color": "black"},
+                                      meta={"run_id": rid, "series": "val_loss"}))
+        if early is not None:
+            mark_kept(acc, loss, early, kept or next((r for r in records if r["step"] == early["best_step"]), {}),
+                      label, rid, marked)
+            marked += 1
+            notes.append(f"{label} stopped early: {early.get('reason') or stop_text(early)}")
         ref = (records[0].get("reference_accuracy") or {}) if records and records[0].get("step") == 0 else {}
         for key in REF_STYLE:
             if references and isinstance(ref.get(key), int | float):
@@ -212,7 +256,8 @@ def curves(run_ids: list[str], runs_by_id: dict, alpha: float, view: str = "grou
     acc.update_layout(title="Eval accuracy per user", xaxis_title="step", yaxis_title="accuracy",
                       yaxis_range=[0, 1.02], height=380, margin={"t": 40})
     acc.add_hline(y=0.5, line_dash="dot", line_color="grey", annotation_text="chance")
-    loss.update_layout(title="Eval loss per user", xaxis_title="step", yaxis_title="BTL loss", height=320,
+    loss.update_layout(title="Eval loss per user (black: validation loss, where the run holds questions out)",
+                       xaxis_title="step", yaxis_title="BTL loss", height=320,
                        margin={"t": 40})
     return acc, loss, notes
 
@@ -220,6 +265,7 @@ def curves(run_ids: list[str], runs_by_id: dict, alpha: float, view: str = "grou
 def runs_table(runs) -> None:
     on_slurm = any(r.get("launcher") == "slurm" for r in runs)
     grids = any(r.get("grid") for r in runs)
+    early = any(r.get("stopped_early") for r in runs)
     rows = []
     for r in runs:
         row = {"run": r["run_id"], "label": r.get("label") or r.get("method"), "state": r.get("state")}
@@ -231,10 +277,13 @@ def runs_table(runs) -> None:
             row["slurm"] = (f"{r.get('slurm_state')}" + (f" ({r['slurm_reason']})" if r.get("slurm_reason") else "")
                             if r.get("job_id") and r.get("state") in ACTIVE else None)
         row.update({
-            "progress": float((r.get("progress") or {}).get("fraction") or (1.0 if r.get("state") == "succeeded" else 0.0)),
+            # succeeded is done, whatever the last progress said (a grid whose runs all stopped early)
+            "progress": 1.0 if r.get("state") == "succeeded" else float((r.get("progress") or {}).get("fraction") or 0.0),
             "step": (r.get("progress") or {}).get("done"), "started": r.get("started") or r.get("launched"),
             "error": (r.get("error") or "").splitlines()[0] if r.get("error") else "",
         })
+        if early:  # why it ended before its last step, and which step's model it kept
+            row["stopped early"] = (r.get("stopped_early") or {}).get("reason") or ""
         rows.append(row)
     table = pd.DataFrame(rows)
     st.dataframe(table, hide_index=True, use_container_width=True, key="runs_table",
@@ -253,34 +302,40 @@ except OSError as err:
 runs_by_id = {r["run_id"]: r for r in runs}
 user_cfg, user_text = users_field()
 
-# ---------------------------------------------------------------- the lesson, one click
+# ---------------------------------------------------------------- the lessons, one click (always offered)
+LESSONS_TEXT = (
+    "**The lessons in one click.** *Two opposed users* (helpfulness vs honesty): a traditional reward "
+    "model can only average them and stays near chance for both; the personalized (VPL) model with "
+    "adaptive sampling reads each user from a few examples and serves both. About 15 seconds once "
+    "`scripts/setup.sh` has warmed its embeddings (about 90 without). "
+    "But the study trains only on the pairs the two users disagree on, so the model learns the honesty "
+    "user as *the opposite of the helpfulness user*, not as someone who values honesty: scored on all of "
+    "that user's pairs of new questions it is near chance, and it rewards unhelpful answers. The "
+    "`personal` preset trains on every pair each user has a preference on (the *all pairs* and *new "
+    "people* columns on the Results page measure this).\n\n"
+    "*Four users* (one per aspect): the study's VPL model only appends who the user is (z) to the "
+    "response embedding, so it stalls at the traditional model's level, and its *z shuffled* accuracy "
+    "(the same questions read with another user's examples) equals its accuracy: it ignores z. "
+    "PrefLens's `personal` preset lets z multiply features of the response and reads a person as a "
+    "blend of the trained tastes, weighed by how well each blend explains their examples, so blends and "
+    "the uniform person are read too, not forced onto one trained user (the dashed *per-user probe* "
+    "line is what a linear head trained on one user alone reaches). The three runs train as one grid job "
+    "and each stops once its validation loss stops improving, keeping its best evaluation: about a minute "
+    "on a 2-core CPU.")
 if not runs:
-    st.info("**The lessons in one click.** *Two opposed users* (helpfulness vs honesty): a traditional reward "
-            "model can only average them and stays near chance for both; the personalized (VPL) model with "
-            "adaptive sampling reads each user from a few examples and serves both. About 15 seconds once "
-            "`scripts/setup.sh` has warmed its embeddings (about 90 without). "
-            "But the study trains only on the pairs the two users disagree on, so the model learns the honesty "
-            "user as *the opposite of the helpfulness user*, not as someone who values honesty: scored on all of "
-            "that user's pairs of new questions it is near chance, and it rewards unhelpful answers. The "
-            "`personal` preset trains on every pair each user has a preference on (the *all pairs* and *new "
-            "people* columns on the Results page measure this).\n\n"
-            "*Four users* (one per aspect): the study's VPL model only appends who the user is (z) to the "
-            "response embedding, so it stalls at the traditional model's level, and its *z shuffled* accuracy "
-            "(the same questions read with another user's examples) equals its accuracy: it ignores z. "
-            "PrefLens's `personal` preset lets z multiply features of the response and reads a person as a "
-            "blend of the trained tastes, weighed by how well each blend explains their examples, so blends and "
-            "the uniform person are read too, not forced onto one trained user (the dashed *per-user probe* "
-            "line is what a linear head trained on "
-            "one user alone reaches). A few minutes on a 2-core CPU.")
-    c1, c2 = st.columns(2)
-    if c1.button("Run the two-opposed lesson", type="primary", key="lesson"):
-        ids = submit_all(jm, ["traditional", "vpl-adaptive"], [0], {"users": "two-opposed", **QUICK})
-        st.query_params["runs"] = ",".join(ids)
-        st.rerun()
-    if c2.button("Run the four-users lesson", key="lesson4"):
-        ids = submit_all(jm, ["traditional", "vpl", "personal"], [0], LESSON_FOUR_USERS)
-        st.query_params["runs"] = ",".join(ids)
-        st.rerun()
+    st.info(LESSONS_TEXT)
+else:
+    with st.expander("About the lessons"):
+        st.markdown(LESSONS_TEXT)
+c1, c2 = st.columns(2)
+if c1.button("Run the two-opposed lesson", type="primary" if not runs else "secondary", key="lesson"):
+    ids = submit_all(jm, ["traditional", "vpl-adaptive"], [0], {"users": "two-opposed", **QUICK})
+    st.query_params["runs"] = ",".join(ids)
+    st.rerun()
+if c2.button("Run the four-users lesson", key="lesson4"):
+    # one process: the three runs share the data and features, and step side by side
+    st.query_params["runs"] = submit_grid(jm, ["traditional", "vpl", "personal"], [0], LESSON_FOUR_USERS)
+    st.rerun()
 
 # ---------------------------------------------------------------- launch
 with st.expander("Launch runs", expanded=not runs):
@@ -353,7 +408,9 @@ def live():
     drawn = with_members(shown, fresh)
     states = ", ".join(f"{fresh.get(r, {}).get('label')}: **{fresh.get(r, {}).get('state')}** "
                        f"({(fresh.get(r, {}).get('progress') or {}).get('done', 0)}/"
-                       f"{(fresh.get(r, {}).get('progress') or {}).get('total', '?')})" for r in drawn)
+                       f"{(fresh.get(r, {}).get('progress') or {}).get('total', '?')})"
+                       + (f", stopped early: {stop_text(fresh[r]['stopped_early'])}"
+                          if isinstance(fresh.get(r, {}).get("stopped_early"), dict) else "") for r in drawn)
     if states:
         st.markdown(states)
     acc, loss, notes = curves(drawn, fresh, alpha, "users" if view == "Every user" else "groups", show_refs)

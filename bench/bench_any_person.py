@@ -2,6 +2,13 @@
 
     .venv/bin/python bench/bench_any_person.py [--users two-opposed four-one-hot random] [--seeds 0 1] \
         [--steps 400] [--preset personal] [--set key=value ...] [--workers 2] [--keep DIR] [--dry-run]
+    .venv/bin/python bench/bench_any_person.py --baseline 5d8c595 [--users ...] [--seeds 0 1]
+
+``--baseline REV``: every cell is trained twice in the same bench run, once by this tree and once by commit
+REV (a temporary git worktree, the same Python), each in a child process, the two of a cell side by side so
+that they share the machine's load; it prints each cell's figures for both and the ratio of the preset's
+training cost (CPU seconds and wall seconds of its run: setup, steps, evaluations). Before timing, each tree
+encodes the cells' texts into its embedding cache, so neither pays for encoding.
 
 For each user set and seed it trains ``--preset`` (default ``personal``) and a ``traditional`` model on the
 same pairs and features (the preset's contested_only / agreed_share / encoder options), then reads people on *fresh
@@ -93,16 +100,19 @@ def cell(users: str, seed: int, steps: int, preset: str, extra: dict, root: str)
     shared = {k: base[k] for k in twin_keys if k in base}
     res = {"users": users, "seed": seed, "steps": steps}
     for name, raw in ((preset, {"preset": preset, **extra}), ("traditional", {"preset": "traditional", **shared})):
-        cfg = build_config({**raw, "users": users, "seed": seed, "steps": steps, "eval_every": max(1, steps // 4),
-                            "people_every": 0})
+        # every preset's own eval_every: early stopping reads its validation loss at the preset's evaluations
+        cfg = build_config({**raw, "users": users, "seed": seed, "steps": steps, "people_every": 0,
+                            **({} if build_config(raw).early_stop_patience else {"eval_every": max(1, steps // 4)})})
         run_dir = Path(root) / f"{name}-{users}-s{seed}"
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         hist = train(cfg, run_dir, log=lambda m: None)
+        cpu = time.process_time() - c0
         last = hist[-1]
         res[name] = {"config": {k: getattr(cfg, k) for k in ("user_encoder", "decoder", "contested_only",
                                                              "agreed_share", "latent", "lr", "batch_size")},
                      "accuracy": last["accuracy"], "all_pairs_accuracy": last.get("all_pairs_accuracy"),
                      "new_users_accuracy": last.get("new_users_accuracy"), "train_s": time.perf_counter() - t0,
+                     "train_cpu_s": cpu, "steps_run": max(r["step"] for r in hist),
                      **fresh_scores(run_dir, seed)}
     return res
 
@@ -131,6 +141,134 @@ def summarize(res: dict, preset: str) -> dict:
     }
 
 
+# run in a child process by --baseline: one cell with one tree's code, the CPU seconds of each training run
+# taken around that tree's core.train.train (bench cells import it at call time), the result as JSON
+CHILD = """
+import json, sys, time
+tree, users, seed, steps, preset, extra, root = sys.argv[1:8]
+sys.path.insert(0, tree)
+import core.train as T
+plain, cpu = T.train, []
+def timed(*a, **k):
+    c0 = time.process_time()
+    out = plain(*a, **k)
+    cpu.append(time.process_time() - c0)
+    return out
+T.train = timed
+from bench.bench_any_person import cell
+res = cell(users, int(seed), int(steps), preset, json.loads(extra), root)
+res[preset]["train_cpu_s"], res["traditional"]["train_cpu_s"] = cpu[0], cpu[1]
+res[preset].setdefault("steps_run", None)
+print("CELL " + json.dumps(res))
+"""
+
+# a traditional config both trees accept that reads every text of a cell (warm_cache before the timing)
+WARM = """
+import sys, tempfile
+tree, users, seg = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+sys.path.insert(0, tree)
+from core.config import build_config
+from core.runs import RunDir
+from core.train import Trainer
+from bench.bench_any_person import FRESH
+from core.data import generate_table
+from core.data.probes import all_texts
+from core.encoders import EmbeddingCache, TextEncoder, default_cache_root
+cfg = build_config({"preset": "traditional", "users": users, "segment_pool": seg, "agreed_share": 1.0})
+with tempfile.TemporaryDirectory() as d:
+    Trainer(cfg, RunDir(d).create(), log=lambda m: None)
+enc = TextEncoder.load(cfg.encoder, max_length=cfg.max_length, segments=seg)
+EmbeddingCache(default_cache_root(), enc).get(all_texts(generate_table(**FRESH)))
+"""
+
+
+def run_child(code: str, args: list[str]) -> str:
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"child failed ({args[:3]}): {proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def baseline_cell(tree: str, users: str, seed: int, steps: int, preset: str, extra: dict, root: str) -> dict:
+    import json
+
+    out = run_child(CHILD, [tree, users, str(seed), str(steps), preset, json.dumps(extra), root])
+    return json.loads(next(ln for ln in out.splitlines() if ln.startswith("CELL "))[5:])
+
+
+def compare_to_baseline(args, extra: dict, cells: list, steps: int) -> int:
+    """--baseline: each cell trained by this tree and by the baseline commit side by side; figures and cost."""
+    import subprocess
+
+    import numpy as np
+
+    from bench._results import write_result
+
+    cmd = "bench/bench_any_person.py " + " ".join(sys.argv[1:])
+    print(f"$ {cmd}")
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "core", "bench"],
+                                capture_output=True, text=True).stdout.strip())
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "baseline"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(base), rev], check=True)
+        try:
+            trees = {"baseline": str(base), "this": str(ROOT)}
+            for users in dict.fromkeys(u for u, _ in cells):  # encode once per tree (the cache key is the tree's)
+                for tree in trees.values():
+                    run_child(WARM, [tree, users, "1"])
+            print(f"[warm] both trees' caches hold every text ({time.perf_counter() - t0:.0f}s)", flush=True)
+            jobs = [(name, u, s) for u, s in cells for name in trees]  # a cell's two arms side by side
+            results: dict = {}
+            with ProcessPoolExecutor(max_workers=args.workers) as ex:
+                futs = {ex.submit(baseline_cell, trees[name], u, s, steps, args.preset, extra if name == "this" else {},
+                                  str(Path(tmp) / f"{name}-{u}-s{s}")): (name, u, s) for name, u, s in jobs}
+                for f in as_completed(futs):
+                    name, u, s = futs[f]
+                    results[(name, u, s)] = f.result()
+                    print(f"[cell] {name} {u} seed {s} done at {time.perf_counter() - t0:.0f}s", flush=True)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=False)
+    label = f"this tree ({head}{', uncommitted changes' if dirty else ''}{', --set ' + str(extra) if extra else ''})"
+    print(f"\nbaseline = {rev}; this = {label}; preset {args.preset}, {steps} steps at most")
+    print(f"{'users':<13}{'seed':>4} {'arm':<9}{'steps':>6}{'cpu_s':>8}{'wall_s':>8} | {'study':>6}{'allp':>7}{'newp':>7} | "
+          f"fresh: {'trained users':<26}{'new':>6}{'trad':>7}{'worst':>8}{'unif':>6}{'trl':>6}")
+    rows, ratios = [], []
+    for u, s in cells:
+        arms = {}
+        for name in ("baseline", "this"):
+            res = results[(name, u, s)]
+            me, sm = res[args.preset], summarize(res, args.preset)
+            arms[name] = {"cpu_s": me["train_cpu_s"], "wall_s": me["train_s"], "steps": me.get("steps_run"),
+                          "summary": sm, "accuracy": me["accuracy"], "all_pairs_accuracy": me["all_pairs_accuracy"],
+                          "new_users_accuracy": me["new_users_accuracy"]}
+            print(f"{u:<13}{s:>4} {name:<9}{str(me.get('steps_run') or steps):>6}{me['train_cpu_s']:8.1f}"
+                  f"{me['train_s']:8.1f} | {me['accuracy']:6.3f}{me['all_pairs_accuracy'] or 0:7.3f}"
+                  f"{me['new_users_accuracy'] or 0:7.3f} | {str(sm['trained']):<32}{sm['new_mean']:6.3f}"
+                  f"{sm['new_mean_trad']:7.3f}{sm['worst_margin']:+8.3f}{sm['uniform']:6.2f}{sm['trl']:6.2f}")
+            print(f"{'':27}one-hot: {sm['one_hot']}")
+        r_cpu = arms["baseline"]["cpu_s"] / arms["this"]["cpu_s"]
+        r_wall = arms["baseline"]["wall_s"] / arms["this"]["wall_s"]
+        ratios.append((r_cpu, r_wall))
+        d_new = arms["this"]["summary"]["new_mean"] - arms["baseline"]["summary"]["new_mean"]
+        print(f"{'':18}cost ratio baseline/this: cpu {r_cpu:.2f}x, wall {r_wall:.2f}x; new people {d_new:+.3f}")
+        rows.append({"users": u, "seed": s, "arms": arms, "cost_ratio_cpu": r_cpu, "cost_ratio_wall": r_wall,
+                     "raw": {name: results[(name, u, s)] for name in ("baseline", "this")}})
+    cpu_r = np.array([r for r, _ in ratios])
+    print(f"\n{args.preset} training cost, baseline / this: cpu {cpu_r.min():.2f}-{cpu_r.max():.2f}x "
+          f"(geometric mean {np.exp(np.log(cpu_r).mean()):.2f}x) over {len(cells)} cells")
+    print(f"total {time.perf_counter() - t0:.0f}s")
+    print("wrote", write_result("any_person_vs_baseline", {"command": cmd, "baseline": rev, "this": label,
+                                                           "cells": rows}))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--users", nargs="+", default=["two-opposed", "four-one-hot", "random"])
@@ -142,6 +280,8 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", help="train the runs into this folder and keep them (default: a temporary one)")
     ap.add_argument("--seed", type=int, help="alias of --seeds N")
     ap.add_argument("--dry-run", action="store_true", help="one cell, 20 steps")
+    ap.add_argument("--baseline", metavar="REV", help="also train every cell with commit REV's code, side by side, "
+                                                      "and print both and the cost ratio (see the module docstring)")
     args = ap.parse_args(argv)
     from core.experiments import parse_set
 
@@ -155,6 +295,8 @@ def main(argv=None) -> int:
     steps = args.steps
     if args.dry_run:
         cells, steps = cells[:1], 20
+    if args.baseline:
+        return compare_to_baseline(args, extra, cells, steps)
     cmd = "bench/bench_any_person.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"$ {cmd}")
     t0 = time.perf_counter()

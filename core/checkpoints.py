@@ -35,12 +35,35 @@ class CheckpointMixin:
                     state[f"encoder.{n}"] = p.detach()
         return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
-    def save_checkpoint(self) -> None:
+    def _save_weights(self, name: str) -> None:
         from safetensors.torch import save_file
 
-        tmp = self.run.path / ".model.safetensors.tmp"
+        tmp = self.run.path / f".{name}.tmp"
         save_file(self._trainable_state(), str(tmp))
-        tmp.replace(self.run.path / "model.safetensors")
+        tmp.replace(self.run.path / name)
+
+    def _load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Copy saved weights into the model (and a trained encoder) in place: in a grid the parameters are
+        views of the group's stacked tensors."""
+        self.model.load_state_dict({k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")})
+        if self.query_encoder is not None:
+            named = dict(self.query_encoder.model.named_parameters())
+            with torch.no_grad():
+                for k, v in weights.items():
+                    if k.startswith("encoder."):
+                        named[k[len("encoder."):]].copy_(v)
+
+    def save_best(self) -> None:
+        """best.safetensors: the weights of the best evaluation so far (early stopping keeps them)."""
+        self._save_weights("best.safetensors")
+
+    def restore_best(self) -> None:
+        from safetensors.torch import load_file
+
+        self._load_weights(load_file(str(self.run.path / "best.safetensors")))
+
+    def save_checkpoint(self) -> None:
+        self._save_weights("model.safetensors")
         state = {
             "step": self.step,
             "samples_seen": self.samples_seen,
@@ -51,6 +74,7 @@ class CheckpointMixin:
             "torch_rng": torch.get_rng_state(),
             "z_gen": self.z_gen.get_state(),
             "sampler": json.dumps(self.sampler.state()),
+            "early_stop": json.dumps(self.stopper.state()) if self.stopper is not None else None,
         }
         tmp = self.run.path / ".train_state.pt.tmp"
         torch.save(state, tmp)
@@ -63,19 +87,14 @@ class CheckpointMixin:
         if not st_path.exists() or not (self.run.path / "model.safetensors").exists():
             return False
         state = torch.load(st_path, weights_only=True, map_location="cpu")
-        weights = load_file(str(self.run.path / "model.safetensors"))
-        self.model.load_state_dict({k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")})
-        if self.query_encoder is not None:
-            named = dict(self.query_encoder.model.named_parameters())
-            with torch.no_grad():
-                for k, v in weights.items():
-                    if k.startswith("encoder."):
-                        named[k[len("encoder."):]].copy_(v)
+        self._load_weights(load_file(str(self.run.path / "model.safetensors")))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         self.z_gen.set_state(state["z_gen"])
         self.sampler.load_state(json.loads(state["sampler"]))
+        if self.stopper is not None and state.get("early_stop"):
+            self.stopper.load_state(json.loads(state["early_stop"]))
         self.step = int(state["step"])
         self.samples_seen = int(state["samples_seen"])
         self.wall_offset = float(state["wall_s"])

@@ -74,11 +74,15 @@ PRESETS: dict[str, dict] = {
     #   features): two-opposed honesty user 0.976 / 0.962 (0.934 / 0.896 before), contested 0.972 / 0.978;
     #   four one-hot users, people outside training 0.880 / 0.880 (worst against traditional +0.026 / -0.018);
     #   random, outside people 0.884 / 0.887, one-hot tastes 0.87-0.96, worst +0.014 / +0.014.
+    # - issue 32, cost: batch 512 and heads 128 (seed 0, 400 steps, in-run figures beside CPU seconds: batch 1024
+    #   to 512 lost 0.001-0.004, 512 to 256 a further 0.004-0.006 on the 100-user population; heads 192 to 128
+    #   nothing; bench_any_person.py --baseline 5d8c595 for the figures at seeds 0 / 1, README "Cost"); early
+    #   stopping on a tenth of the training questions, read every 50 steps.
     "personal": {**_CPU, "method": "vpl", "z_mode": "mean", "contrastive_coef": 0.0, "z_features": "frozen",
                  "user_encoder": "blend", "decoder": "linear", "z_head": "mlp", "agreed_share": 1.0,
-                 "population_coef": 0.5, "blend_centre_prior": 6.0, "batch_size": 1024, "grad_accum": 1,
-                 "lr": 6e-3, "vertex_coef": 0.5, "blend_space": "tastes", "segment_pool": True, "latent": 192,
-                 "decoder_hidden": 192},
+                 "population_coef": 0.5, "blend_centre_prior": 6.0, "batch_size": 512, "grad_accum": 1,
+                 "lr": 6e-3, "vertex_coef": 0.5, "blend_space": "tastes", "segment_pool": True, "latent": 128,
+                 "decoder_hidden": 128, "eval_every": 50, "early_stop_patience": 3, "val_share": 0.1},
 }
 
 
@@ -95,7 +99,10 @@ LESSON_TWO_OPPOSED = {"users": "two-opposed", "corpus_prompts": 400, "steps": 60
 # With segment features (heads 192, centre prior 6), in the four-users browser test (the lesson's three runs
 # on the 2-core machine): 0.948 (fresh 0.937, all pairs 0.924, people outside training 0.825) in 561 s;
 # with float32 subnormals flushed in training (core.train), the whole test 496 s against its 900 s bound
-LESSON_FOUR_USERS = {"users": "four-one-hot", "corpus_prompts": 400, "steps": 1200, "eval_every": 50}
+# With early stopping (issue 32): each run stops once its validation loss has not improved for 3 evaluations
+# of 25 steps and keeps its best evaluation; the three train as one grid job (the Train page's button)
+LESSON_FOUR_USERS = {"users": "four-one-hot", "corpus_prompts": 400, "steps": 1200, "eval_every": 25,
+                     "early_stop_patience": 3, "val_share": 0.1}
 LESSONS = {"two-opposed": LESSON_TWO_OPPOSED, "four-users": LESSON_FOUR_USERS}
 
 
@@ -175,6 +182,10 @@ class TrainConfig(BaseModel):
     contrastive_coef: float = Field(0.0, ge=0.0, description="Weight of the cosine contrastive loss on latent means (seed eq. 12).")
     population_coef: float = Field(0.0, ge=0.0, description="Weight of a population term: every training pair also scored at the even blend of the training users' latents (the centre the mixture and blend readers fall back on when a person's choices say little), under the BTL loss on its own user's label, i.e. the traditional model's objective at that one point. 0 = off. Needs user_encoder 'mixture' or 'blend'.")
     vertex_coef: float = Field(0.0, ge=0.0, description="Weight of a vertex term: every training pair also scored at its own training user's latent (the point the blend reader puts that user at), under the BTL loss, so each user's point is that user's own reward and a blend of points a blend of rewards. 0 = off. Needs user_encoder 'mixture' or 'blend'.")
+    # stopping when learned
+    early_stop_patience: int = Field(0, ge=0, description="Stop once the validation loss (val_share's held-out training questions; never the test questions) has not improved for this many evaluations in a row, and keep the best checkpoint: the run's model.safetensors and its last metrics record are the model of its best evaluation, and status.json's `stopped_early` says at which step it stopped, which step it kept and why. 0 = off: train all `steps` (the study's presets, where a fixed step count is part of the comparison).")
+    early_stop_min_delta: float = Field(0.0, ge=0.0, description="An evaluation improves on the best only if it lowers the validation loss by more than this.")
+    val_share: float = Field(0.0, ge=0.0, lt=1.0, description="Share of the training questions held out as the validation set that early stopping reads (their pairs are not trained on; the test questions are the same at every share). 0 = none.")
     # evaluation and bookkeeping
     eval_every: int = Field(20, ge=1, description="Evaluate, record metrics and latents, and checkpoint every N steps.")
     converge_threshold: float = Field(0.8, gt=0.0, lt=1.0, description="A run has converged once every user's accuracy stays at or above this.")
@@ -231,6 +242,9 @@ class TrainConfig(BaseModel):
         if self.blend_centre_prior > 0 and (self.method != "vpl" or self.user_encoder != "blend"):
             raise ValueError(f"blend_centre_prior: a prior of the 'blend' reader; set user_encoder to 'blend' (got "
                              f"{self.user_encoder!r})")
+        if self.early_stop_patience > 0 and self.val_share <= 0:
+            raise ValueError("early_stop_patience: early stopping reads a validation set; set val_share > 0 (e.g. 0.1) "
+                             f"(got val_share={self.val_share})")
         if self.agreed_share > 0 and not self.contested_only:
             raise ValueError("agreed_share: only means something with contested_only=true "
                              "(contested_only=false already keeps every pair)")

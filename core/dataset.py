@@ -14,6 +14,12 @@ Questions are split between train and test, so no prompt is on both sides. Each 
 demonstration pool (``pool_size`` of their train pairs) is fixed by the seed; every query's K
 demonstrations come from that pool, never from the query's own question.
 
+``val`` (``val_share`` > 0, for early stopping) holds pairs of a share of the *training* questions: the
+splits, pools and demonstrations are drawn as without it, then every pair of those questions leaves the
+training targets, and the ones no pool holds (never anyone's demonstration) are the validation pairs, read
+with demonstrations from the user's pool like the test pairs. A run may choose its checkpoint by them
+without ever looking at the test questions, and the test pairs are the same at every share.
+
 ``test_fresh`` holds the same test pairs read with demonstrations from a second pool per user, drawn
 from their train pairs outside the first: pairs the model never saw as anyone's demonstrations. A model
 that learned to recognise *which* pairs make up a user's pool, rather than reading the taste they show,
@@ -55,6 +61,7 @@ class PrefData:
     n_users: int
     test_fresh: Split | None = None  # test pairs, demonstrations from a second pool (None: too few pairs)
     is_test: np.ndarray | None = None  # bool (Q,): the held-out questions
+    val: Split | None = None  # pairs of the validation questions (val_share > 0), for early stopping
 
     @property
     def test_questions(self) -> np.ndarray:
@@ -71,22 +78,30 @@ class PrefData:
             "test_pairs": len(self.test),
             "train_pairs_per_user": np.bincount(self.train.user, minlength=self.n_users).tolist(),
             "test_pairs_per_user": np.bincount(self.test.user, minlength=self.n_users).tolist(),
+            **({"val_pairs": len(self.val)} if self.val is not None else {}),
         }
 
 
 def build(table: PreferenceTable, W: np.ndarray, *, seed: int = 0, test_share: float = 0.2,
           contested_only: bool = True, pool_size: int = 100, n_demos: int = 8,
           max_train_per_user: int | None = None, max_test_per_user: int | None = None,
-          agreed_share: float = 0.0) -> PrefData:
+          agreed_share: float = 0.0, val_share: float = 0.0) -> PrefData:
     """Labelled pairs per user, a question-level split, and fixed demonstrations.
 
     ``contested_only`` keeps the pairs the users disagree on (the study's filter); ``agreed_share`` adds
     that share of each user's other strict pairs of the *train* questions to them (drawn from their own
-    random stream, so the split is the same at every share). The test pairs stay the contested ones."""
+    random stream, so the split is the same at every share). The test pairs stay the contested ones.
+    ``val_share``: that share of the train questions becomes the validation split (its own random stream;
+    everything else is drawn as at 0, see the module docstring)."""
     rng = np.random.default_rng(seed)
     W = np.atleast_2d(W)
     Q, C = len(table), table.n_completions
     is_test = split_questions(Q, rng, test_share)
+    is_val = np.zeros(Q, dtype=bool)
+    val_rng = np.random.default_rng([seed, 3])
+    if val_share > 0:
+        train_q = val_rng.permutation(np.flatnonzero(~is_test))
+        is_val[train_q[:max(1, int(round(val_share * len(train_q))))]] = True
 
     if contested_only and len(W) > 1:
         pairs, first = contested_pairs(table, W)  # (n, 3), (U, n)
@@ -110,7 +125,7 @@ def build(table: PreferenceTable, W: np.ndarray, *, seed: int = 0, test_share: f
     else:
         per_user = user_pairs(table, W)
 
-    splits = {"train": [], "test": [], "fresh": []}
+    splits = {"train": [], "test": [], "fresh": [], "val": []}
     # a separate stream for the second pools, so adding them left the seed's pairs and pools unchanged
     fresh_rng = np.random.default_rng([seed, 1])
     fresh_ok = True
@@ -141,14 +156,25 @@ def build(table: PreferenceTable, W: np.ndarray, *, seed: int = 0, test_share: f
             if len(part) == 0:
                 continue
             ctx = sample_contexts(part[:, 0], pool[:, 0], n_demos, rng)  # (n, K) rows of pool
-            splits[name].append(Split(
+            split = Split(
                 user=np.full(len(part), u, dtype=np.int64),
                 question=part[:, 0].astype(np.int64),
                 chosen=(part[:, 0] * C + part[:, 1]).astype(np.int64),
                 rejected=(part[:, 0] * C + part[:, 2]).astype(np.int64),
                 ctx_chosen=(pool[ctx, 0] * C + pool[ctx, 1]).astype(np.int64),
                 ctx_rejected=(pool[ctx, 0] * C + pool[ctx, 2]).astype(np.int64),
-            ))
+            )
+            if name == "train" and val_share > 0:
+                # drawn as if there were no validation set (pools, demonstrations and test pairs stay the
+                # same); then the validation questions' pairs leave the training targets, and those that are
+                # not in the user's pool (never shown as anyone's demonstration) are the validation pairs
+                on_val = is_val[part[:, 0]]
+                shown = np.zeros(len(part), dtype=bool)
+                shown[in_pool] = True
+                val_rows = val_rng.permutation(np.flatnonzero(on_val & ~shown))[:max_test_per_user or None]
+                splits["val"].append(split.take(np.sort(val_rows)))
+                split = split.take(np.flatnonzero(~on_val))
+            splits[name].append(split)
 
     def cat(parts: list[Split]) -> Split:
         if not parts:
@@ -159,8 +185,9 @@ def build(table: PreferenceTable, W: np.ndarray, *, seed: int = 0, test_share: f
 
     texts = [table.texts(q, c) for q in range(Q) for c in range(C)]
     fresh = cat(splits["fresh"]) if fresh_ok and splits["fresh"] else None
+    val = cat(splits["val"]) if splits["val"] else None
     return PrefData(train=cat(splits["train"]), test=cat(splits["test"]), texts=texts, n_users=len(W),
-                    test_fresh=fresh, is_test=is_test)
+                    test_fresh=fresh, is_test=is_test, val=val)
 
 
 def split_questions(n_questions: int, rng: np.random.Generator | int, test_share: float) -> np.ndarray:
@@ -176,7 +203,7 @@ def split_questions(n_questions: int, rng: np.random.Generator | int, test_share
 def used_text_ids(data: PrefData, extra: np.ndarray | None = None) -> np.ndarray:
     """Sorted unique text ids any split reads, plus ``extra`` (only these need embedding)."""
     parts = [] if extra is None else [np.asarray(extra, dtype=np.int64).ravel()]
-    for s in (data.train, data.test, data.test_fresh):
+    for s in (data.train, data.test, data.test_fresh, data.val):
         if s is not None:
             parts += [s.chosen, s.rejected, s.ctx_chosen.ravel(), s.ctx_rejected.ravel()]
     return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)

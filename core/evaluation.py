@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .models import active_units, btl_loss_from_margin, kl_to_standard_normal
+from .models import active_units, btl_loss_from_margin, distinct_demos, kl_to_standard_normal
 from .people import people_accuracy, reading_latents
 from .references import reference_accuracy, user_groups
 from .shared import DATA_FIELDS, ENCODER_FIELDS
@@ -26,11 +26,19 @@ class EvaluationMixin:
         partner[i]: at evaluation z is the posterior mean, a function of the demonstrations alone, so
         every pair's latent is computed once and the borrowed one is a lookup, not a second pass.
         """
-        from .decoders import ConcatDecoder
+        from .decoders import ConcatDecoder, LinearDecoder
 
         if self.cfg.method == "vpl" and type(self.model.decoder) is ConcatDecoder:
             return self._score_by_text(split, partner)
+        if self.cfg.method == "vpl" and type(self.model.decoder) is LinearDecoder and self.query_encoder is None:
+            return self._score_by_parts(split, partner)
         n_pairs = len(split)
+        if self.cfg.method == "btl" and self.query_encoder is None and n_pairs:
+            # a user-blind reward on cached features: each distinct text scored once for the whole split
+            texts, rows = np.unique(np.concatenate([split.chosen, split.rejected]), return_inverse=True)
+            r = self.model.reward(self._query(texts))[torch.as_tensor(rows, device=self.device)]  # (2N,)
+            m = r[:n_pairs] - r[n_pairs:]
+            return btl_loss_from_margin(m).cpu().numpy(), (m > 0).float().cpu().numpy(), None
         chunk = 256 if self.query_encoder is not None else 2048  # texts through a transformer vs cached rows
         chunks = [np.arange(s, min(s + chunk, n_pairs)) for s in range(0, n_pairs, chunk)]
         if self.cfg.method == "vpl":
@@ -54,6 +62,33 @@ class EvaluationMixin:
         corr = torch.cat(correct).numpy() if correct else np.zeros(0)
         shuf = torch.cat(shuffled).numpy() if shuffled else None
         return loss, corr, shuf
+
+    def _score_by_parts(self, split, partner: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """_score for the linear decoder on cached features (personal): a reward is base(e) + <U e, V z>, so
+        each distinct response text's base and U e are computed once for the whole split, and each distinct
+        demonstration once for the reader; every pair, read with its own latent or a borrowed one, is then a
+        lookup. With many users a test question's answers are in every user's pairs, so this is far less work
+        (the same numbers, summed in another order)."""
+        n = len(split)
+        if n == 0:
+            return np.zeros(0), np.zeros(0), None
+        model, dev = self.model, self.device
+        uc, ur, inv = distinct_demos(split.ctx_chosen, split.ctx_rejected)  # (U,) x 2, (N, K)
+        E = self.embeddings
+        terms = model.demo_terms(E[torch.as_tensor(uc, device=dev)], E[torch.as_tensor(ur, device=dev)])
+        mu, logvar = model.posterior_from_terms(terms, torch.as_tensor(inv, device=dev))  # (N, L)
+        texts, rows = np.unique(np.concatenate([split.chosen, split.rejected]), return_inverse=True)
+        parts = model.text_parts(self._query(texts))  # base (T,), U e (T, H)
+        rows = torch.as_tensor(rows, device=dev)
+        m = model.margin_from_parts(parts, rows[:n], rows[n:], mu)
+        loss = btl_loss_from_margin(m)
+        if self.cfg.beta > 0:
+            loss = loss + self.cfg.beta * kl_to_standard_normal(mu, logvar)
+        shuf = None
+        if partner is not None:
+            z = mu[torch.as_tensor(partner, device=dev)]  # (N, L) each pair read with another user's latent
+            shuf = (model.margin_from_parts(parts, rows[:n], rows[n:], z) > 0).float().cpu().numpy()
+        return loss.cpu().numpy(), (m > 0).float().cpu().numpy(), shuf
 
     def _score_by_text(self, split, partner: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """_score for the study's concat decoder MLP([e, z]): its first layer's e part is computed once per
@@ -89,14 +124,15 @@ class EvaluationMixin:
             self.data, self.table.ratings, self.W, groups, self.embeddings.float().cpu().numpy()))
 
     @torch.no_grad()
-    def evaluate(self) -> dict:
+    def evaluate(self, final: bool = False) -> dict:
+        """One evaluation record; ``final``: the run's last (people scored whatever the step)."""
         self._q_cache = {}
         try:
-            return self._evaluate()
+            return self._evaluate(final)
         finally:
             self._q_cache = None
 
-    def _evaluate(self) -> dict:
+    def _evaluate(self, final: bool = False) -> dict:
         self.model.eval()
         if self.query_encoder is not None:
             self.query_encoder.model.eval()
@@ -121,6 +157,11 @@ class EvaluationMixin:
             "phase": self.sampler.phase(max(0, self.step - 1)),
             "samples": self.samples_seen,
         }
+        if self.data.val is not None:  # held-out training questions: what early stopping reads
+            val = self.data.val
+            vloss, vcorr, _ = self._score(val)
+            record["val_loss"] = float(vloss.mean())
+            record["val_accuracy"] = float(np.mean([vcorr[val.user == u].mean() for u in np.unique(val.user)]))
         if shuf is not None:
             # the same pairs, each read with another user's demonstrations: near `accuracy` = z is ignored
             per = [float(shuf[test.user == u].mean()) for u in range(self.data.n_users) if (test.user == u).any()]
@@ -137,7 +178,7 @@ class EvaluationMixin:
         if self.step == 0:
             record["reference_accuracy"] = self.references()
         every = self.cfg.people_every
-        if self.people and self.step > 0 and (self.step >= self.cfg.steps or (every and self.step % every == 0)):
+        if self.people and self.step > 0 and (final or self.step >= self.cfg.steps or (every and self.step % every == 0)):
             record.update(self.score_people())
         if self.cfg.method == "vpl" and len(self.probe):
             s = test.take(self.probe)

@@ -88,8 +88,34 @@ class _StepLoss(nn.Module):
         super().__init__()
         self.model, self.method, self.beta, self.population_coef = model, method, beta, population_coef
         self.vertex_coef = vertex_coef
+        self.text_mode = False  # forward is by_text (StackedGroup sets it)
 
-    def forward(self, q, demo_c=None, demo_r=None, inv=None, eps=None, qz=None, user=None):
+    def by_text(self, texts, q_rows, dc_rows, dr_rows, inv, eps=None, user=None):
+        """forward for the linear decoder read by 'blend' or 'fit' on cached features: every distinct text of
+        the step (queries and both sides of the demonstrations) goes through the decoder's response side once.
+        texts (T, D); q_rows (2B,) the queries' rows of texts, chosen then rejected; dc_rows, dr_rows (U,) the
+        distinct demonstrations' rows; inv (B, K) -> per-pair loss (B,), mu (B, L)."""
+        model = self.model
+        parts = model.text_parts(texts)  # base (T,), U e (T, H)
+        mu, logvar = model.posterior_from_terms(model.demo_terms_from_parts(parts, dc_rows, dr_rows), inv)
+        z = model.latent(mu, logvar, train=True, eps=eps)
+        n = q_rows.shape[0] // 2
+        zs = [z] + ([model.population_latent(n)] if self.population_coef > 0 else []) + (
+            [model.user_latents[user]] if self.vertex_coef > 0 else [])
+        margins = iter([model.margin_from_parts(parts, q_rows[:n], q_rows[n:], zz) for zz in zs])
+        loss = btl_loss_from_margin(next(margins))
+        if self.beta > 0:
+            loss = loss + self.beta * kl_to_standard_normal(mu, logvar)
+        if self.population_coef > 0:
+            loss = loss + self.population_coef * btl_loss_from_margin(next(margins))
+        if self.vertex_coef > 0:
+            loss = loss + self.vertex_coef * btl_loss_from_margin(next(margins))
+        return loss, mu
+
+    def forward(self, *args):
+        return self.by_text(*args) if self.text_mode else self.by_pairs(*args)
+
+    def by_pairs(self, q, demo_c=None, demo_r=None, inv=None, eps=None, qz=None, user=None):
         """q (2B, D); demo_c, demo_r (U, D) the distinct demonstrations of the batch, inv (B, K) each pair's
         K of them; eps (B, L); qz (2B, D) the frozen features z acts on (z_features 'frozen' with LoRA)
         -> per-pair loss (B,), mu (B, L)."""
@@ -100,14 +126,15 @@ class _StepLoss(nn.Module):
         terms = self.model.demo_terms(demo_c, demo_r)  # (U, X) each
         mu, logvar = self.model.posterior_from_terms(terms, inv)  # (B, L)
         z = self.model.latent(mu, logvar, train=True, eps=eps)
-        r = self.model.reward(q, torch.cat([z, z]), z_emb=qz)
-        loss = btl_loss(r[:n], r[n:])
+        own, pop, vert = self.model.training_margins(q, z, user, self.population_coef > 0, self.vertex_coef > 0,
+                                                     z_emb=qz)
+        loss = btl_loss_from_margin(own)
         if self.beta > 0:
             loss = loss + self.beta * kl_to_standard_normal(mu, logvar)
-        if self.population_coef > 0:
-            loss = loss + self.population_coef * btl_loss_from_margin(self.model.population_margin(q, z_emb=qz))
-        if self.vertex_coef > 0:
-            loss = loss + self.vertex_coef * btl_loss_from_margin(self.model.vertex_margin(q, user, z_emb=qz))
+        if pop is not None:
+            loss = loss + self.population_coef * btl_loss_from_margin(pop)
+        if vert is not None:
+            loss = loss + self.vertex_coef * btl_loss_from_margin(vert)
         return loss, mu
 
 
@@ -155,6 +182,14 @@ class StackedGroup:
         prefix = {n: "model." + n for n in self.names}
         bufs = {"model." + n: b for n, b in self.buffers.items()}
 
+        # the linear decoder read by blending (or fitting) on cached features: each distinct text of a step
+        # through the decoder once (personal; with 100 users a step's demonstrations share most of their texts)
+        self.by_text = (self.encoder is None and cfg.method == "vpl" and cfg.decoder == "linear"
+                        and cfg.user_encoder in ("blend", "fit"))
+
+        step_loss.text_mode = self.by_text
+        self.step_loss = step_loss
+
         def one(params, *args):
             return functional_call(step_loss, ({prefix[n]: p for n, p in zip(self.names, params, strict=True)}, bufs),
                                    args)
@@ -173,7 +208,9 @@ class StackedGroup:
             splits.append(t.data.train.take(idx))
         whole = len(members) == len(self.trainers)
         q_ids = np.stack([np.concatenate([s.chosen, s.rejected]) for s in splits])  # (M, 2B)
-        if self.encoder is None:
+        if self.by_text:
+            args = self._text_args(ts, splits, q_ids)
+        elif self.encoder is None:
             args = [F.embedding(torch.as_tensor(q_ids, device=dev), self.E)]  # (M, 2B, D)
         else:  # every adapter's block in one pass of the base (members that left repeat a member's texts)
             at = dict(zip(members, q_ids, strict=True))
@@ -182,7 +219,7 @@ class StackedGroup:
             tokens = self.encoder.tokenize(texts, blocks=len(rows))  # segments, too, in one block per run
             q = self.encoder.forward(tokens).view(len(rows), q_ids.shape[1], -1)
             args = [q if whole else q[torch.as_tensor(members, device=dev)]]
-        if self.method == "vpl":
+        if self.method == "vpl" and not self.by_text:
             # each member's distinct demonstrations, padded to the longest list with its first (M, U, D) x 2
             demos = [distinct_demos(s.ctx_chosen, s.ctx_rejected) for s in splits]
             U = max(len(uc) for uc, _, _ in demos)
@@ -243,6 +280,35 @@ class StackedGroup:
             t.loss_n += 1
             out.append(total)
         return out
+
+    def _text_args(self, ts, splits, q_ids: np.ndarray) -> list:
+        """_StepLoss.by_text's arguments for each member: its step's distinct texts (M, T, D), padded to the longest
+        list by repeating its first; the queries' rows of them (M, 2B); the distinct demonstrations' rows
+        (M, U) x 2; inv (M, B, K); the noise (M, B, L) or None; the pairs' users (M, B) or None."""
+        dev = self.E.device
+        demos = [distinct_demos(s.ctx_chosen, s.ctx_rejected) for s in splits]
+        U = max(len(uc) for uc, _, _ in demos)
+        ids, rows = [], []
+        for q, (uc, ur, _) in zip(q_ids, demos, strict=True):
+            uc, ur = np.pad(uc, (0, U - len(uc)), mode="edge"), np.pad(ur, (0, U - len(ur)), mode="edge")
+            texts, r = np.unique(np.concatenate([q, uc, ur]), return_inverse=True)
+            ids.append(texts)
+            rows.append(r)
+        T = max(len(t) for t in ids)
+        ids = np.stack([np.pad(t, (0, T - len(t)), mode="edge") for t in ids])  # (M, T)
+        rows = torch.as_tensor(np.stack(rows), device=dev)  # (M, 2B + 2U)
+        n = q_ids.shape[1]
+        args = [F.embedding(torch.as_tensor(ids, device=dev), self.E), rows[:, :n], rows[:, n:n + U],
+                rows[:, n + U:], torch.as_tensor(np.stack([inv for _, _, inv in demos]), device=dev)]
+        if self.sample_noise:
+            L = ts[0].model.dims.latent
+            args.append(torch.stack([torch.cat([torch.randn((self.bs, L), generator=t.z_gen, device=dev)
+                                                for _ in range(self.ga)]) for t in ts]))  # (M, B, L)
+        else:
+            args.append(None)
+        args.append(torch.as_tensor(np.stack([s.user for s in splits]), device=dev) if ts[0].cfg.vertex_coef > 0
+                    else None)  # (M, B) each pair's training user, for the vertex term
+        return args
 
     @staticmethod
     @torch.no_grad()
@@ -452,6 +518,8 @@ class Grid:
             if isinstance(g, StackedGroup):
                 g.adam.link()  # a resume loaded each member's optimizer state: back into the stacks
         active = {id(t) for t in self.trainers if t.step < t.cfg.steps}
+        # a run resumed after early stopping had decided (but before it finished) finishes now
+        self._end_round(active, on_member_end, stop_after)
         t_fit, n_steps = time.perf_counter(), 0
         # the costliest groups first, so the threads finish a round together
         order = sorted(self.groups, key=lambda g: -len(g.trainers) * (2 if getattr(g, "per_user", False) else 1))
@@ -505,6 +573,11 @@ class Grid:
                 active.discard(id(t))
                 if on_member_end:
                     on_member_end(t, "cancelled")
+            elif t.should_stop_early:  # learned: its best evaluation's model becomes the run's
+                self.histories[id(t)].append(t.finish_early())
+                active.discard(id(t))
+                if on_member_end:
+                    on_member_end(t, "ended")
             elif t.step >= t.cfg.steps or (stop_after is not None and t.step >= stop_after):
                 if t.step < t.cfg.steps:
                     t.save_checkpoint()

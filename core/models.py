@@ -311,13 +311,20 @@ class VPLRewardModel(nn.Module):
         loglik = F.logsigmoid(margins * self.log_sharpness.exp()).sum(dim=1)  # (B, U)
         return loglik.softmax(dim=-1)
 
-    def blend_user(self, A: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def blend_user(self, A: torch.Tensor, c: torch.Tensor, inv: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """Blend reader: the posterior mean over blends of the training users' latents (a fixed grid of
         S simplex points, Dirichlet(1) prior), by how well each blend's reward explains the demonstrations.
-        A (B, K, L) each demonstration's margin slope in z, c (B, K, 1) its z-free margin -> mu, logvar (B, L)."""
+        A (B, K, L) each demonstration's margin slope in z, c (B, K, 1) its z-free margin -> mu, logvar (B, L).
+        With ``inv`` (B, K): A (U, L) and c (U, 1) are of U distinct demonstrations, each query's K of them
+        named by inv; every demonstration's log-likelihood under every blend is then computed once and looked
+        up (a user's pool is read by many queries: four users' batch of 1024 reads about 400 distinct ones)."""
         Z = self.blend_grid @ self.user_latents  # (S, L) the blends' latents
-        m = A @ Z.T + c  # (B, K, S)
-        loglik = F.logsigmoid(m * self.log_sharpness.exp()).sum(1)  # (B, S)
+        ll = F.logsigmoid((A @ Z.T + c) * self.log_sharpness.exp())  # (B, K, S), or (U, S) distinct
+        if inv is None:
+            loglik = ll.sum(-2)  # (B, S)
+        else:  # looked up a block of queries at a time: (B, K, S) at once would be large for a whole split
+            loglik = torch.cat([F.embedding(i, ll).sum(-2) for i in inv.split(4096)])  # (B, S)
         # the centre prior is for reading people (eval mode): trained with it, every user is pulled to the
         # centre and the tastes come out blurred (four one-hot users 0.64-0.97 against 0.80-0.97 without)
         post = (loglik if self.training else loglik + self.blend_log_prior).softmax(-1)  # (B, S)
@@ -364,6 +371,8 @@ class VPLRewardModel(nn.Module):
             mu, logvar = self.read_terms(terms)
         elif self.user_encoder == "pairs":
             mu, logvar = self.read_pairs_distinct(*terms, inv)
+        elif self.user_encoder == "blend":
+            mu, logvar = self.blend_user(*terms, inv=inv)
         else:
             mu, logvar = self.read_terms(tuple(F.embedding(inv, t) for t in terms))
         if self.z_mode == "vpl":
@@ -401,17 +410,66 @@ class VPLRewardModel(nn.Module):
         r = self.reward(query_emb, torch.cat([z, z]), z_emb=z_emb)
         return r[:n] - r[n:]
 
+    def margins_at(self, query_emb: torch.Tensor, zs: list[torch.Tensor], z_emb: torch.Tensor | None = None
+                   ) -> list[torch.Tensor]:
+        """margin_at for several latents, each (B, L), of the same pairs (2B, D). With the linear decoder the
+        reward is base(e) + <U e, V z>, so the response side (base and U of every text, the costly part) is
+        computed once for all of them: training's own, population and vertex terms read three latents."""
+        if not isinstance(self.decoder, LinearDecoder):
+            return [self.margin_at(query_emb, z, z_emb) for z in zs]
+        n = query_emb.shape[0] // 2
+        parts = self.text_parts(query_emb, z_emb)
+        rows = torch.arange(2 * n, device=query_emb.device)
+        return [self.margin_from_parts(parts, rows[:n], rows[n:], z) for z in zs]
+
+    def text_parts(self, query_emb: torch.Tensor, z_emb: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The linear decoder's response side, (T, D) -> base (T,), U e (T, H): a text's reward under any z
+        is base + <U e, V z> / sqrt(H), so texts read under many latents are computed once."""
+        dec = self.decoder
+        e = self.query_head(query_emb)
+        return dec.base(e).squeeze(-1), dec.U(e if z_emb is None else self.query_head(z_emb))
+
+    def demo_terms_from_parts(self, parts: tuple[torch.Tensor, torch.Tensor], chosen: torch.Tensor,
+                              rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """demo_terms of the 'blend' and 'fit' readers over the linear decoder, from text_parts rows (U,) x 2 of
+        the demonstrations' two sides: A (U, L) the margin's slope in z, c (U, 1) its z-free part."""
+        dec = self.decoder
+        b, u = parts
+        return ((u[chosen] - u[rejected]) @ dec.V.weight) * dec.scale, (b[chosen] - b[rejected])[..., None]
+
+    def margin_from_parts(self, parts: tuple[torch.Tensor, torch.Tensor], chosen: torch.Tensor,
+                          rejected: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """r_chosen - r_rejected (B,) of pairs given as rows (B,) x 2 of text_parts, at latents z (B, L)."""
+        dec = self.decoder
+        b, u = parts
+        return (b[chosen] - b[rejected]) + ((u[chosen] - u[rejected]) * dec.V(z)).sum(-1) * dec.scale
+
+    def population_latent(self, n: int) -> torch.Tensor:
+        """(n, L) the even blend of the training users' latents: the point population_coef trains with the
+        traditional objective."""
+        return self.user_latents.mean(0).expand(n, -1)
+
     def population_margin(self, query_emb: torch.Tensor, z_emb: torch.Tensor | None = None) -> torch.Tensor:
-        """Margins (B,) at the even blend of the training users' latents: the point population_coef trains
-        with the traditional objective."""
-        zbar = self.user_latents.mean(0).expand(query_emb.shape[0] // 2, -1)  # (B, L)
-        return self.margin_at(query_emb, zbar, z_emb)
+        """Margins (B,) at the even blend of the training users' latents (population_latent)."""
+        return self.margin_at(query_emb, self.population_latent(query_emb.shape[0] // 2), z_emb)
 
     def vertex_margin(self, query_emb: torch.Tensor, user: torch.Tensor, z_emb: torch.Tensor | None = None
                       ) -> torch.Tensor:
         """Margins (B,) at each pair's own training user's latent (user (B,)): the term vertex_coef trains,
         so each user's own point is that user's reward."""
         return self.margin_at(query_emb, self.user_latents[user], z_emb)
+
+    def training_margins(self, query_emb: torch.Tensor, z: torch.Tensor, user: torch.Tensor | None,
+                         population: bool, vertex: bool, z_emb: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The margins (B,) a training step reads: at the pairs' own latents z (B, L), and, when asked, at the
+        population point and at each pair's own user's latent (user (B,)); None where not asked."""
+        zs = [z] + ([self.population_latent(len(z))] if population else []) + (
+            [self.user_latents[user]] if vertex else [])
+        ms = iter(self.margins_at(query_emb, zs, z_emb))
+        own = next(ms)
+        return own, next(ms) if population else None, next(ms) if vertex else None
 
     def reward_grid(self, query_emb: torch.Tensor, z: torch.Tensor, chunk: int = 64,
                     z_emb: torch.Tensor | None = None) -> torch.Tensor:

@@ -23,7 +23,7 @@ from .config import TrainConfig
 
 TABLE_FIELDS = ("data", "corpus_prompts", "corpus_seed", "signal", "rating_noise")
 DATA_FIELDS = TABLE_FIELDS + ("users", "user_seed", "seed", "test_share", "contested_only", "pool_size", "n_demos",
-                              "max_train_per_user", "max_test_per_user", "agreed_share")
+                              "max_train_per_user", "max_test_per_user", "agreed_share", "val_share")
 PEOPLE_FIELDS = DATA_FIELDS + ("people_readings",)
 ENCODER_FIELDS = ("encoder", "device", "max_length", "segment_pool")
 

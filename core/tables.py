@@ -43,6 +43,8 @@ def run_row(path: str | Path) -> dict | None:
         "seed": cfg.get("seed"),
         "state": status.get("state", "unknown"),
         "steps": last.get("step"),
+        # early stopping (TrainConfig.early_stop_patience): the step it stopped at; `steps` is the step it kept
+        "stopped_early_at": (status.get("stopped_early") or {}).get("at_step"),
         "accuracy": last.get("accuracy"),
         "converged": conv is not None,
         "steps_to_converge": conv["step"] if conv else None,
@@ -175,6 +177,7 @@ def summarize(rows: Iterable[dict]) -> list[dict]:
             "epochs_to_converge": mean("epochs_to_converge"),
             "wall_to_converge_s": mean("wall_to_converge_s"),
             "wall_s": mean("wall_s", rs),
+            "stopped_early": sum(r.get("stopped_early_at") is not None for r in rs),  # of `runs`
             # the setting after the measures, encoder first: the CSV's first columns stay as they were
             **dict(sorted(zip(GROUP_KEYS[1:], setting, strict=True), key=lambda kv: kv[0] != "encoder")),
         })

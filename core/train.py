@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoints import CheckpointMixin
+from .cli import cli_main
 from .config import LESSONS, MANY_USERS, PRESETS, ConfigError, TrainConfig, build_config, load_config_file
 from .dataset import PrefData, build, used_text_ids
 from .encoders import EmbeddingCache, TextEncoder, default_cache_root
@@ -50,6 +51,7 @@ from .runs import RunDir
 from .samplers import AdaptiveSampler, UniformSampler
 from .shared import DATA_FIELDS, ENCODER_FIELDS, PEOPLE_FIELDS, TABLE_FIELDS, Embeddings, Shared
 from .stacked_lora import lora_targets  # noqa: F401 - core.reward imports it from here
+from .stopping import EarlyStopping
 from .users import load_users  # noqa: F401 - also imported from here by study, reward and pages
 
 
@@ -104,6 +106,9 @@ class Trainer(EvaluationMixin, CheckpointMixin):
         self.callbacks: dict[str, list[Callable]] = {"on_eval": [], "on_step": []}
         self.progress: Progress | None = None  # the training stage's, made by the loop (core.grid)
         self._stop_requested = False
+        # early stopping on the validation loss (None: train every step); stopped_early is set when it fires
+        self.stopper = EarlyStopping(cfg.early_stop_patience, cfg.early_stop_min_delta) if cfg.early_stop_patience else None
+        self.stopped_early: dict | None = None
         np.random.seed(cfg.seed)
 
         t0 = time.perf_counter()
@@ -112,7 +117,7 @@ class Trainer(EvaluationMixin, CheckpointMixin):
         self.data: PrefData = self.shared.get("data", cfg, DATA_FIELDS, lambda: build(
             self.table, self.W, seed=cfg.seed, test_share=cfg.test_share, contested_only=cfg.contested_only,
             pool_size=cfg.pool_size, n_demos=cfg.n_demos, max_train_per_user=cfg.max_train_per_user,
-            max_test_per_user=cfg.test_cap(len(self.W)), agreed_share=cfg.agreed_share))
+            max_test_per_user=cfg.test_cap(len(self.W)), agreed_share=cfg.agreed_share, val_share=cfg.val_share))
         self.log(f"data: {json.dumps(self.data.summary())} ({time.perf_counter() - t0:.1f}s)")
         # who is scored on all pairs of the test questions (core.people)
         self.people = self.shared.get("people", cfg, PEOPLE_FIELDS, self._people_set)
@@ -303,15 +308,17 @@ class Trainer(EvaluationMixin, CheckpointMixin):
         mu, logvar = self._posterior(s) if latent is None else latent  # (B, L)
         z = self.model.latent(mu, logvar, train=train, generator=self.z_gen)
         zq = self._z_rows(ids)  # (2B, D) or None: the features z acts on
-        r = self.model.reward(q, torch.cat([z, z]), z_emb=zq)
-        margin = r[:n] - r[n:]
+        # in training also the population term (the traditional objective at the users' centre) and the vertex
+        # term (each user's own latent scores that user's pairs)
+        pop_on, vert_on = train and self.cfg.population_coef > 0, train and self.cfg.vertex_coef > 0
+        margin, pop, vert = self.model.training_margins(q, z, user, pop_on, vert_on, z_emb=zq)
         loss = btl_loss_from_margin(margin)
         if self.cfg.beta > 0:
             loss = loss + self.cfg.beta * kl_to_standard_normal(mu, logvar)
-        if train and self.cfg.population_coef > 0:  # the traditional objective at the users' centre
-            loss = loss + self.cfg.population_coef * btl_loss_from_margin(self.model.population_margin(q, z_emb=zq))
-        if train and self.cfg.vertex_coef > 0:  # each user's own latent scores that user's pairs
-            loss = loss + self.cfg.vertex_coef * btl_loss_from_margin(self.model.vertex_margin(q, user, z_emb=zq))
+        if pop is not None:
+            loss = loss + self.cfg.population_coef * btl_loss_from_margin(pop)
+        if vert is not None:
+            loss = loss + self.cfg.vertex_coef * btl_loss_from_margin(vert)
         return loss, margin, mu, user
 
     def _posterior(self, s) -> tuple[torch.Tensor, torch.Tensor]:
@@ -381,6 +388,27 @@ class Trainer(EvaluationMixin, CheckpointMixin):
     def request_stop(self, *_):
         self._stop_requested = True
 
+    @property
+    def should_stop_early(self) -> bool:
+        return self.stopper is not None and self.stopper.should_stop and self.step < self.cfg.steps
+
+    def finish_early(self) -> dict:
+        """Early stopping fired: put the best evaluation's weights back, evaluate them once more as the run's
+        last record (with the people, like any run's last evaluation; the same figures as that evaluation's
+        record, which is why it carries that step) and checkpoint them as the run's model."""
+        stopper, stopped_at = self.stopper, self.step
+        self.restore_best()
+        self.step = stopper.best_step
+        try:
+            record = self.evaluate(final=True)
+        finally:
+            self.step = stopped_at
+        record.update(kept_best=True, stopped_at=stopped_at, loss=None)
+        self.stopped_early = {"at_step": stopped_at, "best_step": stopper.best_step,
+                              "best_val_loss": stopper.best, "reason": stopper.reason(stopped_at)}
+        self.log(f"early stop: {stopper.reason(stopped_at)}")
+        return self._record(record)
+
     def fit(self, stop_after: int | None = None) -> list[dict]:
         """Train to cfg.steps (or stop after ``stop_after`` steps, for interruption tests): a grid of one."""
         from .grid import Grid
@@ -389,6 +417,10 @@ class Trainer(EvaluationMixin, CheckpointMixin):
 
     def _record(self, record: dict) -> dict:
         record["wall_s"] = self.wall_offset + (time.perf_counter() - self._t_start)
+        if self.stopper is not None and record.get("val_loss") is not None and not record.get("kept_best"):
+            if self.stopper.update(record["step"], record["val_loss"]):
+                self.save_best()
+            record["best_step"] = self.stopper.best_step
         self.run.append_metrics(record)
         if self.step > 0:
             self.save_checkpoint()
@@ -409,9 +441,12 @@ def warm_cache(cfg: TrainConfig, log: Callable[[str], None] = print, show_progre
     import tempfile
 
     t0 = time.perf_counter()
+    # a plain traditional run on the same data and encoder reads the same texts (a method's own fields, such
+    # as personal's population term, would not validate on a btl config)
+    keep = set(PEOPLE_FIELDS + ENCODER_FIELDS + ("cache_dir",))
+    btl = build_config({k: v for k, v in cfg.model_dump().items() if k in keep} | {"method": "btl"})
     with tempfile.TemporaryDirectory() as tmp:
-        Trainer(build_config({**cfg.model_dump(), "method": "btl"}), RunDir(tmp).create(), log=log,
-                show_progress=show_progress)
+        Trainer(btl, RunDir(tmp).create(), log=log, show_progress=show_progress)
     return time.perf_counter() - t0
 
 
@@ -454,7 +489,7 @@ def train_grid(cfgs: list[TrainConfig], run_dirs: list[str | Path], *, stop_afte
     for cfg, run in zip(cfgs, runs, strict=True):
         run.write_config(cfg.model_dump(mode="json"))
         # a resumed run starts afresh: an old cancel request must not cancel it again
-        run.mark_running(kind="train", method=cfg.preset or cfg.method, cancel_requested=None)
+        run.mark_running(kind="train", method=cfg.preset or cfg.method, cancel_requested=None, stopped_early=None)
     trainers: list[Trainer] = []
     prev = {}
 
@@ -468,6 +503,8 @@ def train_grid(cfgs: list[TrainConfig], run_dirs: list[str | Path], *, stop_afte
         snap = t.progress.close()
         if how == "cancelled":
             t.run.mark_final("cancelled", error="cancelled by the user", progress=snap)
+        elif t.stopped_early is not None:  # learned before its last step: done, with the step it kept
+            t.run.mark_final("succeeded", progress={**snap, "fraction": 1.0}, stopped_early=t.stopped_early)
         elif t.step >= t.cfg.steps:
             t.run.mark_final("succeeded", progress={**snap, "fraction": 1.0})
         else:
@@ -507,6 +544,8 @@ def train_grid(cfgs: list[TrainConfig], run_dirs: list[str | Path], *, stop_afte
             signal.signal(sig, handler)
 
 
+@cli_main  # a bad config, a missing file, a full embedding cache, an encoder not loadable offline: one
+# "error: ..." line and exit status 2, no traceback (core.cli); status.json records the failure either way
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m core.train", description="Train a reward model into a run directory.")
     src = ap.add_mutually_exclusive_group(required=True)
@@ -522,19 +561,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="tiny data and 2 steps, to check the pipeline end to end")
     args = ap.parse_args(argv)
     over = {"seed": args.seed, "steps": args.steps}
-    try:
-        if args.config:
-            cfg = load_config_file(args.config, **over)
-        elif args.lesson:
-            cfg = build_config({"preset": "traditional", **LESSONS[args.lesson]}, **over)
-        else:
-            cfg = build_config({"preset": args.preset}, **over)
-        if args.dry_run:
-            cfg = build_config({**cfg.model_dump(), "corpus_prompts": 60, "steps": 2, "eval_every": 1,
-                                "max_train_per_user": 40, "max_test_per_user": 20, "pool_size": 20})
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.config:
+        cfg = load_config_file(args.config, **over)
+    elif args.lesson:
+        cfg = build_config({"preset": "traditional", **LESSONS[args.lesson]}, **over)
+    else:
+        cfg = build_config({"preset": args.preset}, **over)
+    if args.dry_run:
+        cfg = build_config({**cfg.model_dump(), "corpus_prompts": 60, "steps": 2, "eval_every": 1,
+                            "max_train_per_user": 40, "max_test_per_user": 20, "pool_size": 20})
     if args.warm_cache:
         if args.lesson:  # its personal run reads segments too; encoding them also caches the whole texts
             cfg = build_config({**cfg.model_dump(), "segment_pool": PRESETS["personal"]["segment_pool"]})
@@ -544,11 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.run_dir:
         print("error: --run-dir is required (unless --warm-cache)", file=sys.stderr)
         return 2
-    try:
-        train(cfg, args.run_dir, log=echo, show_progress="auto")
-    except ConfigError as err:  # status.json already says failed, with the same message
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    train(cfg, args.run_dir, log=echo, show_progress="auto")  # a failure is in status.json too, traceback and all
     return 0
 
 

@@ -33,8 +33,12 @@ def test_vpl_shapes_and_a_step_changes_every_trainable_parameter():
     unchanged = [n for n, p in m.named_parameters() if torch.equal(p, before[n])]
     # the decoder's output bias cancels in r_w - r_l, so BTL gives it no gradient; all else moves
     assert unchanged == ["decoder.3.bias"], unchanged
-    # at evaluation the mean is used: same demonstrations, same reward, every time
-    assert torch.equal(m.reward(q_w, mu), m.reward(q_w, mu))
+    # at evaluation z is the posterior mean (Trainer.forward goes through latent()), so the same
+    # demonstrations give the same reward every time; in training it is a draw, which differs from mu
+    assert torch.equal(m.latent(mu, logvar, train=False), mu)
+    assert not torch.allclose(m.latent(mu, logvar, train=True), mu, atol=1e-3)
+    scored = [m.reward(q_w, m.latent(*m.posterior(ctx_c, ctx_r), train=False)) for _ in range(2)]
+    assert torch.equal(scored[0], scored[1])
 
 
 def _unchanged_after_one_step(m: VPLRewardModel, ctx_c: torch.Tensor, ctx_r: torch.Tensor) -> list[str]:
@@ -309,3 +313,38 @@ def test_z_head_needs_a_decoder_with_a_z_term():
     m = VPLRewardModel(16, decoder="linear", user_encoder="blend", n_users=3, z_head="mlp")
     c, r = torch.randn(2, 8, 16), torch.randn(2, 8, 16)
     assert _unchanged_after_one_step(m.train(), c, r) == ["decoder.base.3.bias"]
+
+
+@pytest.mark.parametrize("user_encoder", ["blend", "fit"])
+def test_the_linear_decoders_shortcuts_give_the_margins_and_readings_of_the_plain_path(user_encoder):
+    """Training and evaluation compute a text's base(e) and U e once and read demonstrations once per distinct
+    pair (issue 32: about 3x less work a step); a pair's margin and a query's reading must be what the plain
+    path computes from the gathered copies, or a faster run is a different model."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    m = VPLRewardModel(24, VPLDims.scaled(24, latent=6, decoder_hidden=10), user_encoder=user_encoder,
+                       decoder="linear", z_head="mlp", n_users=3, z_mode="mean")
+    q, z, user = torch.randn(16, 24), torch.randn(8, 6), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    blend = user_encoder == "blend"  # the population and vertex terms live on the blend reader's user latents
+    own, pop, vert = m.training_margins(q, z, user, population=blend, vertex=blend)
+    close = dict(atol=1e-5, rtol=1e-5)
+    assert torch.allclose(own, m.margin_at(q, z), **close)
+    if blend:
+        assert torch.allclose(pop, m.population_margin(q), **close)
+        assert torch.allclose(vert, m.vertex_margin(q, user), **close)
+        assert not torch.allclose(own, vert, **close)  # three latents, three different margins
+    else:
+        assert pop is None and vert is None
+    texts = torch.randn(30, 24)
+    dc, dr = torch.randint(0, 30, (12,)), torch.randint(0, 30, (12,))
+    for a, b in zip(m.demo_terms_from_parts(m.text_parts(texts), dc, dr), m.demo_terms(texts[dc], texts[dr]),
+                    strict=True):
+        assert torch.allclose(a, b, **close)
+    # a query's K demonstrations named by their rows among the distinct ones, against the gathered copies
+    inv = torch.randint(0, 12, (20, 4))
+    terms = m.demo_terms(texts[dc], texts[dr])
+    mu, logvar = m.posterior_from_terms(terms, inv)
+    mu_ref, logvar_ref = m.read_terms(tuple(F.embedding(inv, t) for t in terms))
+    assert torch.allclose(mu, mu_ref, **close) and torch.allclose(logvar, logvar_ref, **close)
+    assert mu.std(0).min() > 0  # the queries are read differently (their demonstrations differ)

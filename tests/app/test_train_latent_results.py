@@ -47,7 +47,9 @@ def test_train_page_shows_per_user_curves_of_finished_runs(runs_root):
     root, ids = runs_root
     at = open_page("app_pages/train.py", runs=f"{ids['traditional']},{ids['vpl']}")
     assert not at.exception, at.exception
-    assert not [b for b in at.button if b.key == "lesson"]  # runs exist: no lesson prompt
+    # runs exist: the lessons stay one click away, their explanation folded into an expander
+    assert {b.key for b in at.button} >= {"lesson", "lesson4"}
+    assert [e for e in at.expander if e.label == "About the lessons"]
     fig = figure(at, "train_accuracy")
     traces = {(t["meta"]["run_id"], t["meta"]["user"]): t for t in fig["data"]}
     assert set(traces) == {(ids[p], u) for p in ids for u in ("0", "1")}
