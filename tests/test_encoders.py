@@ -324,3 +324,24 @@ def test_segment_features_let_a_linear_probe_read_honesty_far_better(small_corpu
         acc[name] = float(np.mean(s[te[:, 0] * C + te[:, 1]] > s[te[:, 0] * C + te[:, 2]]))
     assert acc["segments"] > acc["whole"] + 0.05, acc
     assert acc["segments"] > 0.9, acc
+
+
+def test_the_cache_key_follows_the_weights_content_so_a_reinstall_keeps_the_cache(minilm, tmp_path, monkeypatch):
+    """A fresh venv, clone or CI run installs the same weights with new timestamps: the cache folder must be the
+    same one (setup's warm cache is then the suite's and the class's); other weights must get another."""
+    import core.bundled
+    from core.encoders import TextEncoder
+
+    installed = minilm.identity()  # (identity() resolves the bundled folder when called)
+    src = core.bundled.bundled_minilm_path()
+    copy = tmp_path / "reinstalled"
+    shutil.copytree(src, copy)
+    os.utime(copy / "model.safetensors", (1_000_000_000, 1_000_000_000))  # a different mtime, same bytes
+    monkeypatch.setitem(enc_mod.BUNDLED, enc_mod.BUNDLED_MINILM, lambda: copy)
+    assert TextEncoder.load().identity() == installed
+    with open(copy / "model.safetensors", "r+b") as fh:  # other weights: one byte of a tensor changed
+        fh.seek(-1, os.SEEK_END)
+        last = fh.read(1)
+        fh.seek(-1, os.SEEK_END)
+        fh.write(bytes([last[0] ^ 1]))
+    assert TextEncoder.load().identity() != installed
