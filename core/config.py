@@ -87,7 +87,9 @@ PRESETS: dict[str, dict] = {
 
 
 # The one-click lessons (Train and Playground pages; `python -m core.train --lesson ... --warm-cache`).
-LESSON_TWO_OPPOSED = {"users": "two-opposed", "corpus_prompts": 400, "steps": 60, "eval_every": 5}
+# early stopping reads vpl-adaptive's evaluations from its last phase on (core.train); 60 steps are reached
+LESSON_TWO_OPPOSED = {"users": "two-opposed", "corpus_prompts": 400, "steps": 60, "eval_every": 5,
+                      "early_stop_patience": 3, "val_share": 0.1}
 # traditional, vpl and personal on one user per aspect; at 1200 steps on this 400-question corpus personal
 # reached 0.926 / 0.933 (seeds 0 / 1, every user above 0.86, the same read with fresh demonstrations)
 # while vpl stays near traditional's level (vpl 0.605 / 0.718, traditional 0.605 / 0.604). With issue 18's

@@ -388,6 +388,14 @@ class Trainer(EvaluationMixin, CheckpointMixin):
     def request_stop(self, *_):
         self._stop_requested = True
 
+    def _in_last_phase(self, step: int) -> bool:
+        """Early stopping reads an adaptive sampler's evaluations from its last phase on: before it, some users
+        have not been trained yet, so the validation loss says nothing about being done (the two-opposed
+        lesson's vpl-adaptive run, read from the start, stopped at step 20 with its second user at 0.05)."""
+        if not isinstance(self.sampler, AdaptiveSampler):
+            return True
+        return self.sampler.phase(max(0, step - 1)) == len(self.sampler.order) - 1
+
     @property
     def should_stop_early(self) -> bool:
         return self.stopper is not None and self.stopper.should_stop and self.step < self.cfg.steps
@@ -417,7 +425,8 @@ class Trainer(EvaluationMixin, CheckpointMixin):
 
     def _record(self, record: dict) -> dict:
         record["wall_s"] = self.wall_offset + (time.perf_counter() - self._t_start)
-        if self.stopper is not None and record.get("val_loss") is not None and not record.get("kept_best"):
+        if (self.stopper is not None and record.get("val_loss") is not None and not record.get("kept_best")
+                and self._in_last_phase(record["step"])):
             if self.stopper.update(record["step"], record["val_loss"]):
                 self.save_best()
             record["best_step"] = self.stopper.best_step

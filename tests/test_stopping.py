@@ -100,3 +100,17 @@ def test_a_stopped_run_resumed_from_its_checkpoint_stops_at_the_same_step(stoppe
     train(cfg, tmp_path / "r", log=lambda m: None)
     status = RunDir(tmp_path / "r").status()
     assert status["state"] == "succeeded" and status["stopped_early"] == RunDir(path).status()["stopped_early"]
+
+
+def test_an_adaptive_run_is_read_for_stopping_only_from_its_last_phase(tmp_path, small_corpus_embeddings, cache_root):
+    """vpl-adaptive trains one user after the other, so until its last phase the validation loss says nothing
+    about being done: read from the start, the two-opposed lesson's run stopped at step 20 with its second user at
+    0.05 (seed 0). The lesson's config, seeds 0 / 1: it trains to step 60 and serves both users (0.96 / 0.98)."""
+    from core.config import LESSON_TWO_OPPOSED
+
+    cfg = build_config({"preset": "vpl-adaptive", **LESSON_TWO_OPPOSED, "cache_dir": cache_root})
+    assert cfg.early_stop_patience > 0
+    hist = train(cfg, tmp_path / "run", log=lambda m: None)
+    assert hist[-1]["step"] == 60 and RunDir(tmp_path / "run").status().get("stopped_early") is None
+    assert min(hist[-1]["user_accuracy"].values()) > 0.9, hist[-1]["user_accuracy"]
+    assert all("best_step" not in r for r in hist if r["step"] <= 30)  # phase 0 and its boundary are not read
