@@ -12,7 +12,9 @@ projections, at the study's lr 1e-4 and batch 4 x 8. It writes ``DIR/runs/<metho
 
 Sizes:
 - ``tiny``: a pipeline check that fits 2 CPU cores in a few minutes (CI runs it): 60 questions, 4
-  steps, the last 64 tokens of each text, batch 2 x 2. Its accuracies mean nothing.
+  steps, the last 16 tokens of each text (and of each segment), batch 1 x 2. Its accuracies mean nothing.
+  (At 64 tokens and batch 2 x 2 its personal group sent ~10,000 tokens a step through SmolLM2, most of them
+  segments: about 20 GB and 10 minutes on 2 cores; issue 32.)
 - ``full``: 1500 questions, 256 tokens, batch 4 x 8, ``FULL_STEPS`` steps; sized from per-step times
   measured on an H200 (``MEASURED`` below: 0.149 s a step, so 9 runs take about 7.6 min one after
   another there), to finish within 10 minutes on one H100-class GPU. The default 3 workers on CUDA
@@ -21,6 +23,12 @@ Sizes:
 ``--dry-run`` measures one optimizer step, one evaluation batch and the encoder's load on the chosen
 device and prints the wall-time estimate of the chosen size there; on a machine without CUDA it also
 prints the estimate from the CUDA figures recorded in ``MEASURED``.
+
+On a CPU, a study (dry run or not) first estimates the memory one step of its grid holds (``step_memory``:
+the measured per-token figures under "memory" below, no model loaded) and refuses at once, naming that
+figure, the machine's and how to lower it, where it exceeds the machine's memory (``full`` on CPU needs
+about 200 GB: each step of three or four runs goes through SmolLM2 as one backward pass).
+``PREFLENS_MEMORY_BYTES`` stands in for the machine's memory (tests, or to leave room for other work).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .cli import cli_main
 from .config import field_problems
 from .runs import RunDir
 
@@ -48,7 +57,7 @@ STUDY_ENCODER = {"encoder": "bundled-smollm2", "query_encoder": "lora", "lr": 1e
 FULL_STEPS = 250
 SIZES: dict[str, dict] = {
     "tiny": {"corpus_prompts": 60, "max_train_per_user": 16, "max_test_per_user": 6, "pool_size": 8, "n_demos": 2,
-             "max_length": 64, "batch_size": 2, "grad_accum": 2, "steps": 4, "eval_every": 4, "probe_per_user": 6},
+             "max_length": 16, "batch_size": 1, "grad_accum": 2, "steps": 4, "eval_every": 4, "probe_per_user": 6},
     "full": {"corpus_prompts": 1500, "max_test_per_user": 128, "max_length": 256, "steps": FULL_STEPS,
              "eval_every": 25},
 }
@@ -64,6 +73,10 @@ MEASURED: dict[str, dict] = {
 
 class StudyError(ValueError):
     """A study request that does not validate; the message names the field."""
+
+
+class StudyMemoryError(StudyError):
+    """A study whose step would not fit this machine's memory; the message names both figures and the way down."""
 
 
 class StudyConfig(BaseModel):
@@ -254,6 +267,150 @@ def _run_parallel(configs: dict[str, dict], out: Path, workers: int, log, progre
             _CHILDREN.remove(proc)
 
 
+# ---------------------------------------------------------------------------------------------- memory
+# The peak memory of one step of the study on a CPU (float32, no autocast), from the run configs alone:
+#
+#     peak = BASE_BYTES + MODEL_BYTES x models + TOKEN_BYTES x tokens of the largest step
+#
+# core.grid steps its groups one after another, so the largest group's forward + backward sets the peak. A
+# stacked LoRA group sends every member's whole step (batch_size x grad_accum pairs, the micro-batches fused)
+# through the base model as one pass: runs x pairs x 2 texts, each counted at max_length tokens (a batch pads
+# to its longest text; on the offline corpus that is 200-212 of 256), plus with segment_pool SEGMENTS_PER_TEXT
+# segments of at most SEGMENT_TOKENS tokens (tokenizer only, corpora of 60 and 1500 questions: blocks of 8
+# texts hold 10.0 distinct segments a text, blocks of 64 7.2-7.6, padded to 35 tokens). ``models``: one base
+# model per group, plus one per kind of features the runs encode into the frozen cache on a cold start.
+# Measured on the 2-core machine (torch 2.13 CPU, SmolLM2-135M, stacked LoRA r 8 on q/k/v, sdpa attention):
+# the rise of ru_maxrss over one forward + backward after a warm-up, per token sent,
+#   - 1 run, synthetic texts truncated to 64 / 128 / 256 tokens, 1024-2048 tokens: 1.46-1.49 MB;
+#   - 2 runs x 4 corpus texts (padded to 200), 1600 tokens: 1.67 MB; 1 run x 4 corpus texts with segments
+#     ([4, 182] + [39, 35] tokens): 1.62 MB; 2 runs x 8 texts at 64 with segments went past a 5.5 GB cap;
+# and the dry run's set-up before its first step (12 runs): tiny 2.1 GB with 3 base models (cache warm), full
+# 4.7 GB with 4 base models and 2 frozen encoders (cache cold); a model paged in is 0.50 GB.
+# Whole `--dry-run --device cpu` runs, estimate / peak RSS: tiny --methods vpl 4.9 / 4.8 GB; tiny --methods
+# personal --seeds 0 1 --set batch_size=1 5.1 / 4.7 GB. The default grid: tiny 20.8 GB (its personal group:
+# 3 runs x 8 texts x (64 + 350 segment tokens)), full 202 GB (the OOM killer stopped it at 23.9 GB, issue 32).
+TOKEN_BYTES = 1.7e6
+MODEL_BYTES = 0.55e9  # SmolLM2-135M in float32
+BASE_BYTES = 1.2e9  # python, torch, the trainers' data and heads
+SEGMENTS_PER_TEXT, SEGMENT_TOKENS = 10, 35
+MEMORY_ENCODERS = ("bundled-smollm2",)  # what the figures were measured on; a study on another encoder is not checked
+MEMORY_ENV = "PREFLENS_MEMORY_BYTES"
+GB = 1e9
+
+
+def _text_tokens(c: dict) -> int:
+    """Tokens one text costs a trained forward: max_length, plus its segments with segment_pool."""
+    return c["max_length"] + (SEGMENTS_PER_TEXT * min(c["max_length"], SEGMENT_TOKENS) if c["segment_pool"] else 0)
+
+
+def step_memory(cfg: StudyConfig) -> dict | None:
+    """Estimated peak bytes of one step of the study on a CPU (see "memory" above), from its configs alone (no
+    model loaded); None where the figures do not apply (no trained query encoder, or another encoder).
+    Also the step that sets the peak: its runs, pairs a run and tokens, and ``fixed_bytes`` beside them."""
+    from .grid import LORA_GROUP_TOKENS, STACK_FIELDS
+
+    configs = run_configs(cfg)
+    trained = {n: c for n, c in configs.items() if c["query_encoder"] != "frozen"}
+    if not trained or any(c["encoder"] not in MEMORY_ENCODERS for c in configs.values()):
+        return None
+    feature_kinds = len({c["segment_pool"] for c in configs.values()})  # frozen encoders a cold cache loads
+    workers = resolved_workers(cfg)
+    steps = []  # (run names stepped together, pairs a run, tokens)
+    if workers > 1:  # one `core.train` child a run, `workers` at once; micro-batches one at a time unless fused
+        for n, c in trained.items():
+            pairs = c["batch_size"] * (c["grad_accum"] if c["fused_accumulation"] else 1)
+            steps.append(([n], pairs, pairs * 2 * _text_tokens(c)))
+        names, pairs, tokens = max(steps, key=lambda s: s[2])
+        at_once = min(workers, len(trained))  # each child: its trained encoder and (cold cache) a frozen one
+        models = 2 + (3 if trained[names[0]]["query_encoder"] == "full" else 0)
+        fixed = at_once * (BASE_BYTES + MODEL_BYTES * models)
+        peak = fixed + at_once * TOKEN_BYTES * tokens
+    else:  # core.grid: LoRA runs stacked as plan_groups forms the groups, full fine-tuning a run at a time
+        groups: dict[tuple, list[str]] = {}
+        for n, c in trained.items():
+            key = ("full", n) if c["query_encoder"] == "full" else tuple(json.dumps(c.get(f)) for f in STACK_FIELDS) + (
+                c["grad_strategy"] != "sum", c["lora_r"], c["lora_alpha"])
+            groups.setdefault(key, []).append(n)
+        models = feature_kinds
+        for members in groups.values():
+            c = trained[members[0]]
+            if c["query_encoder"] == "full":  # its own model, its gradient and AdamW's two moments
+                models += 4
+                pairs = c["batch_size"] * (c["grad_accum"] if c["fused_accumulation"] else 1)
+                steps.append((members, pairs, pairs * 2 * _text_tokens(c)))
+                continue
+            pairs = c["batch_size"] * c["grad_accum"]
+            size = max(1, LORA_GROUP_TOKENS // (pairs * 2 * c["max_length"]))  # core.grid.plan_groups
+            for i in range(0, len(members), size):
+                models += 1
+                steps.append((members[i:i + size], pairs, len(members[i:i + size]) * pairs * 2 * _text_tokens(c)))
+        names, pairs, tokens = max(steps, key=lambda s: s[2])
+        fixed = BASE_BYTES + MODEL_BYTES * models
+        peak = fixed + TOKEN_BYTES * tokens
+    c = trained[names[0]]
+    return {"bytes": int(peak), "fixed_bytes": int(fixed), "tokens": tokens, "names": names, "pairs": pairs,
+            "max_length": c["max_length"], "segments": bool(c["segment_pool"]), "workers": workers}
+
+
+def machine_memory() -> dict:
+    """{'total', 'available' (bytes), 'source'}: physical memory (or a cgroup's lower limit) and what the kernel's
+    MemAvailable leaves now; ``PREFLENS_MEMORY_BYTES`` (bytes, or GB with a G suffix) stands in for both."""
+    raw = os.environ.get(MEMORY_ENV, "").strip()
+    if raw:
+        try:
+            value = float(raw[:-1]) * GB if raw[-1:].upper() == "G" else float(raw)
+        except ValueError:
+            raise StudyError(f"{MEMORY_ENV}: not a number of bytes (got {raw!r}; e.g. 8e9 or 8G)") from None
+        return {"total": int(value), "available": int(value), "source": MEMORY_ENV}
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    available, source = total, "physical"
+    with contextlib.suppress(OSError, StopIteration, ValueError, IndexError), open("/proc/meminfo") as fh:
+        available = int(next(ln for ln in fh if ln.startswith("MemAvailable:")).split()[1]) * 1024
+    with contextlib.suppress(OSError, ValueError):  # a container's own limit (cgroup v2; "max" = none)
+        limit = int(Path("/sys/fs/cgroup/memory.max").read_text())
+        if limit < total:
+            total, source = limit, "cgroup memory.max"
+            available = min(available, limit - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    return {"total": int(total), "available": int(min(available, total)), "source": source}
+
+
+def check_memory(cfg: StudyConfig, log: Callable[[str], None] = print) -> dict | None:
+    """Before anything is loaded: StudyMemoryError where one step of the study on a CPU would need more memory than
+    the machine has (its message names both, and how to lower the step); a warning line where it needs more than
+    is free right now. A GPU run is not checked (core.grid sizes its LoRA groups for one). Returns the estimate
+    (None: not checked)."""
+    if cfg.device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return None
+    elif not cfg.device.startswith("cpu"):
+        return None
+    est = step_memory(cfg)
+    if est is None:
+        return None
+    mem = machine_memory()
+    need, machine = est["bytes"], f"{mem['total'] / GB:.1f} GB ({mem['source']})"
+    if need > mem["total"]:
+        methods = ", ".join(sorted({n.rsplit("-s", 1)[0] for n in est["names"]}))
+        runs = len(est["names"])
+        who = (f"{min(est['workers'], runs)} workers, each a run" if est["workers"] > 1
+               else f"{runs} run{'s' * (runs > 1)} ({methods}) stacked")
+        seg = f" + ~{SEGMENTS_PER_TEXT * min(est['max_length'], SEGMENT_TOKENS)} of segments" if est["segments"] else ""
+        fit = max(0, int((mem["total"] - est["fixed_bytes"]) / TOKEN_BYTES))
+        raise StudyMemoryError(
+            f"`--size {cfg.size}` on CPU needs about {need / GB:.0f} GB for one step ({who} x {est['pairs']} pairs x 2 "
+            f"texts x ({est['max_length']} tokens{seg}) = {est['tokens']} tokens through SmolLM2 at ~"
+            f"{TOKEN_BYTES / 1e6:.1f} MB a token for the backward pass, plus {est['fixed_bytes'] / GB:.1f} GB of "
+            f"models), more than this machine's {machine}; nothing was loaded. About {fit} tokens a step fit here. "
+            f"To lower it: `--size tiny` (the CPU pipeline check); fewer runs (--methods, --seeds); fewer tokens a "
+            f"run (--set batch_size=N grad_accum=N max_length=N); or a GPU (--device cuda)")
+    if need > mem["available"]:
+        log(f"warning: one step needs about {need / GB:.1f} GB and only {mem['available'] / GB:.1f} GB of this "
+            f"machine's {machine} are free now: other processes may be pushed out, or this one killed")
+    return est
+
+
 # ---------------------------------------------------------------------------------------------- dry run
 def estimate(cfg: StudyConfig, log: Callable[[str], None] = print) -> dict:
     """Measure the grid as it will run (core.grid: every run's step in one round, stacked heads and LoRA
@@ -322,6 +479,10 @@ def estimate(cfg: StudyConfig, log: Callable[[str], None] = print) -> dict:
                "eval_s": round(eval_s, 3), "setup_s": round(setup_s, 2), "steps": first.steps, "evals": evals,
                "test_pairs": test_pairs, "texts": n_texts, "encode_s": round(encode_s, 1),
                "grid_total_min": round(total / 60, 2)}
+    if tr.device.type == "cpu":  # this process's peak so far: set-up and the measured rounds (ru_maxrss: KiB)
+        import resource
+
+        figures["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB, 2)
     log(f"measured on {device}: one round of the grid ({len(configs)} runs in {len(grid.groups)} stacked groups, "
         f"each run one optimizer step of batch {first.batch_size} x {first.grad_accum}, {first.max_length} tokens) "
         f"{round_s:.3f} s; every run's evaluation {eval_s:.2f} s ({test_pairs} test pairs each); {setup_s:.1f} s "
@@ -372,18 +533,29 @@ def cli(args, out: str | None) -> int:
     except StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.dry_run:
-        print(json.dumps(estimate(cfg, log=lambda m: print(m, flush=True))))
-        return 0
-    if not out:
+    if not args.dry_run and not out:
         print("error: --out is required unless --dry-run", file=sys.stderr)
         return 2
+    try:  # before any model loads: a step that cannot fit is refused here, not by the OOM killer
+        memory = check_memory(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except StudyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        figures = estimate(cfg, log=lambda m: print(m, flush=True))
+        if memory is not None:
+            figures["memory_estimate_gb"] = round(memory["bytes"] / GB, 1)
+            print(f"memory: estimated {memory['bytes'] / GB:.1f} GB for one step of the grid, peak RSS "
+                  f"measured {figures.get('peak_rss_gb', 0):.1f} GB", flush=True)
+        print(json.dumps(figures))
+        return 0
     table = run_study(cfg, out, log=lambda m: print(m, flush=True))
     for r in table:
         print(json.dumps(r))
     return 0
 
 
+@cli_main  # an expected error (a full cache, a missing file, ...): one "error: ..." line, exit status 2
 def main(argv: list[str] | None = None) -> int:
     """Job entry point: ``python -m core.study --config FILE --run-dir DIR`` (the run dir gets the table)."""
     ap = argparse.ArgumentParser(prog="python -m core.study", description="Run the study's grid as a job.")
@@ -393,8 +565,14 @@ def main(argv: list[str] | None = None) -> int:
     run = RunDir(args.run_dir).create()
     try:
         cfg = validate_study(json.loads(Path(args.config).read_text()))
-    except (StudyError, json.JSONDecodeError) as err:
+    except (StudyError, json.JSONDecodeError, OSError) as err:
         run.mark_final("failed", error=f"config: {err}")
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        check_memory(cfg)
+    except StudyError as err:
+        run.mark_final("failed", error=f"memory: {err}")
         print(f"error: {err}", file=sys.stderr)
         return 2
     run.mark_running(kind="study")
