@@ -185,7 +185,8 @@ def build(table: PreferenceTable, W: np.ndarray, *, seed: int = 0, test_share: f
 
     texts = [table.texts(q, c) for q in range(Q) for c in range(C)]
     fresh = cat(splits["fresh"]) if fresh_ok and splits["fresh"] else None
-    val = cat(splits["val"]) if splits["val"] else None
+    # a tiny set can leave no validation pair: no split then (early stopping has nothing to read), not an empty one
+    val = cat(splits["val"]) if sum(len(s.user) for s in splits["val"]) else None
     return PrefData(train=cat(splits["train"]), test=cat(splits["test"]), texts=texts, n_users=len(W),
                     test_fresh=fresh, is_test=is_test, val=val)
 
