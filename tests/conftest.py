@@ -11,6 +11,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
+# runs several modules read, trained once per session (tests/fixtures_runs.py)
+pytest_plugins = ["tests.fixtures_runs"]
+
 
 @pytest.fixture(scope="session")
 def minilm():
@@ -21,10 +24,14 @@ def minilm():
 
 
 @pytest.fixture(scope="session")
-def cache_root(tmp_path_factory):
-    """One embedding cache for the whole session, so each corpus text is encoded at most once."""
-    root = os.environ.get("PREFLENS_TEST_CACHE")
-    return root or str(tmp_path_factory.mktemp("emb-cache"))
+def cache_root():
+    """The embedding cache scripts/setup.sh warmed (~/.cache/preflens/embeddings, or $PREFLENS_CACHE), or
+    $PREFLENS_TEST_CACHE: each text is encoded at most once, across sessions too. Keyed by the encoder's
+    weights (their content), so it holds only what that encoder computes; tests of the cache itself make
+    their own."""
+    from core.encoders import default_cache_root
+
+    return os.environ.get("PREFLENS_TEST_CACHE") or str(default_cache_root())
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +67,46 @@ def lesson_runs_root(tmp_path_factory, cache_root, small_corpus_embeddings):
     train(build_config({"preset": "traditional", **lesson, "steps": 20}), root / LESSON_IDS["traditional"],
           log=lambda m: None)
     return root
+
+
+# SmolLM2-135M-Instruct (the bundled GGUF, dequantized once into the judge cache) is the study's encoder and
+# the persona / few-shot judge. Each form loads once per session here; child processes (the CLI and server
+# tests) load their own.
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2 as the study's text encoder (last-token pooling, 64 tokens), its weights loaded here (and the
+    GGUF dequantized, on a cold machine) rather than inside a timed test. Tests that change its tokenizer
+    put it back."""
+    from core.encoders import TextEncoder
+
+    enc = TextEncoder.load("bundled-smollm2", max_length=64)
+    enc.model  # noqa: B018 - the property loads the weights
+    return enc
+
+
+@pytest.fixture(scope="session")
+def smollm2_judge():
+    """SmolLM2 as the local judge (``LocalJudge('default')``, batch 4: what ``make_judge('default')`` builds).
+    Its prefix cache only holds key-value states of prompts it has already seen, so answers do not depend on
+    which test ran before; tests that change ``reuse_prefix`` or ``batch_size`` put them back."""
+    from core.personas.judges import LocalJudge
+
+    return LocalJudge("default", batch_size=4)
+
+
+@pytest.fixture
+def default_judge_is_the_session_judge(monkeypatch, smollm2_judge):
+    """``make_judge('default')`` / ``make_judge('bundled-smollm2')`` without options return the session's judge
+    in this process (an in-process few-shot run), instead of loading SmolLM2 again; any other spec loads as
+    before, and worker processes load their own."""
+    from core.personas import judges
+
+    real = judges.make_judge
+
+    def make_judge(spec: str = "default", **kwargs):
+        if spec in ("default", "bundled-smollm2") and not kwargs:
+            return smollm2_judge
+        return real(spec, **kwargs)
+
+    monkeypatch.setattr(judges, "make_judge", make_judge)
+    return smollm2_judge

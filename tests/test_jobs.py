@@ -152,10 +152,15 @@ def _hammer_status(path: str, tag: str, n: int) -> None:
         run.update_status(**{f"{tag}{i}": i})
 
 
-def test_status_updates_from_two_processes_are_not_lost(tmp_path):
+def test_status_updates_from_two_processes_are_not_lost(tmp_path, monkeypatch):
     # The app (cancel requests, failure marks) and the child (progress) both update status.json.
     # Each update is read-modify-write, so without a lock one side can overwrite the other's field.
     import multiprocessing as mp
+    import sys
+    import types
+
+    # a spawned child re-runs __main__'s file; after an AppTest that is app.py, which fails outside Streamlit
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
 
     from core.runs import RunDir
 

@@ -73,11 +73,10 @@ def plain_server(server_logs):
     log.close()
 
 
-@pytest.fixture(scope="module")
-def local():
-    from core.personas.judges import LocalJudge
-
-    return LocalJudge("default")
+@pytest.fixture
+def local(smollm2_judge):
+    """The in-process judge the endpoint is compared with: the session's (tests/conftest.py), loaded once."""
+    return smollm2_judge
 
 
 def _post(url, payload):
@@ -230,12 +229,23 @@ def _scoring_cli(run_dir):
 
 def test_cli_reads_logprobs_or_falls_back_and_records_which(server, plain_server, server_logs, tmp_path):
     outputs = []
+    # the two runs at once, one against each server (each mostly waits for its server's answers)
+    procs = {}
     for url, expected in ((server, "logprobs"), (plain_server, "text")):
-        run = tmp_path / expected
         env = {**os.environ, "PREFLENS_JUDGE_BASE_URL": url, "PREFLENS_JUDGE_API_KEY": KEY}
-        r = subprocess.run(_scoring_cli(run), cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-        outputs += [r.stdout, r.stderr]
-        assert r.returncode == 0, r.stderr[-2000:]
+        procs[expected] = subprocess.Popen(_scoring_cli(tmp_path / expected), cwd=ROOT, env=env, text=True,
+                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        answered = {expected: proc.communicate(timeout=400) for expected, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+    for expected, proc in procs.items():
+        run = tmp_path / expected
+        stdout, stderr = answered[expected]
+        outputs += [stdout, stderr]
+        assert proc.returncode == 0, stderr[-2000:]
         status = json.loads((run / "status.json").read_text())
         assert status["state"] == "succeeded" and status["counts"]["read_from"] == {expected: 2}
         recs = [json.loads(x) for x in (run / "results.jsonl").read_text().splitlines()]

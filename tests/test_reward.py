@@ -57,13 +57,13 @@ def agreement(rm, table, w, me, pairs) -> float:
 def personal_and_twin(tmp_path_factory, cache_root, small_corpus_embeddings):
     """A `personal` run on two opposed users and a traditional run on the same pairs (400 questions, 300 steps)."""
     from core.config import build_config
-    from core.train import train
+    from core.train import train_grid
 
     root = tmp_path_factory.mktemp("personal")
     common = {"users": "two-opposed", "corpus_prompts": 400, "steps": 300, "eval_every": 300, "agreed_share": 1.0,
               "cache_dir": cache_root}
-    for p in ("personal", "traditional"):
-        train(build_config({"preset": p, **common}), root / p, log=lambda m: None)
+    train_grid([build_config({"preset": p, **common}) for p in ("personal", "traditional")],
+               [root / p for p in ("personal", "traditional")], log=lambda m: None)  # one process, shared setup
     return (PersonalRewardModel.from_run(root / "personal", device="cpu"),
             PersonalRewardModel.from_run(root / "traditional", device="cpu"))
 

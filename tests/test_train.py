@@ -18,13 +18,11 @@ SMALL = {"corpus_prompts": 400, "eval_every": 25}
 
 @pytest.fixture(scope="module")
 def lesson_runs(tmp_path_factory, small_corpus_embeddings, cache_root):
-    """traditional and vpl-adaptive on two opposed users, 250 steps each."""
+    """vpl-adaptive on two opposed users, 250 steps. (No traditional run: on this mirrored test set any
+    user-blind model scores exactly one half, which the test below proves for every such scorer.)"""
     root = tmp_path_factory.mktemp("lesson")
-    out = {}
-    for p in ("traditional", "vpl-adaptive"):
-        cfg = build_config({"preset": p, **SMALL, "steps": 250, "cache_dir": cache_root})
-        out[p] = (root / p, train(cfg, root / p, log=lambda m: None))
-    return out
+    cfg = build_config({"preset": "vpl-adaptive", **SMALL, "steps": 250, "cache_dir": cache_root})
+    return {"vpl-adaptive": (root / "vpl-adaptive", train(cfg, root / "vpl-adaptive", log=lambda m: None))}
 
 
 def test_the_contested_two_user_test_set_is_mirrored_so_a_user_blind_model_scores_exactly_one_half(small_corpus):
@@ -44,13 +42,15 @@ def test_the_contested_two_user_test_set_is_mirrored_so_a_user_blind_model_score
 
 
 @pytest.mark.slow
-def test_vpl_adaptive_serves_both_users_where_traditional_cannot(lesson_runs):
-    _, trad = lesson_runs["traditional"]
+def test_vpl_adaptive_serves_both_opposed_users(lesson_runs):
+    """Where a user-blind model is held at exactly 0.5 by the data (the test above), the conditional model
+    reaches 0.8 for both users within the first half of the run and stays there (measured: from step 50)."""
     _, vpl = lesson_runs["vpl-adaptive"]
     final_vpl = vpl[-1]
     assert min(final_vpl["user_accuracy"].values()) >= 0.80, final_vpl
     assert final_vpl["step"] == 250 and len(final_vpl["user_accuracy"]) == 2
-    assert convergence(vpl, 0.8) is not None and convergence(trad, 0.8) is None
+    conv = convergence(vpl, 0.8)
+    assert conv is not None and conv["step"] <= 125, [r["user_accuracy"] for r in vpl]
     # scored as people use it (every strict pair of the test questions, each user read from 8 of their own
     # choices), contested-only training learned one user as 'the opposite of the other': the honesty user
     # is served far worse than on the contested pairs (issue 18; the `personal` preset trains on all pairs)
@@ -149,12 +149,12 @@ def test_cli_dry_run_and_comparison_table(tmp_path, small_corpus_embeddings, cac
 
 
 def test_a_trained_encoder_at_the_preset_batch_on_cpu_fails_at_once_naming_batch_size(tmp_path, capsys):
-    """personal's batch (1024 pairs) through LoRA on CPU was killed by the OOM killer (22.8 GB); the run now
-    ends `failed` before loading anything, with an error that names batch_size and the way out."""
+    """personal's batch (1024 pairs then, 512 now) through LoRA on CPU was killed by the OOM killer (22.8 GB);
+    the run now ends `failed` before loading anything, with an error that names batch_size and the way out."""
     cfg_file = tmp_path / "lora.json"
     cfg_file.write_text(json.dumps({"preset": "personal", "query_encoder": "lora", "device": "cpu"}))
     assert train_main(["--config", str(cfg_file), "--run-dir", str(tmp_path / "run")]) == 2
-    assert "error: batch_size: 1024 pairs" in capsys.readouterr().err
+    assert "error: batch_size: 512 pairs" in capsys.readouterr().err
     status = RunDir(tmp_path / "run").status()
     assert status["state"] == "failed" and "batch_size" in status["error"] and "grad_accum" in status["error"]
     # the same config fused over micro-batches counts them all; a frozen encoder or a small batch passes

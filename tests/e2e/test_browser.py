@@ -55,9 +55,10 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def app_server(tmp_path: Path, runs: Path, cache_root):
-    """`streamlit run app.py` on a free local port over the runs folder ``runs``; yields its URL. On exit,
-    cancels whatever runs it left and stops the server."""
+def app_server(tmp_path: Path, runs: Path, cache_root, root: Path = REPO):
+    """`streamlit run app.py` (of the checkout ``root``: bench/bench_lessons.py's baseline is another) on a free
+    local port over the runs folder ``runs``; yields its URL. On exit, cancels whatever runs it left and stops
+    the server."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian chromium is not installed at /usr/bin/chromium")
     pytest.importorskip("playwright.sync_api")
@@ -68,7 +69,7 @@ def app_server(tmp_path: Path, runs: Path, cache_root):
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
                              "--server.port", str(port), "--server.address", "127.0.0.1",
                              "--browser.gatherUsageStats", "false"],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         end = time.time() + 60
@@ -150,10 +151,10 @@ def test_lesson_curves_advance_then_latent_chart(server):
 
         # Redraws in the middle of a run. Each lesson run now trains in about 2 s (a grid of one), less than
         # the page's 2 s refresh period, so whether a redraw lands mid-run is luck (a state change alone
-        # reruns the page). A longer run (1200 steps, 13 evaluations, tens of seconds), opened by its URL:
-        # the live fragment must draw its curve at least twice while it trains.
-        rid = jm.submit({"preset": "vpl-adaptive", "users": "two-opposed", "corpus_prompts": 400, "steps": 1200,
-                         "eval_every": 100})
+        # reruns the page). A longer run (600 steps, 13 evaluations, about 10 s on 2 cores; it was 1200 steps),
+        # opened by its URL: the live fragment must draw its curve at least twice while it trains.
+        rid = jm.submit({"preset": "vpl-adaptive", "users": "two-opposed", "corpus_prompts": 400, "steps": 600,
+                         "eval_every": 50})
         page.goto(url + f"/train?runs={rid}", wait_until="domcontentloaded")
         mid, t1 = [], time.time()
         while time.time() - t1 < 480:
