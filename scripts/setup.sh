@@ -39,5 +39,14 @@ if [ "${PREFLENS_SKIP_WARM:-0}" != 1 ]; then
   for lesson in two-opposed four-users; do
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/python -m core.train --lesson "$lesson" --warm-cache | tail -n 1 >&2
   done
+  # 5. the bundled judges' float32 copies (core.bundled.dequantized_path), which their first load writes:
+  #    SmolLM2, the default judge and the study's encoder (about 16 s once), and with --dev the Gemma 3 judge
+  #    its tests load (about 46 s once); a load of each (about 9 s) when already there.
+  judges="'bundled-smollm2'"; [ "$dev" = 1 ] && judges="$judges, 'bundled-gemma3'"
+  echo "setup: preparing the bundled judges ($judges)" >&2
+  HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/python -c "
+from core.personas.judges import make_judge
+for spec in ($judges,):
+    make_judge(spec)"
 fi
 echo "setup: ready (.venv)" >&2

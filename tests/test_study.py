@@ -177,10 +177,13 @@ def test_study_tiny_cli_writes_the_grid_with_an_encoder_column_and_the_dry_run_e
     out = tmp_path / "study"
     # one seed (the default is 0 1 2): vpl and vpl-adaptive still stack their LoRA adapters on one SmolLM2, at
     # a third of the tokens (the grid took 64 s of this test with seeds 0 1, and more than 6 min with 0 1 2 at
-    # 64 tokens); the counts below were 12 runs and 3 a method with three seeds
+    # 64 tokens); the counts below were 12 runs and 3 a method with three seeds. personal on whole texts: its
+    # segments (about ten a text) through SmolLM2 made this test 105 s on a cold cache, 27 s without them
+    # (segments through stacked adapters: tests/test_grid.py's stacked-LoRA block test)
     seeds = ["--seeds", "0"]
-    proc = subprocess.run([sys.executable, "-m", "core.experiments", "study", "--size", "tiny", *seeds, "--out",
-                           str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run([sys.executable, "-m", "core.experiments", "study", "--size", "tiny", *seeds, "--set",
+                           "segment_pool=false", "--out", str(out)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "4 runs as one grid" in proc.stdout  # the grid path (core.grid), stacked LoRA adapters
     assert "4 runs in 3 group(s)" in proc.stdout  # vpl and vpl-adaptive on one base model

@@ -119,7 +119,7 @@ def test_bad_configs_name_the_field(tmp_path):
 
 def test_frozen_encoder_stays_put_while_lora_and_head_parameters_move(tmp_path, small_corpus_embeddings, cache_root):
     cfg = build_config({"preset": "vpl", "query_encoder": "lora", "corpus_prompts": 400, "steps": 1,
-                        "batch_size": 2, "grad_accum": 1, "max_length": 64, "eval_every": 1000, "warmup_ratio": 0.0,
+                        "batch_size": 2, "grad_accum": 1, "eval_every": 1000, "warmup_ratio": 0.0,
                         "max_test_per_user": 4, "probe_per_user": 2, "cache_dir": cache_root})
     trainer = Trainer(cfg, RunDir(tmp_path / "lora").create(), log=lambda m: None)
     enc = trainer.query_encoder.model
