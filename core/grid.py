@@ -228,12 +228,7 @@ class StackedGroup:
             args.append(F.embedding(torch.as_tensor(np.stack([c for c, _ in pad]), device=dev), self.E))
             args.append(F.embedding(torch.as_tensor(np.stack([r for _, r in pad]), device=dev), self.E))
             args.append(torch.as_tensor(np.stack([inv for _, _, inv in demos]), device=dev))  # (M, B, K)
-            if self.sample_noise:
-                L = ts[0].model.dims.latent
-                args.append(torch.stack([torch.cat([torch.randn((self.bs, L), generator=t.z_gen, device=dev)
-                                                    for _ in range(self.ga)]) for t in ts]))  # (M, B, L)
-            else:
-                args.append(None)
+            args.append(self._z_noise(ts, dev))
             if self.encoder is not None and ts[0].cfg.z_features == "frozen":
                 args.append(F.embedding(torch.as_tensor(q_ids, device=dev), self.E))  # (M, 2B, D)
             else:
@@ -281,6 +276,14 @@ class StackedGroup:
             out.append(total)
         return out
 
+    def _z_noise(self, ts, dev) -> torch.Tensor | None:
+        """Each member's draws for z this step (M, B, L), from its own generator (as alone), or None."""
+        if not self.sample_noise:
+            return None
+        L = ts[0].model.dims.latent
+        return torch.stack([torch.cat([torch.randn((self.bs, L), generator=t.z_gen, device=dev)
+                                       for _ in range(self.ga)]) for t in ts])
+
     def _text_args(self, ts, splits, q_ids: np.ndarray) -> list:
         """_StepLoss.by_text's arguments for each member: its step's distinct texts (M, T, D), padded to the longest
         list by repeating its first; the queries' rows of them (M, 2B); the distinct demonstrations' rows
@@ -300,12 +303,7 @@ class StackedGroup:
         n = q_ids.shape[1]
         args = [F.embedding(torch.as_tensor(ids, device=dev), self.E), rows[:, :n], rows[:, n:n + U],
                 rows[:, n + U:], torch.as_tensor(np.stack([inv for _, _, inv in demos]), device=dev)]
-        if self.sample_noise:
-            L = ts[0].model.dims.latent
-            args.append(torch.stack([torch.cat([torch.randn((self.bs, L), generator=t.z_gen, device=dev)
-                                                for _ in range(self.ga)]) for t in ts]))  # (M, B, L)
-        else:
-            args.append(None)
+        args.append(self._z_noise(ts, dev))
         args.append(torch.as_tensor(np.stack([s.user for s in splits]), device=dev) if ts[0].cfg.vertex_coef > 0
                     else None)  # (M, B) each pair's training user, for the vertex term
         return args

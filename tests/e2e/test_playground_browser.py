@@ -24,10 +24,18 @@ def settle(page) -> None:
     page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=120_000)
 
 
-def test_simulated_student_draws_its_curve(tmp_path, lesson_runs_root, cache_root):
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory, lesson_runs_root, cache_root):
+    """One app server over the lesson runs for this module's tests; each test opens its own browser session."""
+    with app_server(tmp_path_factory.mktemp("playground-server"), lesson_runs_root, cache_root) as url:
+        yield url
+
+
+def test_simulated_student_draws_its_curve(app_url):
     rid = LESSON_IDS["vpl-adaptive"]
     SHOTS.mkdir(exist_ok=True)
-    with app_server(tmp_path, lesson_runs_root, cache_root) as url, browser_page() as page:
+    with browser_page() as page:
+        url = app_url
         page.goto(f"{url}/playground?run={rid}&k=8", wait_until="domcontentloaded")
         page.locator(".st-key-pg_mode").get_by_text("Simulated student").click(timeout=120_000)
         page.wait_for_function(f"() => ({CURVE_JS})() !== undefined", timeout=180_000)
@@ -38,7 +46,7 @@ def test_simulated_student_draws_its_curve(tmp_path, lesson_runs_root, cache_roo
         page.screenshot(path=str(SHOTS / "playground-student.png"), full_page=True)
 
 
-def test_a_visitor_is_placed_and_predicted_on_all_pairs(tmp_path, lesson_runs_root, cache_root):
+def test_a_visitor_is_placed_and_predicted_on_all_pairs(app_url, lesson_runs_root):
     rid = LESSON_IDS["vpl-adaptive"]
     rm = PersonalRewardModel.from_run(lesson_runs_root / rid, device="cpu")
     btl = PersonalRewardModel.from_run(lesson_runs_root / LESSON_IDS["traditional"], device="cpu")
@@ -52,7 +60,8 @@ def test_a_visitor_is_placed_and_predicted_on_all_pairs(tmp_path, lesson_runs_ro
                                   else (table.responses[q][j], table.responses[q][i]))) for q, i, j in asked]
     me = rm.infer_user(demos)
     SHOTS.mkdir(exist_ok=True)
-    with app_server(tmp_path, lesson_runs_root, cache_root) as url, browser_page() as page:
+    with browser_page() as page:
+        url = app_url
         page.goto(f"{url}/playground?run={rid}&k=8&how=random", wait_until="domcontentloaded")
         for n, (q, i, j) in enumerate(asked):
             settle(page)
