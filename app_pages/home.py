@@ -3,7 +3,7 @@
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.users import contested_pairs, preset
+from core.users.tastes import contested_pairs, preset
 from ui.state import CORPUS_DEFAULTS, corpus
 
 st.title("PrefLens")

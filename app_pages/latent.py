@@ -1,5 +1,5 @@
 """Latent space: t-SNE of a VPL run's latent means per evaluation step, coloured by user, group or an
-aspect's weight, with the people scored at that step (core.people) placed on the same picture."""
+aspect's weight, with the people scored at that step (core.users.people) placed on the same picture."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.colors import qualitative
 
-from core import latents_view as lv
+from core.common.runs import RunDir
 from core.data.table import ASPECTS
-from core.jobs import JobManager, default_root
-from core.references import group_labels
-from core.runs import RunDir
+from core.jobs.manager import JobManager, default_root
+from core.serving import latents_view as lv
+from core.training.references import group_labels
 from ui.state import run_label
 
 WEIGHT = "weight: "

@@ -10,12 +10,19 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.config import LESSON_TWO_OPPOSED, PRESETS, TrainConfig
 from core.data.table import ASPECTS
-from core.jobs import JobManager, default_root
-from core.reward import PersonalRewardModel, RewardModelError, UserEstimate, ask_pairs
-from core.student import answers_curve, ranking_hits, run_questions, sd_toward, student_answers, student_picks
-from core.users import UserError, user_scores, validate_weights
+from core.jobs.manager import JobManager, default_root
+from core.serving.run_reward import PersonalRewardModel, RewardModelError, UserEstimate, ask_pairs
+from core.serving.student import (
+    answers_curve,
+    ranking_hits,
+    run_questions,
+    sd_toward,
+    student_answers,
+    student_picks,
+)
+from core.training.config import LESSON_TWO_OPPOSED, PRESETS, TrainConfig
+from core.users.tastes import UserError, user_scores, validate_weights
 from ui.state import run_label
 
 N_PREDICT = 16

@@ -9,9 +9,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.config import PRESETS, ConfigError
-from core.experiments import run_row, summarize
-from core.jobs import JobManager, default_root
+from core.experiments.compare import run_row, summarize
+from core.jobs.manager import JobManager, default_root
+from core.training.config import PRESETS, ConfigError
 from ui.state import current_users
 
 st.title("Results")

@@ -8,12 +8,12 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import slurm
-from core.config import LESSON_FOUR_USERS, LESSON_TWO_OPPOSED, PRESETS, ConfigError
-from core.jobs import JobManager, default_root
-from core.references import group_labels
-from core.runs import RunDir
-from core.users import PRESETS as USER_PRESETS
+from core.common.runs import RunDir
+from core.jobs import slurm
+from core.jobs.manager import JobManager, default_root
+from core.training.config import LESSON_FOUR_USERS, LESSON_TWO_OPPOSED, PRESETS, ConfigError
+from core.training.references import group_labels
+from core.users.tastes import PRESETS as USER_PRESETS
 from ui.state import current_users, run_label
 
 QUICK = {k: v for k, v in LESSON_TWO_OPPOSED.items() if k != "users"}
@@ -89,7 +89,7 @@ def submit_all(jm: JobManager, methods: list[str], seeds: list[int], extra: dict
 
 def submit_grid(jm: JobManager, methods: list[str], seeds: list[int], extra: dict, launcher: str = "local",
                 slurm_params: dict | None = None) -> str:
-    """Methods x seeds as one grid job (core.gridjob): one process, one run per member, same results."""
+    """Methods x seeds as one grid job (core.jobs.gridjob): one process, one run per member, same results."""
     return jm.submit({"kind": "grid", "methods": list(methods), "seeds": list(seeds), "overrides": extra},
                      launcher=launcher, slurm_params=slurm_params)
 

@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.data import ASPECTS, DataError, non_dominated_mask
-from core.users import (
+from core.users.tastes import (
     PRESETS,
     UserError,
     disagreement_matrix,

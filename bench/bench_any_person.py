@@ -17,7 +17,7 @@ their own choices on random fresh questions (one of the 150 "demo" questions eac
 pair they strictly prefer on the other 150 fresh questions, averaged over 10 readings. (With 3 readings of
 100 pairs, as first tried, one person's figure moved by up to 0.15 between two samplings of the same model.) People: the run's own
 users, and people it never trained on (the four one-hot tastes, the six 50/50 blends, the uniform user, 10
-Dirichlet(1) draws, and for random / cluster 30 of a redraw of the same population; core.people).
+Dirichlet(1) draws, and for random / cluster 30 of a redraw of the same population; core.users.people).
 
 Printed per cell: the run's own study accuracy (contested test pairs of its users) and its in-run
 ``all_pairs_accuracy`` / ``new_users_accuracy``; on fresh questions, each trained user, the mean over new
@@ -48,8 +48,8 @@ def fresh_scores(run_dir: Path, seed: int, n_demos: int = 8, readings: int = 10,
 
     from core.data import generate_table
     from core.data.probes import all_texts
-    from core.people import build_people_set, outside_people, people_accuracy, trained_people
-    from core.reward import PersonalRewardModel
+    from core.serving.run_reward import PersonalRewardModel
+    from core.users.people import build_people_set, outside_people, people_accuracy, trained_people
 
     rm = PersonalRewardModel.from_run(run_dir, device="cpu")
     table = generate_table(**FRESH)
@@ -91,8 +91,8 @@ def fresh_scores(run_dir: Path, seed: int, n_demos: int = 8, readings: int = 10,
 
 
 def cell(users: str, seed: int, steps: int, preset: str, extra: dict, root: str) -> dict:
-    from core.config import PRESETS, build_config
-    from core.train import train
+    from core.training.config import PRESETS, build_config
+    from core.training.trainer import train
 
     # the traditional twin trains on the same pairs and reads the same features
     twin_keys = ("contested_only", "agreed_share", "encoder", "max_length", "segment_pool")
@@ -142,12 +142,12 @@ def summarize(res: dict, preset: str) -> dict:
 
 
 # run in a child process by --baseline: one cell with one tree's code, the CPU seconds of each training run
-# taken around that tree's core.train.train (bench cells import it at call time), the result as JSON
+# taken around that tree's core.training.trainer.train (bench cells import it at call time), the result as JSON
 CHILD = """
 import json, sys, time
 tree, users, seed, steps, preset, extra, root = sys.argv[1:8]
 sys.path.insert(0, tree)
-import core.train as T
+import core.training.trainer as T
 plain, cpu = T.train, []
 def timed(*a, **k):
     c0 = time.process_time()
@@ -167,13 +167,13 @@ WARM = """
 import sys, tempfile
 tree, users, seg = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 sys.path.insert(0, tree)
-from core.config import build_config
-from core.runs import RunDir
-from core.train import Trainer
+from core.training.config import build_config
+from core.common.runs import RunDir
+from core.training.trainer import Trainer
 from bench.bench_any_person import FRESH
 from core.data import generate_table
 from core.data.probes import all_texts
-from core.encoders import EmbeddingCache, TextEncoder, default_cache_root
+from core.models.encoders import EmbeddingCache, TextEncoder, default_cache_root
 cfg = build_config({"preset": "traditional", "users": users, "segment_pool": seg, "agreed_share": 1.0})
 with tempfile.TemporaryDirectory() as d:
     Trainer(cfg, RunDir(d).create(), log=lambda m: None)
@@ -283,7 +283,7 @@ def main(argv=None) -> int:
     ap.add_argument("--baseline", metavar="REV", help="also train every cell with commit REV's code, side by side, "
                                                       "and print both and the cost ratio (see the module docstring)")
     args = ap.parse_args(argv)
-    from core.experiments import parse_set
+    from core.experiments.compare import parse_set
 
     if args.keep and Path(args.keep).is_dir() and any(Path(args.keep).iterdir()):
         # train() resumes a run folder it finds, so a reused folder would report its old runs under new --set

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.data import generate_table  # noqa: E402
 from core.data.probes import all_texts  # noqa: E402
-from core.encoders import TextEncoder  # noqa: E402
-from core.users import disagreement_matrix, preferred, preset, user_scores  # noqa: E402
+from core.models.encoders import TextEncoder  # noqa: E402
+from core.users.tastes import disagreement_matrix, preferred, preset, user_scores  # noqa: E402
 
 
 def timed(fn, repeat=3):

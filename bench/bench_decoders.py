@@ -8,7 +8,7 @@ Each cell trains the ``vpl`` preset (frozen bundled MiniLM on cached embeddings,
 z_shuffled_accuracy (the same test pairs read with another user's demonstrations), fresh_demos_accuracy
 (read with the same user's demonstrations from pairs outside the training pool), and the step-0
 reference ceilings (global / group mean weights, a per-user linear probe) on the same test pairs, and
-where the run scored people (core.people, at its last evaluation): "all pairs" (its own users on every
+where the run scored people (core.users.people, at its last evaluation): "all pairs" (its own users on every
 strict pair of the test questions) and "new people" (people outside training, the worst in brackets).
 ``--presets`` runs named presets instead of decoders (e.g. ``traditional personal``).
 
@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def cell(preset: str, decoder: str | None, users: str, seed: int, steps: int, extra: dict, root: Path) -> dict:
-    from core.config import build_config
-    from core.experiments import people_measures
-    from core.train import train
+    from core.experiments.compare import people_measures
+    from core.training.config import build_config
+    from core.training.trainer import train
 
     raw = {"preset": preset, "users": users, "seed": seed, "steps": steps, "eval_every": max(1, steps // 8), **extra}
     if decoder:
@@ -48,7 +48,7 @@ def cell(preset: str, decoder: str | None, users: str, seed: int, steps: int, ex
     probe = ref["user"].get("probe") or {}
     ok = all(a >= 0.90 or (u in probe and a >= probe[u] - 0.03) for u, a in ua.items())
     span = (ref["group"] or 0) - (ref["global"] or 0)
-    people = people_measures(hist)  # from the last record that scored people; None before core.people
+    people = people_measures(hist)  # from the last record that scored people; None before core.users.people
     return {
         "method": preset if not decoder else f"{preset}/{decoder}", "users": users, "seed": seed, "steps": steps,
         "accuracy": last["accuracy"], "min_user": min(ua.values()), "user_accuracy": ua,
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="cells trained at once in child processes (each uses one thread; the embeddings are cached)")
     ap.add_argument("--dry-run", action="store_true", help="tiny corpus and 4 steps, to check the script")
     args = ap.parse_args(argv)
-    from core.experiments import parse_set
+    from core.experiments.compare import parse_set
 
     extra = parse_set(args.set)  # the same key=value (JSON values) parsing as `compare --set`
     steps = args.steps

@@ -38,9 +38,9 @@ def one(name: str, length: int, device: str, steps: int, micro: bool, cache: str
     """Runs in the child: build a trainer, time steps, report."""
     import torch
 
-    from core.config import build_config
-    from core.runs import RunDir
-    from core.train import Trainer
+    from core.common.runs import RunDir
+    from core.training.config import build_config
+    from core.training.trainer import Trainer
 
     accum = 1 if micro else 8
     cfg = build_config({"preset": "vpl", **ENCODERS[name], "max_length": length, "corpus_prompts": 120,

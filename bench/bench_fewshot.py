@@ -54,12 +54,12 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from core.config import build_config
-    from core.experiments import parse_set
-    from core.fewshot import LogitChooser, evaluate, prepare
-    from core.fewshot_runs import _answer_tasks
+    from core.experiments.compare import parse_set
+    from core.experiments.fewshot import LogitChooser, evaluate, prepare
+    from core.experiments.fewshot_runs import _answer_tasks
     from core.personas.judges import make_judge
-    from core.train import load_table, load_users
+    from core.training.config import build_config
+    from core.training.trainer import load_table, load_users
 
     cfg = build_config({**parse_set(args.set), "users": args.users})
     table, W = load_table(cfg), load_users(cfg)

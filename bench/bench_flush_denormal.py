@@ -1,4 +1,4 @@
-"""Why training flushes float32 subnormals (core.train.Trainer): the four-users lesson's personal run, timed in
+"""Why training flushes float32 subnormals (core.training.trainer.Trainer): the four-users lesson's personal run, timed in
 chunks of training steps with subnormals flushed to zero and kept, one after the other in one process.
 
     .venv/bin/python bench/bench_flush_denormal.py [--steps 600] [--chunk 50] [--seed 0] [--dry-run]
@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from bench._results import write_result  # noqa: E402
-from core.config import LESSON_FOUR_USERS, build_config  # noqa: E402
-from core.runs import RunDir  # noqa: E402
-from core.train import Trainer  # noqa: E402
+from core.common.runs import RunDir  # noqa: E402
+from core.training.config import LESSON_FOUR_USERS, build_config  # noqa: E402
+from core.training.trainer import Trainer  # noqa: E402
 
 
 def chunk_times(flush: bool, steps: int, chunk: int, seed: int, overrides: dict) -> list[float]:

@@ -4,9 +4,9 @@
         [--users two-opposed] [--steps 200] [--seed 0] [--dry-run]
 
 "Today's way" is `python -m core.experiments compare` as it was at ``--baseline-ref`` (the last commit
-before core.grid), checked out into a temporary git worktree and run with this checkout's virtual
+before core.training.grid), checked out into a temporary git worktree and run with this checkout's virtual
 environment: the runs one after another in one process. "Grid" is the same command on this checkout,
-which trains them as one grid (core.grid). Both read the same warm embedding cache (warmed first, not
+which trains them as one grid (core.training.grid). Both read the same warm embedding cache (warmed first, not
 timed) and start from fresh output folders. Prints each run's final accuracy both ways and their largest
 difference, the two wall times and the ratio; writes bench/out/grid-*.json.
 
@@ -42,7 +42,7 @@ def compare(cwd: Path, out: Path, args) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--baseline-ref", default="2dd2ad6", help="git commit of today's way (before core.grid)")
+    ap.add_argument("--baseline-ref", default="2dd2ad6", help="git commit of today's way (before core.training.grid)")
     ap.add_argument("--presets", nargs="+", default=PRESETS)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--users", default="two-opposed")
@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     from bench._results import write_result
-    from core.config import build_config
-    from core.train import warm_cache
+    from core.training.config import build_config
+    from core.training.trainer import warm_cache
 
     for p in args.presets:  # the embedding cache warm for every seed's data, so neither side pays for encoding
         for s in args.seeds:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.jobs import JobManager  # noqa: E402
-from core.runs import RunDir  # noqa: E402
+from core.common.runs import RunDir  # noqa: E402
+from core.jobs.manager import JobManager  # noqa: E402
 
 
 def launch_to_first_point(root: Path, cache: str | None) -> dict:

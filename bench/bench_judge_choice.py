@@ -9,7 +9,7 @@ For each judge, in one run:
     ``python -m core.personas`` run it): Spearman rho between the judge's expected grades and the offline
     corpus's true ratings, per dimension, over ``4 x --probe-questions`` responses; and the share of
     next-token mass on the grade tokens;
-(b) the few-shot baseline on the two-opposed lesson's data (``core.fewshot_runs.run_methods``, the code path of
+(b) the few-shot baseline on the two-opposed lesson's data (``core.experiments.fewshot_runs.run_methods``, the code path of
     ``python -m core.experiments compare --presets fewshot-k0 fewshot-k4``, which loads the judge by its
     spec): accuracy per k over both users, ``--queries`` test pairs a user, one seed;
 (c) seconds per item: probe seconds per response, few-shot seconds per prompt (one query in one order).
@@ -80,8 +80,8 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, truth: np.ndarray, n: int = 1
 def few_shot_prompts(cfg, queries: int, n_ks: int) -> tuple[int, int]:
     """How many prompts evaluate() scores (both orders of every user's queries per k, plus the uniform
     user's k=0 reference line), counted with the same split it builds."""
-    from core.dataset import build
-    from core.train import load_table, load_users
+    from core.training.dataset import build
+    from core.training.trainer import load_table, load_users
 
     table, W = load_table(cfg), load_users(cfg)
     data = build(table, W, seed=cfg.seed, test_share=cfg.test_share, contested_only=cfg.contested_only,
@@ -96,10 +96,10 @@ def few_shot_prompts(cfg, queries: int, n_ks: int) -> tuple[int, int]:
 
 
 def measure(spec: str, args, overrides: dict, work: Path) -> dict:
-    from core.config import build_config
-    from core.fewshot_runs import run_methods
+    from core.experiments.fewshot_runs import run_methods
     from core.personas.judges import make_judge
     from core.personas.quality import probe_items, run_probe
+    from core.training.config import build_config
 
     out: dict = {"spec": spec}
     t0 = time.perf_counter()
@@ -165,8 +165,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from core.config import LESSON_TWO_OPPOSED
     from core.personas.quality import probe_items
+    from core.training.config import LESSON_TWO_OPPOSED
 
     overrides = {k: v for k, v in LESSON_TWO_OPPOSED.items() if k in ("users", "corpus_prompts")}
     print(f"settings: probe {args.probe_questions} questions (seed {PROBE_SEED}), few-shot {overrides} "

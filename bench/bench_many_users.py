@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def measure(preset: str, users: str, steps: int, eval_every: int, extra: dict, root: Path) -> dict:
-    from core.config import build_config
-    from core.runs import RunDir
-    from core.train import Trainer
+    from core.common.runs import RunDir
+    from core.training.config import build_config
+    from core.training.trainer import Trainer
 
     cfg = build_config({"preset": preset, "users": users, "steps": steps, "eval_every": eval_every, **extra})
     t0 = time.perf_counter()
@@ -67,7 +67,7 @@ def cold_encode(n_prompts: int) -> dict:
 
     from core.data import generate_table
     from core.data.probes import all_texts
-    from core.encoders import EmbeddingCache, TextEncoder
+    from core.models.encoders import EmbeddingCache, TextEncoder
 
     texts = all_texts(generate_table(n_prompts=n_prompts, seed=0))
     torch.set_num_threads(os.cpu_count() or 1)  # what encoding gets in a run (training heads then take 1)
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="also time encoding an N-question corpus into an empty cache (the 1500 of the presets)")
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args(argv)
-    from core.experiments import parse_set
+    from core.experiments.compare import parse_set
 
     extra = parse_set(args.set)  # the same key=value (JSON values) parsing as `compare --set`
     steps, every = args.steps, args.eval_every

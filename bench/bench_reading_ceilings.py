@@ -52,8 +52,8 @@ def main(argv=None) -> int:
 
     from core.data import generate_table
     from core.data.probes import all_texts
-    from core.people import _strict_pairs, build_people_set, outside_people, trained_people
-    from core.users import preset
+    from core.users.people import _strict_pairs, build_people_set, outside_people, trained_people
+    from core.users.tastes import preset
 
     fresh = generate_table(n_prompts=300, seed=4242)
     R = np.nan_to_num(fresh.ratings.reshape(-1, 4).astype(float))
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
               f"outside people mean {out.mean():.3f} min {out.min():.3f}")
     if args.dry_run:
         return 0
-    from core.encoders import EmbeddingCache, TextEncoder, default_cache_root
+    from core.models.encoders import EmbeddingCache, TextEncoder, default_cache_root
 
     cache = EmbeddingCache(default_cache_root(), TextEncoder.load())
     train = generate_table(n_prompts=1500, seed=0)
@@ -114,9 +114,9 @@ def run_ceiling(run_dir: Path, seed: int, steps: int = 300) -> int:
 
     from core.data import generate_table
     from core.data.probes import all_texts
-    from core.models import btl_loss_from_margin
-    from core.people import build_people_set, outside_people, people_accuracy, trained_people
-    from core.reward import PersonalRewardModel
+    from core.models.reward_models import btl_loss_from_margin
+    from core.serving.run_reward import PersonalRewardModel
+    from core.users.people import build_people_set, outside_people, people_accuracy, trained_people
 
     rm = PersonalRewardModel.from_run(run_dir, device="cpu")
     if not rm.conditional:
@@ -174,8 +174,8 @@ def scorers(Etr, Efr, Rtr, Rfr, seed: int, steps: int = 3000) -> None:
     every strict pair of the fresh questions."""
     import torch
 
-    from core.models import btl_loss_from_margin
-    from core.people import _strict_pairs
+    from core.models.reward_models import btl_loss_from_margin
+    from core.users.people import _strict_pairs
 
     C = Rtr.shape[1]
     Etr = torch.as_tensor(Etr, dtype=torch.float32)  # (Q * C, D): one row a response

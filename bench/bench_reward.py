@@ -23,9 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.config import LESSON_TWO_OPPOSED, build_config  # noqa: E402
-from core.reward import PersonalRewardModel, ask_pairs  # noqa: E402
-from core.train import train  # noqa: E402
+from core.serving.run_reward import PersonalRewardModel, ask_pairs  # noqa: E402
+from core.training.config import LESSON_TWO_OPPOSED, build_config  # noqa: E402
+from core.training.trainer import train  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.models import contrastive_loss, make_decoder, mlp  # noqa: E402
+from core.models.reward_models import contrastive_loss, make_decoder, mlp  # noqa: E402
 
 
 class OracleReader(nn.Module):
@@ -75,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "user_reading.json"))
     ap.add_argument("--dry-run", action="store_true", help="tiny corpus and 8 steps, to check the script")
     args = ap.parse_args(argv)
-    from core.config import build_config
-    from core.experiments import parse_set
-    from core.runs import RunDir
-    from core.train import Trainer
+    from core.common.runs import RunDir
+    from core.experiments.compare import parse_set
+    from core.training.config import build_config
+    from core.training.trainer import Trainer
 
     extra = parse_set(args.set)
     steps = args.steps
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "oracle":
             reader = OracleReader(U, L)
         else:
-            from core.models import model_from_config
+            from core.models.reward_models import model_from_config
 
             # the study's reader (personal itself now reads by recognition, the mixture reader)
             reader = EncoderReader(model_from_config(cfg.model_copy(update={"user_encoder": "pairs"}), D))

@@ -39,7 +39,7 @@ if [ "${PREFLENS_SKIP_WARM:-0}" != 1 ]; then
   for lesson in two-opposed four-users; do
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/python -m core.train --lesson "$lesson" --warm-cache | tail -n 1 >&2
   done
-  # 5. the bundled judges' float32 copies (core.bundled.dequantized_path), which their first load writes:
+  # 5. the bundled judges' float32 copies (core.common.bundled.dequantized_path), which their first load writes:
   #    SmolLM2, the default judge and the study's encoder (about 16 s once), and with --dev the Gemma 3 judge
   #    its tests load (about 46 s once); a load of each (about 9 s) when already there.
   judges="'bundled-smollm2'"; [ "$dev" = 1 ] && judges="$judges, 'bundled-gemma3'"

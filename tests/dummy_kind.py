@@ -17,7 +17,7 @@ def validate(raw: dict) -> tuple[dict, str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.runs import RunDir
+    from core.common.runs import RunDir
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", required=True)

@@ -18,8 +18,8 @@ def four_users(tmp_path_factory, cache_root, small_corpus_embeddings) -> dict:
     """{method: (run dir, evaluation records)} for traditional, vpl and personal on the same four one-hot users and
     questions. personal keeps its preset's pairs (every strict pair, agreed_share 1) and so does traditional here, so
     the two score the same people on the same pairs; vpl keeps the study's contested pairs."""
-    from core.config import build_config
-    from core.train import train_grid
+    from core.training.config import build_config
+    from core.training.trainer import train_grid
 
     root = tmp_path_factory.mktemp("four-users")
     cfgs = {"personal": {"preset": "personal"}, "traditional": {"preset": "traditional", "agreed_share": 1.0},
@@ -34,11 +34,11 @@ def term_runs(tmp_path_factory, cache_root, small_corpus_embeddings) -> dict:
     """{(field, value): Trainer} for personal on four one-hot users (400 questions, 200 steps) with population_coef
     and vertex_coef each at 0 and at 1 (the other at its preset value), trained as one grid; the trainers stay
     in memory, so a test reads their models and data directly."""
-    from core.config import build_config
-    from core.grid import Grid
-    from core.runs import RunDir
-    from core.shared import Shared
-    from core.train import Trainer
+    from core.common.runs import RunDir
+    from core.training.config import build_config
+    from core.training.grid import Grid
+    from core.training.shared import Shared
+    from core.training.trainer import Trainer
 
     root = tmp_path_factory.mktemp("terms")
     common = {"preset": "personal", "users": "four-one-hot", "corpus_prompts": 400, "steps": 200, "eval_every": 200,

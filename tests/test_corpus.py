@@ -6,7 +6,7 @@ from core.data import generate_rows, generate_table, non_dominated_mask
 from core.data.corpus import main as corpus_main
 from core.data.probes import embedding_probe, tfidf_probe
 from core.data.table import ASPECTS
-from core.users import contested_pairs, preset, user_pairs
+from core.users.tastes import contested_pairs, preset, user_pairs
 
 
 def test_generation_is_deterministic_and_uses_the_ultrafeedback_schema(tmp_path):

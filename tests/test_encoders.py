@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-import core.encoders as enc_mod
-from core.encoders import CacheFullError, EmbeddingCache, last_token_pool, mean_pool
+import core.models.encoders as enc_mod
+from core.models.encoders import CacheFullError, EmbeddingCache, last_token_pool, mean_pool
 
 
 def test_pooling_by_hand():
@@ -192,7 +192,7 @@ def test_a_disk_that_fills_midway_keeps_what_was_stored_and_leaves_no_tmp(minilm
 
 CHILD = """
 import json, os, sys, time
-from core.encoders import EmbeddingCache, TextEncoder
+from core.models.encoders import EmbeddingCache, TextEncoder
 root, me, other = sys.argv[1:4]
 enc = TextEncoder.load()
 enc.model  # load the weights before the start line, so both reach get() together
@@ -253,7 +253,7 @@ def test_a_get_within_a_get_on_the_same_folder_does_not_wait_for_itself(minilm, 
 
 
 def test_segments_are_lines_split_at_sentence_ends():
-    from core.encoders import text_segments
+    from core.models.encoders import text_segments
 
     assert text_segments("Question: a b. c d?\nAnswer: x!!! y.\n\n- one. two") == [
         "Question: a b.", "c d?", "Answer: x!!!", "y.", "- one.", "two"]
@@ -262,7 +262,7 @@ def test_segments_are_lines_split_at_sentence_ends():
 
 
 def test_segment_features_are_the_whole_text_beside_the_mean_of_its_segments(minilm, tmp_path):
-    from core.encoders import TextEncoder
+    from core.models.encoders import TextEncoder
 
     seg = TextEncoder.load(segments=True)
     texts = ["Hello there. How are you?\nFine!", "One line only", "Hello there. Bye."]
@@ -278,7 +278,7 @@ def test_segment_features_are_the_whole_text_beside_the_mean_of_its_segments(min
     np.testing.assert_allclose(y.detach().numpy(), x, atol=1e-5)
     y[:, 384:].sum().backward()
     assert seg.model.embeddings.word_embeddings.weight.grad.abs().sum() > 0
-    # in blocks (a grid's runs, core.stacked_lora): each block's segments form an equal block of rows, the
+    # in blocks (a grid's runs, core.models.stacked_lora): each block's segments form an equal block of rows, the
     # shorter padded, and every text keeps its features
     two = texts + ["Fine!", "Hello there. How are you?", "Bye. Fine!"]
     tok = seg.tokenize(two, blocks=2)
@@ -307,8 +307,8 @@ def test_segment_features_let_a_linear_probe_read_honesty_far_better(small_corpu
     from sklearn.linear_model import LogisticRegression
 
     from core.data.probes import all_texts
-    from core.encoders import TextEncoder
-    from core.people import _strict_pairs
+    from core.models.encoders import TextEncoder
+    from core.users.people import _strict_pairs
 
     seg = EmbeddingCache(cache_root, TextEncoder.load(segments=True)).get(all_texts(small_corpus))
     np.testing.assert_allclose(seg[:, :384], small_corpus_embeddings, atol=1e-6)  # the same cached rows
@@ -329,11 +329,11 @@ def test_segment_features_let_a_linear_probe_read_honesty_far_better(small_corpu
 def test_the_cache_key_follows_the_weights_content_so_a_reinstall_keeps_the_cache(minilm, tmp_path, monkeypatch):
     """A fresh venv, clone or CI run installs the same weights with new timestamps: the cache folder must be the
     same one (setup's warm cache is then the suite's and the class's); other weights must get another."""
-    import core.bundled
-    from core.encoders import TextEncoder
+    import core.common.bundled
+    from core.models.encoders import TextEncoder
 
     installed = minilm.identity()  # (identity() resolves the bundled folder when called)
-    src = core.bundled.bundled_minilm_path()
+    src = core.common.bundled.bundled_minilm_path()
     copy = tmp_path / "reinstalled"
     shutil.copytree(src, copy)
     os.utime(copy / "model.safetensors", (1_000_000_000, 1_000_000_000))  # a different mtime, same bytes

@@ -1,4 +1,4 @@
-"""core.experiments: a run's setting (users, data, pairs, encoder) and people measures, and summarize()
+"""core.experiments.compare: a run's setting (users, data, pairs, encoder) and people measures, and summarize()
 keeping runs of different settings apart (issue 18: three personal runs on three user sets were one row)."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from core.config import build_config
-from core.experiments import run_row, summarize
-from core.runs import RunDir
+from core.common.runs import RunDir
+from core.experiments.compare import run_row, summarize
+from core.training.config import build_config
 
 
 def fake_run(root: Path, run_id: str, accuracy: float, *, people: dict | None = None, state: str = "succeeded",

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from core.data import PreferenceTable, generate_table
-from core.experiments import main as experiments_main
-from core.fewshot import (
+from core.experiments.compare import main as experiments_main
+from core.experiments.fewshot import (
     SYSTEM,
     LogitChooser,
     demo_block,
@@ -18,7 +18,7 @@ from core.fewshot import (
     query_block,
     user_accuracy,
 )
-from core.users import info_gain_select, preferred, preset, user_scores
+from core.users.tastes import info_gain_select, preferred, preset, user_scores
 
 
 def test_demonstration_prompt_holds_exactly_k_demos_in_a_stable_order():
@@ -212,8 +212,8 @@ def _first_difference(a: list[int], b: list[int]) -> int:
 def test_worker_processes_give_the_same_answers_and_report_progress(tmp_path, default_judge_is_the_session_judge):
     """workers=1 answers in this process (with the session's judge), workers=2 in two spawned processes that
     each load SmolLM2 from the same files."""
-    from core.fewshot_runs import run_methods
-    from core.progress import Progress
+    from core.common.progress import Progress
+    from core.experiments.fewshot_runs import run_methods
 
     tiny = {"corpus_prompts": 60, "max_test_per_user": 20, "pool_size": 20}
     answers, seen = {}, {}

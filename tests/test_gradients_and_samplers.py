@@ -2,13 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from core.samplers import AdaptiveSampler, UniformSampler
+from core.training.samplers import AdaptiveSampler, UniformSampler
 
 
 def _opposed_users(seed: int):
     """A user-blind BTL head and two users who order the same 32 pairs of 16-d embeddings oppositely; user
     0's embeddings are 3x longer, so user 0's gradient is larger than user 1's and points against it."""
-    from core.models import BTLRewardModel
+    from core.models.reward_models import BTLRewardModel
 
     torch.manual_seed(seed)
     model = BTLRewardModel(16, hidden=16)
@@ -21,7 +21,7 @@ def _opposed_users(seed: int):
 
 
 def _user_losses(model, chosen, rejected, user) -> dict[int, torch.Tensor]:
-    from core.models import btl_loss
+    from core.models.reward_models import btl_loss
 
     loss = btl_loss(model.reward(chosen), model.reward(rejected))  # (64,) per pair, as Trainer.forward gives
     return {u: loss[user == u] for u in (0, 1)}
@@ -31,15 +31,15 @@ def _user_losses(model, chosen, rejected, user) -> dict[int, torch.Tensor]:
 @pytest.mark.parametrize("strategy", ["mgda", "pcgrad"])
 def test_the_trainers_per_user_update_lowers_every_users_loss_where_the_plain_mean_raises_one(strategy, seed):
     """Trainer._combine_user_gradients (the single-run path) on PrefLens's per-user BTL losses: its update
-    is the one the stacked grid builds from core.gradients (user_jacobians, then user_weights of the
+    is the one the stacked grid builds from core.training.gradients (user_jacobians, then user_weights of the
     Gramian), and a small step along it lowers both users' losses, while a step along the gradient of the
     batch's mean loss (grad_strategy 'sum') raises user 1's. Both MGDA and, for two users, PCGrad promise
     d . g_u > 0 (g_u: user u's gradient, d: the update). Measured at seeds 0 / 1: mean . g_1 = -0.072 / -0.064
     (bound -0.02); mgda d . g_u = 0.043 / 0.063 for both users, pcgrad d . g_1 = 0.062 / 0.107 (bound 0.01)."""
     from types import SimpleNamespace
 
-    from core.gradients import user_jacobians, user_weights
-    from core.train import Trainer
+    from core.training.gradients import user_jacobians, user_weights
+    from core.training.trainer import Trainer
 
     model, chosen, rejected, user = _opposed_users(seed)
     params = list(model.parameters())
@@ -53,7 +53,7 @@ def test_the_trainers_per_user_update_lowers_every_users_loss_where_the_plain_me
     trainer = SimpleNamespace(cfg=SimpleNamespace(grad_strategy=strategy), params=params)
     Trainer._combine_user_gradients(trainer, {u: [v] for u, v in _user_losses(model, chosen, rejected, user).items()})
     update = torch.cat([p.grad.reshape(-1) for p in params])
-    grid_update = user_weights(J @ J.T, strategy) @ J  # what core.grid applies for the same run
+    grid_update = user_weights(J @ J.T, strategy) @ J  # what core.training.grid applies for the same run
     assert torch.allclose(update, grid_update, atol=1e-6, rtol=1e-5), float((update - grid_update).abs().max())
     assert (J @ update > 0.01).all(), (J @ update).tolist()
 
@@ -137,7 +137,7 @@ def test_one_group_per_user_is_todays_sampler_draw_for_draw():
 
 # ---------------------------------------------------------------- the project's per-user gradient combination
 def test_combine_user_gradients_never_trades_one_user_for_another_where_the_sum_does():
-    from core.gradients import combine_user_gradients
+    from core.training.gradients import combine_user_gradients
 
     g1, g2 = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([-2.0, 1.0, 0.0])  # conflicting: g1 . g2 = -2
     J = torch.stack([g1, g2])
@@ -158,7 +158,7 @@ def test_combine_user_gradients_never_trades_one_user_for_another_where_the_sum_
 
 
 def test_combine_user_gradients_names_what_is_wrong():
-    from core.gradients import combine_user_gradients
+    from core.training.gradients import combine_user_gradients
 
     with pytest.raises(ValueError, match="grad_strategy"):
         combine_user_gradients(torch.ones(2, 3), "sum")
@@ -167,7 +167,7 @@ def test_combine_user_gradients_names_what_is_wrong():
 
 
 def test_user_jacobians_give_each_stacked_run_its_own_per_user_gradients():
-    from core.gradients import user_jacobians
+    from core.training.gradients import user_jacobians
 
     W = torch.tensor([[1.0, 2.0], [3.0, -1.0]], requires_grad=True)  # (M=2 runs, 2) stacked weights
     x = {0: torch.tensor([1.0, 0.0]), 1: torch.tensor([0.0, 2.0])}  # user u's input

@@ -1,4 +1,4 @@
-"""core.grid: many runs in one process give each run what it gets alone, and leave one by one."""
+"""core.training.grid: many runs in one process give each run what it gets alone, and leave one by one."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import build_config
-from core.runs import RunDir, now_iso
-from core.shared import Shared
-from core.train import Trainer, train, train_grid
+from core.common.runs import RunDir, now_iso
+from core.training.config import build_config
+from core.training.shared import Shared
+from core.training.trainer import Trainer, train, train_grid
 
 SMALL = {"corpus_prompts": 400, "eval_every": 10}
 
@@ -47,12 +47,12 @@ def test_grid_members_end_where_their_runs_end_alone(tmp_path, small_corpus_embe
                                               ("personal", {}), ("personal", {"population_coef": 1.0})],
                          ids=["vpl-contrastive", "vpl-pcgrad", "vpl-mgda", "personal", "personal-population"])
 def test_a_stacked_step_is_the_micro_batch_loop_step(tmp_path, small_corpus_embeddings, cache_root, preset, extra):
-    """The grid's fused, stacked step (and its per-user path for MGDA / PCGrad, core.gradients) gives each
+    """The grid's fused, stacked step (and its per-user path for MGDA / PCGrad, core.training.gradients) gives each
     member the gradient the plain loop over micro-batches gives (Trainer.train_step, torchjd's own backward
     for MGDA / PCGrad). The first step's learning rate is 0 (warm-up), so both steps start from the same
     weights and the gradients compare exactly; after that, Adam turns rounding noise in near-zero gradients
     into +-lr steps, so weights are compared through what they compute instead."""
-    from core.grid import StackedGroup
+    from core.training.grid import StackedGroup
 
     cfg = {"preset": preset, **SMALL, "steps": 20, "cache_dir": cache_root, **extra}
     shared = Shared()
@@ -78,9 +78,9 @@ def test_a_stacked_step_is_the_micro_batch_loop_step(tmp_path, small_corpus_embe
 
 def test_a_member_cancelled_alone_stops_checkpointed_while_the_others_finish(tmp_path, small_corpus_embeddings,
                                                                             cache_root, monkeypatch):
-    import core.grid
+    import core.training.grid
 
-    monkeypatch.setattr(core.grid, "CANCEL_CHECK_S", 0.0)
+    monkeypatch.setattr(core.training.grid, "CANCEL_CHECK_S", 0.0)
     cfgs = _cfgs(cache_root, steps=40)[:2]
     dirs = [tmp_path / "a", tmp_path / "b"]
 
@@ -130,11 +130,11 @@ def test_train_grid_needs_one_run_dir_per_config(tmp_path):
 
 
 def test_stacked_lora_gives_each_run_its_block_of_texts_and_segments():
-    """A grid's LoRA forward on segment features (core.stacked_lora; the tiny study's path): with texts and
+    """A grid's LoRA forward on segment features (core.models.stacked_lora; the tiny study's path): with texts and
     their segments in one block per run (TextEncoder.tokenize(blocks=M)), each run's rows get exactly the
     features its own adapters give them alone, and two runs' adapters give different ones."""
-    from core.encoders import TextEncoder
-    from core.stacked_lora import MemberEncoder, add_stacked_lora
+    from core.models.encoders import TextEncoder
+    from core.models.stacked_lora import MemberEncoder, add_stacked_lora
 
     enc = TextEncoder.load(segments=True)
     adapters = add_stacked_lora(enc.model, seeds=[0, 1], r=4, alpha=8)
@@ -155,12 +155,12 @@ def test_stacked_lora_gives_each_run_its_block_of_texts_and_segments():
 
 def test_lora_members_share_one_base_model_and_match_their_runs_alone(tmp_path, cache_root):
     """LoRA runs in one grid end where each ends alone: vpl at seeds 1 and 0 stacked on one SmolLM2
-    (core.stacked_lora), personal in its own group; a stacked member's checkpoint holds its own trained
-    adapters under peft's names, and personal's serves rewards through peft (core.reward). (Segment features
+    (core.models.stacked_lora), personal in its own group; a stacked member's checkpoint holds its own trained
+    adapters under peft's names, and personal's serves rewards through peft (core.serving.run_reward). (Segment features
     through stacked adapters: test_stacked_lora_gives_each_run_its_block_of_texts_and_segments.)"""
     from safetensors.torch import load_file
 
-    from core.reward import PersonalRewardModel
+    from core.serving.run_reward import PersonalRewardModel
 
     # 2 steps at 16 tokens, personal without segment features (was 3 steps at 48 tokens with segments, and no
     # stacked pair: 70 s of the suite, now about 25). eval_loss, grid against alone, differed by at most 2.1e-7

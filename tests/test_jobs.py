@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from core.config import ConfigError
-from core.jobs import JobError, JobKind, JobManager, job_kinds, pid_alive, register_kind
-from core.runs import RunDir
+from core.common.runs import RunDir
+from core.jobs.manager import JobError, JobKind, JobManager, job_kinds, pid_alive, register_kind
+from core.training.config import ConfigError
 
 TINY = {"corpus_prompts": 60, "eval_every": 1, "max_train_per_user": 40, "max_test_per_user": 20,
         "pool_size": 20}
@@ -134,7 +134,7 @@ def test_cancel_queued_run(tmp_path, warm_cache):
     # occupy the slot with a fake live run (this test process) so nothing launches
     busy = RunDir(tmp_path / "train-20260101-000000-000001").create()
     busy.write_config({})
-    from core.jobs import proc_start_marker
+    from core.jobs.manager import proc_start_marker
 
     busy.update_status(state="running", pid=os.getpid(), pid_start=proc_start_marker(os.getpid()),
                        launcher="local", submitted_ts=1.0)
@@ -145,7 +145,7 @@ def test_cancel_queued_run(tmp_path, warm_cache):
 
 
 def _hammer_status(path: str, tag: str, n: int) -> None:
-    from core.runs import RunDir
+    from core.common.runs import RunDir
 
     run = RunDir(path)
     for i in range(n):
@@ -162,7 +162,7 @@ def test_status_updates_from_two_processes_are_not_lost(tmp_path, monkeypatch):
     # a spawned child re-runs __main__'s file; after an AppTest that is app.py, which fails outside Streamlit
     monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
 
-    from core.runs import RunDir
+    from core.common.runs import RunDir
 
     run = RunDir(tmp_path / "run-20260101-000000-abcdef").create()
     run.update_status(state="running")
@@ -192,7 +192,7 @@ def test_a_registered_kind_runs_through_the_manager_without_touching_jobs_py(tmp
     # occupy the only slot so the dummy run waits in the queue
     busy = RunDir(tmp_path / "train-20260101-000000-000001").create()
     busy.write_config({})
-    from core.jobs import proc_start_marker
+    from core.jobs.manager import proc_start_marker
 
     busy.update_status(state="running", pid=os.getpid(), pid_start=proc_start_marker(os.getpid()),
                        launcher="local", submitted_ts=1.0)
@@ -202,7 +202,7 @@ def test_a_registered_kind_runs_through_the_manager_without_touching_jobs_py(tmp
     assert st["module"] == "tests.dummy_kind" and rid.startswith("dummy-")
     # the registry changes (say the app restarted without the plug-in): the queued run still launches,
     # from the module recorded in its status
-    monkeypatch.delitem(__import__("core.jobs", fromlist=["_KINDS"])._KINDS, "dummy")
+    monkeypatch.delitem(__import__("core.jobs.manager", fromlist=["_KINDS"])._KINDS, "dummy")
     busy.mark_final("succeeded")
     wait_for(lambda: JobManager(tmp_path).status(rid)["state"] in ("succeeded", "failed"), 60, "the dummy run")
     st = jm.status(rid)
@@ -217,9 +217,9 @@ def test_a_registered_kind_runs_through_the_manager_without_touching_jobs_py(tmp
 def test_jobs_py_imports_no_feature():
     import ast
 
-    import core.jobs
+    import core.jobs.manager
 
-    tree = ast.parse(Path(core.jobs.__file__).read_text())
+    tree = ast.parse(Path(core.jobs.manager.__file__).read_text())
     imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     feature = {m for m in imported if any(w in m for w in ("config", "personas", "train", "kinds", "experiments"))}
@@ -294,7 +294,7 @@ def test_grid_members_are_runs_and_a_member_is_cancelled_alone(tmp_path, warm_ca
     assert checkpoint_step(tmp_path / gid / "runs" / "vpl-s0") == step  # it stayed where it stopped
     records, _ = RunDir(tmp_path / gid / "runs" / "traditional-s0").metrics()
     assert records[-1]["step"] == GRID_TINY["steps"]
-    # core.gridjob ends a grid with a cancelled member `cancelled`, naming every member's state
+    # core.jobs.gridjob ends a grid with a cancelled member `cancelled`, naming every member's state
     assert runs[gid]["state"] == "cancelled"
     assert runs[gid]["error"] == "members ended: succeeded, cancelled"
     wait_for(lambda: not pid_alive(gpid), 15, "the grid process to exit")
@@ -329,7 +329,7 @@ def test_sigkilled_grid_fails_its_running_members_and_a_member_cancel_needs_no_p
 
 @pytest.mark.slow
 def test_cancelling_the_only_active_member_stops_a_grid_of_one(tmp_path, warm_cache):
-    # core.grid does not read cancel_requested when it trains one run; the manager signals the grid instead
+    # core.training.grid does not read cancel_requested when it trains one run; the manager signals the grid instead
     # (no other member is active, so this stops nothing else)
     jm = JobManager(tmp_path, grace_s=10)
     gid = jm.submit(grid(warm_cache, methods=("vpl",), steps=100_000, eval_every=50))

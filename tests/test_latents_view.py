@@ -1,12 +1,12 @@
-"""core.latents_view: the arrays behind the Latent page (weights per point, people rows, file discovery)."""
+"""core.serving.latents_view: the arrays behind the Latent page (weights per point, people rows, file discovery)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from core import latents_view as lv
-from core.users import preset
+from core.serving import latents_view as lv
+from core.users.tastes import preset
 
 
 def _people_file(path, weights, names, kinds, R=3, L=5, accuracy=None, seed=0):
@@ -36,7 +36,7 @@ def run(tmp_path):
 
 def test_weights_per_probe_point_are_the_users_weights():
     W = lv.run_weights({"users": "cluster", "user_seed": 3})
-    assert np.allclose(W, preset("cluster", seed=3))  # the same users core.train.load_users builds
+    assert np.allclose(W, preset("cluster", seed=3))  # the same users core.training.trainer.load_users builds
     user = np.array([0, 99, 5, 5, 49])
     assert np.allclose(lv.probe_weights(user, W), W[user])
     custom = lv.run_weights({"users": [[0.7, 0.1, 0.1, 0.1], [0, 0, 0, 1]]})

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import ConfigError, build_config
-from core.dataset import build
-from core.models import DECODERS, VPLDims, VPLRewardModel
-from core.references import reference_accuracy, shuffled_contexts, user_groups
-from core.runs import RunDir
-from core.train import train
-from core.users import preset
+from core.common.runs import RunDir
+from core.models.reward_models import DECODERS, VPLDims, VPLRewardModel
+from core.training.config import ConfigError, build_config
+from core.training.dataset import build
+from core.training.references import reference_accuracy, shuffled_contexts, user_groups
+from core.training.trainer import train
+from core.users.tastes import preset
 
 SMALL = {"corpus_prompts": 400, "cache_dir": None}
 
@@ -122,8 +122,8 @@ def test_unknown_decoder_names_the_field():
 
 
 def test_compare_takes_users_by_preset_name_or_json_file_and_names_what_is_wrong(tmp_path, capsys):
-    from core.experiments import main as experiments_main
-    from core.experiments import parse_users_arg
+    from core.experiments.compare import main as experiments_main
+    from core.experiments.compare import parse_users_arg
 
     assert parse_users_arg("four-one-hot") == "four-one-hot"
     good = tmp_path / "users.json"
@@ -171,8 +171,8 @@ def test_z_shuffle_tells_a_model_that_reads_the_user_from_one_that_stalls(four_u
 def test_many_users_get_an_automatic_test_cap_unless_one_is_set(tmp_path, small_corpus_embeddings, cache_root):
     """A 100-user preset would otherwise score every test pair (about 136k at 1500 questions) twice per
     evaluation; up to 8 users nothing changes; an explicit cap always wins."""
-    from core.config import AUTO_TEST_CAP
-    from core.train import Trainer
+    from core.training.config import AUTO_TEST_CAP
+    from core.training.trainer import Trainer
 
     def per_user(**over):
         cfg = build_config({"preset": "personal", **SMALL, "cache_dir": cache_root, "steps": 1, **over})

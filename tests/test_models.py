@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from core.models import (
+from core.models.reward_models import (
     BTLRewardModel,
     VPLDims,
     VPLRewardModel,
@@ -104,7 +104,7 @@ def test_mixture_reader_recognises_the_user_whose_reward_explains_the_demonstrat
 
 
 def test_mixture_and_fit_readers_need_a_bilinear_term_in_a_config():
-    from core.config import ConfigError, build_config
+    from core.training.config import ConfigError, build_config
 
     for reader in ("mixture", "fit", "blend"):
         with pytest.raises(ConfigError, match=f"user_encoder '{reader}'"):
@@ -217,7 +217,7 @@ def test_a_grid_over_the_tastes_reads_people_among_many_users_closer_than_a_grid
     is are read nearer their own latent. Up to four users both grids are one grid."""
     import numpy as np
 
-    from core.models import VPLRewardModel, blend_grid, taste_grid
+    from core.models.reward_models import VPLRewardModel, blend_grid, taste_grid
 
     rng = np.random.default_rng(0)
     W = rng.dirichlet(np.ones(4), 40)  # (40, 4) the users' tastes
@@ -248,7 +248,7 @@ def test_a_grid_over_the_tastes_reads_people_among_many_users_closer_than_a_grid
 def test_the_blend_readers_centre_prior_reads_people_at_the_centre_but_does_not_train_there():
     """blend_centre_prior is a prior for reading people: in eval mode a large one puts an ordinary reading at
     the even blend of the users' latents; in training mode the reader is the plain grid posterior."""
-    from core.models import VPLDims, VPLRewardModel
+    from core.models.reward_models import VPLDims, VPLRewardModel
 
     torch.manual_seed(0)
     dims = VPLDims.scaled(16)
@@ -272,7 +272,7 @@ def test_an_mlp_z_head_learns_a_taste_a_linear_probe_of_e_cannot_while_the_rewar
     the reward of user k is |e_k|, which no linear map of e orders) is learned; with U e alone the model gets
     no further than its shared MLP(e) does for everyone (sum_k |e_k| agrees with each |e_k| more often than
     not). Either way the reward is linear in z, which the blend and fit readers rely on."""
-    from core.decoders import LinearDecoder
+    from core.models.decoders import LinearDecoder
 
     torch.manual_seed(0)
     D, L, H = 8, 4, 32
@@ -304,7 +304,7 @@ def test_an_mlp_z_head_learns_a_taste_a_linear_probe_of_e_cannot_while_the_rewar
 
 
 def test_z_head_needs_a_decoder_with_a_z_term():
-    from core.config import ConfigError, build_config
+    from core.training.config import ConfigError, build_config
 
     with pytest.raises(ConfigError, match="z_head"):
         build_config({"method": "vpl", "decoder": "concat", "z_head": "mlp"})

@@ -1,13 +1,13 @@
-"""Any person, any question (core.people): who is asked, how they are read, and what they are scored on."""
+"""Any person, any question (core.users.people): who is asked, how they are read, and what they are scored on."""
 
 import numpy as np
 import pytest
 import torch
 
-from core.config import build_config
-from core.people import Person, build_people_set, outside_people, people_accuracy
-from core.train import train
-from core.users import preset, user_scores
+from core.training.config import build_config
+from core.training.trainer import train
+from core.users.people import Person, build_people_set, outside_people, people_accuracy
+from core.users.tastes import preset, user_scores
 
 SMALL = {"corpus_prompts": 400}
 
@@ -115,8 +115,8 @@ def test_personal_serves_its_users_on_all_pairs_and_people_outside_training_bett
 
 
 def test_bad_input_names_the_field():
-    from core.reward import RewardModelError
-    from core.student import answers_curve
+    from core.serving.run_reward import RewardModelError
+    from core.serving.student import answers_curve
 
     with pytest.raises(RewardModelError, match="^weights: .*sum to 0"):
         answers_curve(None, None, [0, 0, 0, 0])
@@ -126,7 +126,7 @@ def test_bad_input_names_the_field():
         answers_curve(None, None, [1, 0, 0, 0], counts=[0, 8])
     with pytest.raises(ValueError, match="^n_demos"):
         build_people_set(np.zeros((3, 4, 4)), [Person("x", "blend", np.full(4, 0.25))], [0], [1], n_demos=0)
-    from core.config import ConfigError
+    from core.training.config import ConfigError
 
     with pytest.raises(ConfigError, match="^n_demos"):
         build_config({"preset": "personal", "n_demos": 0})
@@ -178,7 +178,7 @@ def test_the_vertex_term_makes_each_users_own_latent_serve_that_user(term_runs, 
 
 
 def test_population_options_name_the_field_they_need():
-    from core.config import ConfigError
+    from core.training.config import ConfigError
 
     with pytest.raises(ConfigError, match="^config: Value error, population_coef: .*'mixture' or 'blend'"):
         build_config({"preset": "vpl", "population_coef": 1.0})

@@ -92,7 +92,7 @@ def test_packed_grades_respect_the_sliding_window_past_512_tokens(gemma):
 def test_few_shot_reads_a_and_b_through_the_plain_format(gemma):
     """The few-shot baseline builds its prompts with apply_chat_template: with the plain format it reads
     P(A) from the token after "Answer:\\n", and swapping the two answers moves it."""
-    from core.fewshot import chooser_for, demo_block, query_block
+    from core.experiments.fewshot import chooser_for, demo_block, query_block
 
     chooser = chooser_for(gemma)
     q = query_block("What is 2 + 2?", "2 + 2 = 4.", "2 + 2 = 5, certainly.")

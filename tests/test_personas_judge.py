@@ -236,7 +236,7 @@ def test_interrupted_run_resumes_without_rescoring(judge, questions, tmp_path):
     assert counts == {"total": 6, "done": 6, "skipped_existing": 2, "read_from": {"logits": 4}}
     assert counting.suffixes == 2 * 4  # only the 4 remaining items, 2 responses each
     assert done_keys(tmp_path) == {f"{u}::{q.qid}" for u in range(2) for q in questions}
-    from core.runs import read_jsonl
+    from core.common.runs import read_jsonl
 
     recs, skipped = read_jsonl(tmp_path / "results.jsonl")
     assert skipped == 1 and recs[:2] == first

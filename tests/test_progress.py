@@ -1,4 +1,4 @@
-"""Progress of long work: plain lines and status.json from core.progress, and the CLIs under a real
+"""Progress of long work: plain lines and status.json from core.common.progress, and the CLIs under a real
 terminal (a pseudo-TTY) and a pipe."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from core.progress import Progress
+from core.common.progress import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 

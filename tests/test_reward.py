@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.reward import PersonalRewardModel, RewardModelError, ask_pairs
-from core.runs import RunDir
-from core.users import user_scores
+from core.common.runs import RunDir
+from core.serving.run_reward import PersonalRewardModel, RewardModelError, ask_pairs
+from core.users.tastes import user_scores
 
 REPO = Path(__file__).resolve().parents[1]
 HONESTY, HELPFULNESS = [0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]
@@ -56,8 +56,8 @@ def agreement(rm, table, w, me, pairs) -> float:
 @pytest.fixture(scope="module")
 def personal_and_twin(tmp_path_factory, cache_root, small_corpus_embeddings):
     """A `personal` run on two opposed users and a traditional run on the same pairs (400 questions, 300 steps)."""
-    from core.config import build_config
-    from core.train import train_grid
+    from core.training.config import build_config
+    from core.training.trainer import train_grid
 
     root = tmp_path_factory.mktemp("personal")
     common = {"users": "two-opposed", "corpus_prompts": 400, "steps": 300, "eval_every": 300, "agreed_share": 1.0,
@@ -74,7 +74,7 @@ def test_a_visitor_no_training_user_is_is_read_and_served_on_unseen_questions(pe
     """A visitor whose weights no training user has answers 8 of the run's training questions; read from
     them, the personal model ranks every pair the visitor strictly prefers on the test questions better
     than the traditional model trained on the same pairs does on the same pairs."""
-    from core.student import answers_curve, student_answers
+    from core.serving.student import answers_curve, student_answers
 
     rm, twin = personal_and_twin
     curve = answers_curve(rm, twin, w, counts=(8,))
@@ -95,7 +95,7 @@ def test_a_reward_function_from_an_honesty_visitors_answers_ranks_honesty_on_uns
     """The TRL use: a reward function built from an honesty-only visitor's 8 answers (training questions)
     puts each test question's most honest response above its least honest one; contested-only training
     made the honesty user 'the opposite of the helpfulness user' and failed this (issue 18)."""
-    from core.student import run_questions, student_answers
+    from core.serving.student import run_questions, student_answers
 
     rm, twin = personal_and_twin
     table = rm.table()
@@ -194,7 +194,7 @@ def test_trl_grpo_trains_two_steps_on_this_reward(rm, tmp_path):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
-    from core.bundled import bundled_smollm2_folder
+    from core.common.bundled import bundled_smollm2_folder
 
     tok = AutoTokenizer.from_pretrained(bundled_smollm2_folder())
     tok.pad_token = tok.pad_token or tok.eos_token

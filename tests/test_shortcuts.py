@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import build_config
-from core.grid import plan_groups
-from core.runs import RunDir
-from core.train import Trainer
+from core.common.runs import RunDir
+from core.training.config import build_config
+from core.training.grid import plan_groups
+from core.training.trainer import Trainer
 
 SMALL = {"corpus_prompts": 400, "people_every": 0}
 

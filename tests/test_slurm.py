@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from core import slurm
-from core.jobs import JobManager
-from core.runs import RunDir
+from core.common.runs import RunDir
+from core.jobs import slurm
+from core.jobs.manager import JobManager
 from tests.test_jobs import long_run, tiny, training, wait_for
 
 FINAL = ("succeeded", "failed", "cancelled")

@@ -1,4 +1,4 @@
-"""Early stopping (core.stopping): a run stops once its validation loss stops improving and keeps its best
+"""Early stopping (core.training.stopping): a run stops once its validation loss stops improving and keeps its best
 evaluation's model; the validation questions are held out of training and are never test questions."""
 
 import numpy as np
@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.config import ConfigError, build_config
-from core.runs import RunDir
-from core.stopping import EarlyStopping
-from core.tables import run_row, summarize
-from core.train import train
+from core.common.runs import RunDir
+from core.experiments.tables import run_row, summarize
+from core.training.config import ConfigError, build_config
+from core.training.stopping import EarlyStopping
+from core.training.trainer import train
 
 # personal on two opposed users, 400 questions: its validation loss bottoms out near step 30-40 at batch 64
 # (seeds 0 and 1), long before 300 steps
@@ -36,8 +36,8 @@ def test_early_stopping_needs_a_validation_set_and_says_so():
 
 
 def test_validation_pairs_are_never_trained_on_nor_shown_and_the_rest_is_drawn_as_without_them(small_corpus):
-    from core.dataset import build
-    from core.users import preset
+    from core.training.dataset import build
+    from core.users.tastes import preset
 
     W = preset("four-one-hot")
     plain = build(small_corpus, W, seed=1, agreed_share=1.0)
@@ -106,7 +106,7 @@ def test_an_adaptive_run_is_read_for_stopping_only_from_its_last_phase(tmp_path,
     """vpl-adaptive trains one user after the other, so until its last phase the validation loss says nothing
     about being done: read from the start, the two-opposed lesson's run stopped at step 20 with its second user at
     0.05 (seed 0). The lesson's config, seeds 0 / 1: it trains to step 60 and serves both users (0.96 / 0.98)."""
-    from core.config import LESSON_TWO_OPPOSED
+    from core.training.config import LESSON_TWO_OPPOSED
 
     cfg = build_config({"preset": "vpl-adaptive", **LESSON_TWO_OPPOSED, "cache_dir": cache_root})
     assert cfg.early_stop_patience > 0

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import build_config
-from core.encoders import EmbeddingCache, TextEncoder
-from core.models import VPLRewardModel
-from core.runs import RunDir
-from core.study import StudyError, run_configs, validate_study
-from core.train import Trainer, train
+from core.common.runs import RunDir
+from core.experiments.study import StudyError, run_configs, validate_study
+from core.models.encoders import EmbeddingCache, TextEncoder
+from core.models.reward_models import VPLRewardModel
+from core.training.config import build_config
+from core.training.trainer import Trainer, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_DATA = {"corpus_prompts": 60, "max_train_per_user": 16, "max_test_per_user": 6, "pool_size": 8, "n_demos": 2}
@@ -186,7 +186,7 @@ def test_study_tiny_cli_writes_the_grid_with_an_encoder_column_and_the_dry_run_e
                            "segment_pool=false", "--out", str(out)], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "4 runs as one grid" in proc.stdout  # the grid path (core.grid), stacked LoRA adapters
+    assert "4 runs as one grid" in proc.stdout  # the grid path (core.training.grid), stacked LoRA adapters
     assert "4 runs in 3 group(s)" in proc.stdout  # vpl and vpl-adaptive on one base model
     table = json.loads((out / "table.json").read_text())
     assert [r["method"] for r in table] == ["traditional", "vpl", "vpl-adaptive", "personal"]
@@ -209,7 +209,7 @@ def test_study_tiny_cli_writes_the_grid_with_an_encoder_column_and_the_dry_run_e
 
 @pytest.mark.slow
 def test_study_runs_as_a_job_kind_through_the_job_manager(tmp_path, smollm2, cache_root, monkeypatch):
-    from core.jobs import JobManager
+    from core.jobs.manager import JobManager
 
     monkeypatch.setenv("PREFLENS_CACHE", cache_root)
     jm = JobManager(tmp_path / "runs")
@@ -221,7 +221,7 @@ def test_study_runs_as_a_job_kind_through_the_job_manager(tmp_path, smollm2, cac
         time.sleep(1)
     st = jm.status(rid)
     assert st["state"] == "succeeded", jm.log(rid)[-2000:]
-    # one grid (core.grid): progress counts optimizer steps over its runs
+    # one grid (core.training.grid): progress counts optimizer steps over its runs
     assert st["label"] == "study-tiny-two-opposed" and st["progress"]["done"] == st["progress"]["total"] > 0
     table = json.loads((tmp_path / "runs" / rid / "table.json").read_text())
     assert table[0]["method"] == "traditional" and table[0]["encoder"] == "bundled-smollm2 + lora"
@@ -233,8 +233,9 @@ def test_study_full_on_cpu_refuses_at_once_naming_the_memory_it_needs(tmp_path, 
     lower it; the job entry point too, recording the failure in its run directory."""
     import re
 
-    from core import experiments, study
-    from core.encoders import TextEncoder
+    from core.experiments import compare as experiments
+    from core.experiments import study
+    from core.models.encoders import TextEncoder
 
     def no_load(*args, **kwargs):
         raise AssertionError("the study went on to load a model / measure a step")
@@ -269,7 +270,7 @@ def test_study_full_on_cpu_refuses_at_once_naming_the_memory_it_needs(tmp_path, 
 
 
 def test_study_step_memory_grows_with_the_step_and_leaves_a_gpu_alone(monkeypatch):
-    from core.study import StudyMemoryError, check_memory, step_memory
+    from core.experiments.study import StudyMemoryError, check_memory, step_memory
 
     def need(**kw) -> int:
         return step_memory(validate_study({"size": "full", "device": "cpu", "methods": ["vpl"], "seeds": [0], **kw}))["bytes"]

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import ConfigError, build_config, load_config_file
-from core.experiments import convergence
-from core.experiments import main as experiments_main
-from core.runs import RunDir
-from core.train import Trainer, train
+from core.common.runs import RunDir
+from core.experiments.compare import convergence
+from core.experiments.compare import main as experiments_main
 from core.train import main as train_main
+from core.training.config import ConfigError, build_config, load_config_file
+from core.training.trainer import Trainer, train
 
 SMALL = {"corpus_prompts": 400, "eval_every": 25}
 
@@ -29,8 +29,8 @@ def test_the_contested_two_user_test_set_is_mirrored_so_a_user_blind_model_score
     """The lesson's 'traditional stays at chance' is a property of the data, not evidence about a model:
     with two users every contested pair appears once for each user, in opposite orientations, so any
     scorer that ignores the user, even a random one, gets exactly one of each right."""
-    from core.dataset import build
-    from core.users import preset
+    from core.training.dataset import build
+    from core.users.tastes import preset
 
     test = build(small_corpus, preset("two-opposed"), seed=0).test
     mine = {(int(c), int(r)) for u, c, r in zip(test.user, test.chosen, test.rejected, strict=True) if u == 0}
@@ -158,7 +158,7 @@ def test_a_trained_encoder_at_the_preset_batch_on_cpu_fails_at_once_naming_batch
     status = RunDir(tmp_path / "run").status()
     assert status["state"] == "failed" and "batch_size" in status["error"] and "grad_accum" in status["error"]
     # the same config fused over micro-batches counts them all; a frozen encoder or a small batch passes
-    from core.train import check_fits_device
+    from core.training.trainer import check_fits_device
 
     with pytest.raises(ConfigError, match="^batch_size: 128 pairs"):
         check_fits_device(build_config({"preset": "vpl", "query_encoder": "lora", "batch_size": 32, "grad_accum": 4,

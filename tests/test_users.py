@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from core.data import PreferenceTable
-from core.users import (
+from core.users.tastes import (
     UserError,
     contested_pairs,
     disagreement_matrix,

@@ -9,7 +9,7 @@ import numpy as np
 import streamlit as st
 
 from core.data import PreferenceTable, generate_table, load_ultrafeedback
-from core.users import UserError, preset, validate_users
+from core.users.tastes import UserError, preset, validate_users
 
 CORPUS_DEFAULTS = {"seed": 0, "n": 1500, "signal": 1.0, "noise": 0.0}
 

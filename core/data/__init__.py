@@ -1,9 +1,9 @@
 """Data: UltraFeedback loading and normalizing, the offline corpus, filters."""
 
-from .corpus import generate_rows, generate_table, write_corpus
-from .filters import non_dominated_mask, pairs_from_scores
-from .table import ASPECTS, PreferenceTable, join_prompt_response
-from .ultrafeedback import DataError, HubUnavailableError, load_binarized, load_ultrafeedback
+from core.data.corpus import generate_rows, generate_table, write_corpus
+from core.data.filters import non_dominated_mask, pairs_from_scores
+from core.data.table import ASPECTS, PreferenceTable, join_prompt_response
+from core.data.ultrafeedback import DataError, HubUnavailableError, load_binarized, load_ultrafeedback
 
 __all__ = [
     "ASPECTS", "DataError", "HubUnavailableError", "PreferenceTable", "generate_rows", "generate_table",

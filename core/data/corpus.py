@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli import cli_main
-from . import corpus_text as T
-from .table import ASPECTS, PreferenceTable
+from core.common.cli import cli_main
+from core.data import corpus_text as T
+from core.data.table import ASPECTS, PreferenceTable
 
 N_SLOTS = 4  # slots per aspect; level L -> L-1 good slots
 
@@ -143,7 +143,7 @@ def _completion(k: int, text: str, ratings: np.ndarray) -> dict:
 
 def generate_table(n_prompts: int = 1500, seed: int = 0, signal: float = 1.0, rating_noise: float = 0.0) -> PreferenceTable:
     """The corpus, read back through the same loader that reads real UltraFeedback."""
-    from .ultrafeedback import load_ultrafeedback
+    from core.data.ultrafeedback import load_ultrafeedback
 
     rows = generate_rows(n_prompts=n_prompts, seed=seed, signal=signal, rating_noise=rating_noise)
     table = load_ultrafeedback(rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .table import PreferenceTable
+from core.data.table import PreferenceTable
 
 
 def non_dominated_mask(table: PreferenceTable) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import spearmanr
 
-from .table import ASPECTS, PreferenceTable
+from core.data.table import ASPECTS, PreferenceTable
 
 
 def _split(n_questions: int, seed: int, train_share: float = 0.7) -> tuple[np.ndarray, np.ndarray]:

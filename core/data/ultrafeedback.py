@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .table import ASPECTS, PreferenceTable
+from core.data.table import ASPECTS, PreferenceTable
 
 HUB_ID = "openbmb/UltraFeedback"
 FILE_SUFFIXES = (".json", ".jsonl", ".parquet")

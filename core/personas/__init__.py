@@ -3,8 +3,8 @@
 Heavy parts (transformers) load lazily: importing this package is cheap.
 """
 
-from .parse import parse_choice, parse_scores
-from .stories import DEFAULT_STORIES_PATH, Story, default_stories, load_stories, parse_stories
+from core.personas.parse import parse_choice, parse_scores
+from core.personas.stories import DEFAULT_STORIES_PATH, Story, default_stories, load_stories, parse_stories
 
 __all__ = ["DEFAULT_STORIES_PATH", "Story", "default_stories", "load_stories", "parse_choice", "parse_scores",
            "parse_stories"]

@@ -1,7 +1,7 @@
 """CLI: ``python -m core.personas --stories FILE --n-questions N --mode pairwise|scoring --judge default --run-dir DIR``
 
-or ``python -m core.personas --config RUN/config.json --run-dir RUN`` (how core.jobs launches it).
-Writes status through core.runs.RunDir, results to RUN/results.jsonl, resumes on restart, and
+or ``python -m core.personas --config RUN/config.json --run-dir RUN`` (how core.jobs.manager launches it).
+Writes status through core.common.runs.RunDir, results to RUN/results.jsonl, resumes on restart, and
 marks the run cancelled on SIGTERM / Ctrl-C.
 """
 
@@ -15,9 +15,8 @@ import time
 import traceback
 from pathlib import Path
 
-from core.cli import cli_main
-
-from .config import PersonaConfig, validate_config
+from core.common.cli import cli_main
+from core.personas.config import PersonaConfig, validate_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,8 +51,7 @@ def resolve_config(args: argparse.Namespace) -> PersonaConfig:
 
 def load_questions(cfg: PersonaConfig):
     from core.data import generate_table, load_ultrafeedback
-
-    from .simulate import pick_questions
+    from core.personas.simulate import pick_questions
 
     n_q = 2 if cfg.dry_run else cfg.n_questions
     if cfg.data == "offline":
@@ -66,7 +64,7 @@ def load_questions(cfg: PersonaConfig):
 @cli_main  # e.g. a --run-dir that cannot be created: one "error: ..." line, exit status 2
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from core.runs import RunDir
+    from core.common.runs import RunDir
 
     run = RunDir(args.run_dir).create()
     try:
@@ -87,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     run.log(f"personas run: {cfg.model_dump_json()}")
     setting_up = True  # reading the stories and questions and loading the judge: a ValueError is bad input
     try:
-        from .simulate import run_simulation
-        from .stories import load_stories
+        from core.personas.simulate import run_simulation
+        from core.personas.stories import load_stories
 
         stories = load_stories(cfg.stories)
         if cfg.n_stories:
@@ -97,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             stories = stories[:2]
         questions = load_questions(cfg)
         t0 = time.time()
-        from .judges import make_judge
+        from core.personas.judges import make_judge
 
         judge = make_judge(cfg.judge, reuse_prefix=cfg.reuse_prefix, batch_size=cfg.batch_size,
                            threads=cfg.threads, concurrency=cfg.batch_size)
@@ -106,15 +104,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(stories)} stories x {len(questions)} questions, mode {cfg.mode}")
         qpath = run.path / "quality.json"
         if cfg.quality_probe and not cfg.dry_run and not qpath.exists():
-            from core.runs import write_json_atomic
-
-            from .quality import run_probe
+            from core.common.runs import write_json_atomic
+            from core.personas.quality import run_probe
 
             probe = run_probe(judge, cfg.quality_probe)
             write_json_atomic(qpath, probe)
             run.log(f"judge-quality probe: {probe['spearman']} ({probe['method']})")
         max_new = cfg.max_new_tokens or (8 if cfg.mode == "pairwise" else (24 if cfg.dry_run else 64))
-        from core.progress import Progress, status_writer
+        from core.common.progress import Progress, status_writer
 
         # a bar on a terminal, plain lines in a job's log.txt, and the same progress in status.json
         with Progress(len(stories) * len(questions), unit="items", stage=f"personas {cfg.mode}",
@@ -134,14 +131,14 @@ def main(argv: list[str] | None = None) -> int:
         run.mark_final("cancelled", error="stopped by signal")
         return 130
     except Exception as e:
-        from .simulate import Cancelled
+        from core.personas.simulate import Cancelled
 
         if isinstance(e, Cancelled):
             run.mark_final("cancelled", error="stopped by signal")
             return 130
         run.log(traceback.format_exc())  # the run's log.txt keeps the traceback; the terminal gets one line
         run.mark_final("failed", error=f"{type(e).__name__}: {e}")
-        from core.cli import is_expected, report
+        from core.common.cli import is_expected, report
 
         if is_expected(e) or (setting_up and isinstance(e, ValueError)):
             return report(e)  # exit status 2, like a bad config

@@ -38,7 +38,7 @@ class PersonaConfig(BaseModel):
     @field_validator("judge")
     @classmethod
     def _known_bundled_judge(cls, v: str) -> str:
-        from core.bundled import BUNDLED_JUDGES
+        from core.common.bundled import BUNDLED_JUDGES
 
         if v.startswith("bundled-") and v not in BUNDLED_JUDGES:
             raise ValueError(f"unknown bundled judge {v!r}; known: default, {', '.join(BUNDLED_JUDGES)}")

@@ -29,11 +29,10 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
-from core.cli import cli_main
-from core.runs import now_iso, write_json_atomic
-
-from . import analysis
-from .ratings import READERS, HumansError, Ratings, planted_ratings, read_ratings, read_table
+from core.common.cli import cli_main
+from core.common.runs import now_iso, write_json_atomic
+from core.personas import analysis
+from core.personas.ratings import READERS, HumansError, Ratings, planted_ratings, read_ratings, read_table
 
 __all__ = ["METRICS", "OUTPUT_FILES", "READERS", "Analysis", "HumansError", "Ratings", "analyse", "group_table",
            "group_test", "load_output", "main", "neighbour_graph", "planted_ratings", "rating_matrix",

@@ -28,8 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundled import BUNDLED_JUDGES, DEFAULT_JUDGE, SMOLLM2_GGUF, dequantized_path, save_dequantized
-from .answers import (  # noqa: F401 - re-exported: callers import them from here
+from core.common.bundled import (
+    BUNDLED_JUDGES,
+    DEFAULT_JUDGE,
+    SMOLLM2_GGUF,
+    dequantized_path,
+    save_dequantized,
+)
+from core.personas.answers import (  # noqa: F401 - re-exported: callers import them from here
     RATINGS,
     ChoiceResult,
     RatingResult,
@@ -337,7 +343,7 @@ class LocalJudge:
         """Run the packed engine. ``probes_per_item[i]`` is a list of (seq, start): token sequences after
         item i's body whose tokens seq[start:] are scored. Returns per item a list of log P(seq[start:]).
         With start == len(seq) the probe instead returns the next-token log-distribution after seq."""
-        from .packing import batches, build_rows, forward_rows
+        from core.personas.packing import batches, build_rows, forward_rows
 
         rows, where = build_rows(items)
         wanted: list[dict[int, int]] = [dict() for _ in rows]  # node -> slot in that row's wanted list
@@ -460,7 +466,7 @@ def make_judge(spec: str = "default", **kwargs):
     """'default' | 'bundled-smollm2' | 'bundled-gemma3' | a model id/folder/.gguf path -> LocalJudge;
     'openai' or 'openai:<model>' -> OpenAIJudge. An unknown 'bundled-...' name is a ValueError naming it."""
     if spec.startswith("openai"):
-        from .openai_judge import OpenAIJudge
+        from core.personas.openai_judge import OpenAIJudge
 
         model = spec.split(":", 1)[1] if ":" in spec else None
         return OpenAIJudge(model=model, **{k: v for k, v in kwargs.items() if k in OpenAIJudge.ACCEPTS})

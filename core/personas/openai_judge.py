@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .answers import RATINGS, ChoiceResult, RatingResult, grade_text, normalize, option_key
+from core.personas.answers import RATINGS, ChoiceResult, RatingResult, grade_text, normalize, option_key
 
 ENV_BASE_URL = "PREFLENS_JUDGE_BASE_URL"
 ENV_MODEL = "PREFLENS_JUDGE_MODEL"

@@ -7,7 +7,7 @@ key-value cache compute the prefix once per persona and reuse it.
 
 from __future__ import annotations
 
-from .stories import Story
+from core.personas.stories import Story
 
 DIMENSIONS: tuple[str, ...] = ("truthfulness", "instruction_following", "helpfulness", "personal_preference")
 DIMENSION_LABELS = {

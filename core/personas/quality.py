@@ -19,11 +19,10 @@ import time
 import numpy as np
 from scipy.stats import spearmanr
 
-from core.cli import cli_main, report
-
-from . import prompts
-from .parse import parse_scores
-from .stories import Story
+from core.common.cli import cli_main, report
+from core.personas import prompts
+from core.personas.parse import parse_scores
+from core.personas.stories import Story
 
 REVIEWER = Story(name="Reviewer", occupation="careful, impartial reviewer",
                  story="You check facts, follow instructions to the letter and value useful answers.")
@@ -96,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--out", default=None, help="write the result as JSON here")
     args = p.parse_args(argv)
-    from .judges import make_judge
+    from core.personas.judges import make_judge
 
     try:
         judge = make_judge(args.judge)

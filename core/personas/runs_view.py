@@ -7,21 +7,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core.runs import RunDir, new_run_id, read_json, read_jsonl
-
-from .config import validate_config
-from .simulate import RESULTS_FILE
+from core.common import REPO_ROOT
+from core.common.runs import RunDir, new_run_id, read_json, read_jsonl
+from core.personas.config import validate_config
+from core.personas.simulate import RESULTS_FILE
 
 ENV_ROOTS = ("PREFLENS_RUNS_DIR", "PREFLENS_CHECKPOINTS")
 
 
 def checkpoints_root() -> Path:
-    """The runs folder: $PREFLENS_RUNS_DIR (the job system's), else core.jobs' default, else checkpoints/."""
+    """The runs folder: $PREFLENS_RUNS_DIR (the job system's), else core.jobs.manager' default, else checkpoints/."""
     for name in ENV_ROOTS:
         if os.environ.get(name):
             return Path(os.environ[name])
     try:
-        from core.jobs import default_root
+        from core.jobs.manager import default_root
     except ImportError:
         return Path("checkpoints")
     return default_root()
@@ -29,14 +29,14 @@ def checkpoints_root() -> Path:
 
 def _manager(root):
     try:
-        from core.jobs import JobManager  # the project's job system
+        from core.jobs.manager import JobManager  # the project's job system
     except ImportError:
         return None
     return JobManager(root)
 
 
 def refresh(root: str | Path) -> None:
-    """Let the job system start queued runs and mark dead ones failed (no-op without core.jobs)."""
+    """Let the job system start queued runs and mark dead ones failed (no-op without core.jobs.manager)."""
     mgr = _manager(root) if Path(root).is_dir() else None
     if mgr is not None:
         mgr.schedule()
@@ -69,7 +69,7 @@ def load_run(path: str | Path) -> dict:
 def launch(config: dict, root: str | Path) -> str:
     """Validate, then start a run as a background job; returns the run id.
 
-    Uses core.jobs when present; otherwise starts ``python -m core.personas`` detached itself.
+    Uses core.jobs.manager when present; otherwise starts ``python -m core.personas`` detached itself.
     """
     cfg = validate_config({**config, "kind": "personas"}).model_dump()
     mgr = _manager(root)
@@ -83,7 +83,7 @@ def launch(config: dict, root: str | Path) -> str:
     with open(run.log_path, "a") as log:
         subprocess.Popen([sys.executable, "-m", "core.personas", "--config", str(run.config_path), "--run-dir",
                           str(run.path)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                         cwd=Path(__file__).resolve().parents[2])
+                         cwd=REPO_ROOT)
     return run_id
 
 
@@ -125,8 +125,8 @@ def list_humans_outputs(root: str | Path) -> list[dict]:
 def persona_group_stats(records: list[dict], permutations: int = 1000, seed: int = 0) -> dict | None:
     """The humans' group test on a persona run: cosine similarity of the users' choices, grouped by
     their stories' groups (the same within/between means and permutation p-value); None below 2 users."""
-    from . import analysis
-    from .humans import group_test
+    from core.personas import analysis
+    from core.personas.humans import group_test
 
     df = analysis.results_frame(records)
     if df.empty:

@@ -29,7 +29,7 @@ import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from core.cli import cli_main, report
+from core.common.cli import cli_main, report
 
 ENV_SERVE_KEY = "PREFLENS_SERVE_API_KEY"
 
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-logprobs", action="store_true",
                    help="answer without logprobs even when asked (\"logprobs\": null), like servers that lack them")
     args = p.parse_args(argv)
-    from .judges import LocalJudge
+    from core.personas.judges import LocalJudge
 
     try:
         judge = LocalJudge(args.model, threads=args.threads)

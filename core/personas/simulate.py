@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import prompts
-from .parse import parse_choice, parse_scores
-from .stories import Story
+from core.personas import prompts
+from core.personas.parse import parse_choice, parse_scores
+from core.personas.stories import Story
 
 RESULTS_FILE = "results.jsonl"
 
@@ -69,7 +69,7 @@ def item_key(user: int, qid: str) -> str:
 
 
 def done_keys(run_dir: str | Path) -> set[str]:
-    from core.runs import read_jsonl
+    from core.common.runs import read_jsonl
 
     records, _ = read_jsonl(Path(run_dir) / RESULTS_FILE)
     return {r["key"] for r in records if "key" in r}

@@ -1,7 +1,7 @@
-"""AppTest: a run that stopped early (core.stopping) shows the step it kept, and why, on the Train page's
+"""AppTest: a run that stopped early (core.training.stopping) shows the step it kept, and why, on the Train page's
 curves and runs table and on the Latent page; the lesson buttons stay on the Train page once runs exist.
 
-The run is written by hand in the RunDir format (core.runs) the trainer writes when early stopping fires:
+The run is written by hand in the RunDir format (core.common.runs) the trainer writes when early stopping fires:
 evaluations every 25 steps with ``val_loss``/``best_step``, then a last record re-evaluating the kept
 step's model (``kept_best``, ``step`` = the kept step, ``stopped_at``), and status.json's ``stopped_early``.
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.config import LESSON_FOUR_USERS
-from core.jobs import JobManager
-from core.runs import RunDir
+from core.common.runs import RunDir
+from core.jobs.manager import JobManager
+from core.training.config import LESSON_FOUR_USERS
 from tests.app.figures import array, figure, open_page
 
 RID = "personal-20260101-000000-early1"

@@ -6,7 +6,7 @@ import numpy as np
 from streamlit.testing.v1 import AppTest
 
 from core.data import generate_table, non_dominated_mask
-from core.users import disagreement_matrix, preferred, preset, user_scores
+from core.users.tastes import disagreement_matrix, preferred, preset, user_scores
 from tests.app.figures import array, figure
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")

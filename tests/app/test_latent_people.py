@@ -10,9 +10,9 @@ import shutil
 import numpy as np
 import pytest
 
-from core.config import build_config
-from core.latents_view import people_files
-from core.train import train
+from core.serving.latents_view import people_files
+from core.training.config import build_config
+from core.training.trainer import train
 from tests.app.figures import array, figure, open_page
 
 RID = "personal-20260101-000000-people"

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from streamlit.testing.v1 import AppTest
 
-from core.runs import RunDir
+from core.common.runs import RunDir
 from tests.app.figures import array
 
 PAGE = str(Path(__file__).resolve().parents[2] / "app_pages" / "personas.py")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.reward import PersonalRewardModel, ask_pairs
-from core.student import ranking_hits, run_questions
-from core.users import user_scores
+from core.serving.run_reward import PersonalRewardModel, ask_pairs
+from core.serving.student import ranking_hits, run_questions
+from core.users.tastes import user_scores
 from tests.app.figures import APP, array, figure
 from tests.conftest import LESSON_IDS
 

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.jobs import JobManager
-from core.runs import RunDir
+from core.common.runs import RunDir
+from core.jobs.manager import JobManager
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 

@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from core.config import build_config
-from core.jobs import JobManager
-from core.runs import RunDir
-from core.train import train
+from core.common.runs import RunDir
+from core.jobs.manager import JobManager
+from core.training.config import build_config
+from core.training.trainer import train
 from tests.app.figures import array, figure, open_page
 
 TINY = {"corpus_prompts": 60, "max_train_per_user": 40, "max_test_per_user": 20, "pool_size": 20,
@@ -135,7 +135,7 @@ def test_run_pickers_keep_their_labels_when_a_run_changes_state(runs_root, tmp_p
     import json
     import shutil
 
-    from core.jobs import proc_start_marker
+    from core.jobs.manager import proc_start_marker
 
     src, ids = runs_root
     rid = ids["vpl"]
@@ -184,7 +184,7 @@ def test_results_tables_show_rounded_figures(runs_root):
 @pytest.mark.slow
 def test_train_page_launches_a_grid_whose_members_are_runs(tmp_path, monkeypatch, cache_root,
                                                            small_corpus_embeddings):
-    from core.runs import FINAL_STATES
+    from core.common.runs import FINAL_STATES
     from tests.test_jobs import member_training, wait_for
 
     monkeypatch.setenv("PREFLENS_RUNS_DIR", str(tmp_path))

@@ -9,9 +9,9 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from core import slurm
-from core.jobs import JobManager
-from core.runs import FINAL_STATES
+from core.common.runs import FINAL_STATES
+from core.jobs import slurm
+from core.jobs.manager import JobManager
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from core.jobs import JobManager
-from core.runs import FINAL_STATES
+from core.common.runs import FINAL_STATES
+from core.jobs.manager import JobManager
 
 CHROMIUM = "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ POINTS_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot'))
 def drawn_points(runs: Path) -> int:
     """What the accuracy chart holds once both lesson runs are drawn: 2 users x each run's evaluations (a run
     that stopped early keeps its best evaluation, drawn once: its `kept_best` record is no extra point)."""
-    from core.runs import RunDir
+    from core.common.runs import RunDir
 
     total = 0
     for d in runs.iterdir():

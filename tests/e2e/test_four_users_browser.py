@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from core.jobs import JobManager
-from core.runs import FINAL_STATES
+from core.common.runs import FINAL_STATES
+from core.jobs.manager import JobManager
 from tests.e2e.test_browser import SHOTS, app_server, browser_page
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.reward import PersonalRewardModel, ask_pairs
-from core.student import ranking_hits, run_questions
-from core.users import user_scores
+from core.serving.run_reward import PersonalRewardModel, ask_pairs
+from core.serving.student import ranking_hits, run_questions
+from core.users.tastes import user_scores
 from tests.conftest import LESSON_IDS
 from tests.e2e.test_browser import SHOTS, app_server, browser_page
 

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from core import slurm
-from core.jobs import JobManager
-from core.runs import FINAL_STATES
+from core.common.runs import FINAL_STATES
+from core.jobs import slurm
+from core.jobs.manager import JobManager
 from tests.e2e.test_browser import SHOTS, browser_page, server  # noqa: F401 - server is the fixture
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
