@@ -14,7 +14,7 @@ from core.common.runs import RunDir
 from core.data.table import ASPECTS
 from core.jobs.manager import JobManager, default_root
 from core.serving import latents_view as lv
-from core.training.references import group_labels
+from core.users.tastes import group_labels
 from ui.state import run_label
 
 WEIGHT = "weight: "

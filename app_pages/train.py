@@ -12,8 +12,8 @@ from core.common.runs import RunDir
 from core.jobs import slurm
 from core.jobs.manager import JobManager, default_root
 from core.training.config import LESSON_FOUR_USERS, LESSON_TWO_OPPOSED, PRESETS, ConfigError
-from core.training.references import group_labels
 from core.users.tastes import PRESETS as USER_PRESETS
+from core.users.tastes import group_labels
 from ui.state import current_users, run_label
 
 QUICK = {k: v for k, v in LESSON_TWO_OPPOSED.items() if k != "users"}

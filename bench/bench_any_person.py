@@ -92,9 +92,7 @@ def fresh_scores(run_dir: Path, seed: int, n_demos: int = 8, readings: int = 10,
 
 def cell(users: str, seed: int, steps: int, preset: str, extra: dict, root: str) -> dict:
     from core.training.config import PRESETS, build_config
-    from core.training.trainer import train
-
-    # the traditional twin trains on the same pairs and reads the same features
+    from core.training.launch import train
     twin_keys = ("contested_only", "agreed_share", "encoder", "max_length", "segment_pool")
     base = {**PRESETS[preset], **extra}
     shared = {k: base[k] for k in twin_keys if k in base}
@@ -142,12 +140,16 @@ def summarize(res: dict, preset: str) -> dict:
 
 
 # run in a child process by --baseline: one cell with one tree's code, the CPU seconds of each training run
-# taken around that tree's core.training.trainer.train (bench cells import it at call time), the result as JSON
+# taken around that tree's train() (bench cells import it at call time), the result as JSON. A tree from before
+# core/ was split into packages has it in core.train, and its other modules at the top of core/
 CHILD = """
 import json, sys, time
 tree, users, seed, steps, preset, extra, root = sys.argv[1:8]
 sys.path.insert(0, tree)
-import core.training.trainer as T
+try:
+    import core.training.launch as T
+except ImportError:
+    import core.train as T
 plain, cpu = T.train, []
 def timed(*a, **k):
     c0 = time.process_time()
@@ -167,13 +169,20 @@ WARM = """
 import sys, tempfile
 tree, users, seg = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 sys.path.insert(0, tree)
-from core.training.config import build_config
-from core.common.runs import RunDir
-from core.training.trainer import Trainer
+try:
+    from core.training.config import build_config
+    from core.common.runs import RunDir
+    from core.training.trainer import Trainer
+    from core.models.encoders import TextEncoder
+    from core.models.embedding_store import EmbeddingCache, default_cache_root
+except ImportError:
+    from core.config import build_config
+    from core.runs import RunDir
+    from core.train import Trainer
+    from core.encoders import TextEncoder, EmbeddingCache, default_cache_root
 from bench.bench_any_person import FRESH
 from core.data import generate_table
 from core.data.probes import all_texts
-from core.models.encoders import EmbeddingCache, TextEncoder, default_cache_root
 cfg = build_config({"preset": "traditional", "users": users, "segment_pool": seg, "agreed_share": 1.0})
 with tempfile.TemporaryDirectory() as d:
     Trainer(cfg, RunDir(d).create(), log=lambda m: None)

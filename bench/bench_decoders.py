@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 def cell(preset: str, decoder: str | None, users: str, seed: int, steps: int, extra: dict, root: Path) -> dict:
     from core.experiments.compare import people_measures
     from core.training.config import build_config
-    from core.training.trainer import train
+    from core.training.launch import train
 
     raw = {"preset": preset, "users": users, "seed": seed, "steps": steps, "eval_every": max(1, steps // 8), **extra}
     if decoder:

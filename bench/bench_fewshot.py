@@ -59,7 +59,8 @@ def main(argv=None) -> int:
     from core.experiments.fewshot_runs import _answer_tasks
     from core.personas.judges import make_judge
     from core.training.config import build_config
-    from core.training.trainer import load_table, load_users
+    from core.training.trainer import load_table
+    from core.users.tastes import load_users
 
     cfg = build_config({**parse_set(args.set), "users": args.users})
     table, W = load_table(cfg), load_users(cfg)

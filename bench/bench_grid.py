@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench._results import write_result
     from core.training.config import build_config
-    from core.training.trainer import warm_cache
+    from core.training.launch import warm_cache
 
     for p in args.presets:  # the embedding cache warm for every seed's data, so neither side pays for encoding
         for s in args.seeds:

@@ -81,7 +81,8 @@ def few_shot_prompts(cfg, queries: int, n_ks: int) -> tuple[int, int]:
     """How many prompts evaluate() scores (both orders of every user's queries per k, plus the uniform
     user's k=0 reference line), counted with the same split it builds."""
     from core.training.dataset import build
-    from core.training.trainer import load_table, load_users
+    from core.training.trainer import load_table
+    from core.users.tastes import load_users
 
     table, W = load_table(cfg), load_users(cfg)
     data = build(table, W, seed=cfg.seed, test_share=cfg.test_share, contested_only=cfg.contested_only,

@@ -12,7 +12,7 @@ starts the app and opens the Train page. Writes bench/out/lessons-<time>.json.
 
 ``--baseline REV`` also times each lesson on the app of commit REV (a temporary git worktree, the same
 Python), right after this checkout's, and prints the ratio. Its embedding cache is warmed first with REV's own
-``core.training.trainer --lesson L --warm-cache`` (untimed; older commits key the cache differently), as its setup would.
+``python -m core.train --lesson L --warm-cache`` (untimed; older commits key the cache differently), as its setup would.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="start the app and find the buttons; train nothing")
     args = ap.parse_args(argv)
     from bench._results import write_result
-    from core.models.encoders import default_cache_root
+    from core.models.embedding_store import default_cache_root
 
     cmd = "bench/bench_lessons.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"$ {cmd}")

@@ -67,7 +67,8 @@ def cold_encode(n_prompts: int) -> dict:
 
     from core.data import generate_table
     from core.data.probes import all_texts
-    from core.models.encoders import EmbeddingCache, TextEncoder
+    from core.models.embedding_store import EmbeddingCache
+    from core.models.encoders import TextEncoder
 
     texts = all_texts(generate_table(n_prompts=n_prompts, seed=0))
     torch.set_num_threads(os.cpu_count() or 1)  # what encoding gets in a run (training heads then take 1)

@@ -73,7 +73,8 @@ def main(argv=None) -> int:
               f"outside people mean {out.mean():.3f} min {out.min():.3f}")
     if args.dry_run:
         return 0
-    from core.models.encoders import EmbeddingCache, TextEncoder, default_cache_root
+    from core.models.embedding_store import EmbeddingCache, default_cache_root
+    from core.models.encoders import TextEncoder
 
     cache = EmbeddingCache(default_cache_root(), TextEncoder.load())
     train = generate_table(n_prompts=1500, seed=0)
@@ -114,7 +115,7 @@ def run_ceiling(run_dir: Path, seed: int, steps: int = 300) -> int:
 
     from core.data import generate_table
     from core.data.probes import all_texts
-    from core.models.reward_models import btl_loss_from_margin
+    from core.models.losses import btl_loss_from_margin
     from core.serving.run_reward import PersonalRewardModel
     from core.users.people import build_people_set, outside_people, people_accuracy, trained_people
 
@@ -174,7 +175,7 @@ def scorers(Etr, Efr, Rtr, Rfr, seed: int, steps: int = 3000) -> None:
     every strict pair of the fresh questions."""
     import torch
 
-    from core.models.reward_models import btl_loss_from_margin
+    from core.models.losses import btl_loss_from_margin
     from core.users.people import _strict_pairs
 
     C = Rtr.shape[1]

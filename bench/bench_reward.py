@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from core.serving.run_reward import PersonalRewardModel, ask_pairs  # noqa: E402
 from core.training.config import LESSON_TWO_OPPOSED, build_config  # noqa: E402
-from core.training.trainer import train  # noqa: E402
+from core.training.launch import train  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

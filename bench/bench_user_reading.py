@@ -37,7 +37,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.models.reward_models import contrastive_loss, make_decoder, mlp  # noqa: E402
+from core.models.losses import contrastive_loss  # noqa: E402
+from core.models.reward_models import make_decoder, mlp  # noqa: E402
 
 
 class OracleReader(nn.Module):

@@ -29,7 +29,7 @@ def cache_root():
     $PREFLENS_TEST_CACHE: each text is encoded at most once, across sessions too. Keyed by the encoder's
     weights (their content), so it holds only what that encoder computes; tests of the cache itself make
     their own."""
-    from core.models.encoders import default_cache_root
+    from core.models.embedding_store import default_cache_root
 
     return os.environ.get("PREFLENS_TEST_CACHE") or str(default_cache_root())
 
@@ -46,7 +46,7 @@ def small_corpus():
 def small_corpus_embeddings(small_corpus, minilm, cache_root):
     """float32 (400 * 4, 384): MiniLM embeddings of every (prompt, response) text, row q*4 + c."""
     from core.data.probes import all_texts
-    from core.models.encoders import EmbeddingCache
+    from core.models.embedding_store import EmbeddingCache
 
     return EmbeddingCache(cache_root, minilm).get(all_texts(small_corpus))
 
@@ -59,7 +59,7 @@ def lesson_runs_root(tmp_path_factory, cache_root, small_corpus_embeddings):
     """A runs root with a finished two-opposed vpl-adaptive run (400 questions, 150 steps) and a
     traditional run on the same data (20 steps), under generated-looking run ids."""
     from core.training.config import build_config
-    from core.training.trainer import train
+    from core.training.launch import train
 
     root = tmp_path_factory.mktemp("lesson-runs")
     lesson = {"corpus_prompts": 400, "steps": 150, "eval_every": 25, "cache_dir": cache_root}

@@ -19,7 +19,7 @@ def four_users(tmp_path_factory, cache_root, small_corpus_embeddings) -> dict:
     questions. personal keeps its preset's pairs (every strict pair, agreed_share 1) and so does traditional here, so
     the two score the same people on the same pairs; vpl keeps the study's contested pairs."""
     from core.training.config import build_config
-    from core.training.trainer import train_grid
+    from core.training.launch import train_grid
 
     root = tmp_path_factory.mktemp("four-users")
     cfgs = {"personal": {"preset": "personal"}, "traditional": {"preset": "traditional", "agreed_share": 1.0},

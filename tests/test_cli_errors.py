@@ -3,7 +3,7 @@
 
 Each test runs the real CLI as a child process, on input that fails before any training. A full disk is
 played by a child whose ``shutil.disk_usage`` reports 0 bytes free: the embedding cache's own check
-(core.models.encoders.EmbeddingCache._check_room) then raises CacheFullError before encoding anything.
+(core.models.embedding_store.EmbeddingCache._check_room) then raises CacheFullError before encoding anything.
 """
 
 from __future__ import annotations

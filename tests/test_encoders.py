@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+import core.models.embedding_store as store_mod
 import core.models.encoders as enc_mod
-from core.models.encoders import CacheFullError, EmbeddingCache, last_token_pool, mean_pool
+from core.models.embedding_store import CacheFullError, EmbeddingCache
+from core.models.encoders import last_token_pool, mean_pool
 
 
 def test_pooling_by_hand():
@@ -139,7 +141,7 @@ def _leave_free(mnt, real, free: int, monkeypatch):
         return
     budget = {"free": free}
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(enc_mod.shutil, "disk_usage", lambda p: usage(1 << 20, (1 << 20) - budget["free"],
+    monkeypatch.setattr(store_mod.shutil, "disk_usage", lambda p: usage(1 << 20, (1 << 20) - budget["free"],
                                                                       budget["free"]))
     real_save = np.save
 
@@ -151,7 +153,7 @@ def _leave_free(mnt, real, free: int, monkeypatch):
         budget["free"] -= -(-n // 4096) * 4096 + 4096  # the .npy's blocks and its keys' block
         real_save(fh, arr)
 
-    monkeypatch.setattr(enc_mod.np, "save", save)
+    monkeypatch.setattr(store_mod.np, "save", save)
 
 
 def test_a_full_disk_is_named_before_encoding(minilm, small_disk, monkeypatch):
@@ -192,7 +194,8 @@ def test_a_disk_that_fills_midway_keeps_what_was_stored_and_leaves_no_tmp(minilm
 
 CHILD = """
 import json, os, sys, time
-from core.models.encoders import EmbeddingCache, TextEncoder
+from core.models.encoders import TextEncoder
+from core.models.embedding_store import EmbeddingCache
 root, me, other = sys.argv[1:4]
 enc = TextEncoder.load()
 enc.model  # load the weights before the start line, so both reach get() together

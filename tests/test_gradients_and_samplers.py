@@ -21,7 +21,7 @@ def _opposed_users(seed: int):
 
 
 def _user_losses(model, chosen, rejected, user) -> dict[int, torch.Tensor]:
-    from core.models.reward_models import btl_loss
+    from core.models.losses import btl_loss
 
     loss = btl_loss(model.reward(chosen), model.reward(rejected))  # (64,) per pair, as Trainer.forward gives
     return {u: loss[user == u] for u in (0, 1)}

@@ -10,8 +10,9 @@ import torch
 
 from core.common.runs import RunDir, now_iso
 from core.training.config import build_config
+from core.training.launch import train, train_grid
 from core.training.shared import Shared
-from core.training.trainer import Trainer, train, train_grid
+from core.training.trainer import Trainer
 
 SMALL = {"corpus_prompts": 400, "eval_every": 10}
 

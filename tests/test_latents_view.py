@@ -36,7 +36,7 @@ def run(tmp_path):
 
 def test_weights_per_probe_point_are_the_users_weights():
     W = lv.run_weights({"users": "cluster", "user_seed": 3})
-    assert np.allclose(W, preset("cluster", seed=3))  # the same users core.training.trainer.load_users builds
+    assert np.allclose(W, preset("cluster", seed=3))  # the same users core.users.tastes.load_users builds
     user = np.array([0, 99, 5, 5, 49])
     assert np.allclose(lv.probe_weights(user, W), W[user])
     custom = lv.run_weights({"users": [[0.7, 0.1, 0.1, 0.1], [0, 0, 0, 1]]})

@@ -8,9 +8,9 @@ from core.common.runs import RunDir
 from core.models.reward_models import DECODERS, VPLDims, VPLRewardModel
 from core.training.config import ConfigError, build_config
 from core.training.dataset import build
-from core.training.references import reference_accuracy, shuffled_contexts, user_groups
-from core.training.trainer import train
-from core.users.tastes import preset
+from core.training.launch import train
+from core.training.references import reference_accuracy, shuffled_contexts
+from core.users.tastes import preset, user_groups
 
 SMALL = {"corpus_prompts": 400, "cache_dir": None}
 

@@ -1,15 +1,8 @@
 import pytest
 import torch
 
-from core.models.reward_models import (
-    BTLRewardModel,
-    VPLDims,
-    VPLRewardModel,
-    active_units,
-    btl_loss,
-    contrastive_loss,
-    kl_to_standard_normal,
-)
+from core.models.losses import btl_loss, contrastive_loss, kl_to_standard_normal
+from core.models.reward_models import BTLRewardModel, VPLDims, VPLRewardModel, active_units
 
 
 def test_dims_follow_table_1_ratio():

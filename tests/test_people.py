@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from core.training.config import build_config
-from core.training.trainer import train
+from core.training.launch import train
 from core.users.people import Person, build_people_set, outside_people, people_accuracy
 from core.users.tastes import preset, user_scores
 

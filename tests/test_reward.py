@@ -57,7 +57,7 @@ def agreement(rm, table, w, me, pairs) -> float:
 def personal_and_twin(tmp_path_factory, cache_root, small_corpus_embeddings):
     """A `personal` run on two opposed users and a traditional run on the same pairs (400 questions, 300 steps)."""
     from core.training.config import build_config
-    from core.training.trainer import train_grid
+    from core.training.launch import train_grid
 
     root = tmp_path_factory.mktemp("personal")
     common = {"users": "two-opposed", "corpus_prompts": 400, "steps": 300, "eval_every": 300, "agreed_share": 1.0,

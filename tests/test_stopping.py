@@ -9,10 +9,9 @@ from safetensors.torch import load_file
 from core.common.runs import RunDir
 from core.experiments.tables import run_row, summarize
 from core.training.config import ConfigError, build_config
+from core.training.launch import train
 from core.training.stopping import EarlyStopping
-from core.training.trainer import train
 
-# personal on two opposed users, 400 questions: its validation loss bottoms out near step 30-40 at batch 64
 # (seeds 0 and 1), long before 300 steps
 EARLY = {"preset": "personal", "users": "two-opposed", "corpus_prompts": 400, "batch_size": 64, "steps": 300,
          "eval_every": 10, "people_every": 0, "early_stop_patience": 2, "val_share": 0.1}

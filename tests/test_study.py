@@ -14,10 +14,12 @@ import torch
 
 from core.common.runs import RunDir
 from core.experiments.study import StudyError, run_configs, validate_study
-from core.models.encoders import EmbeddingCache, TextEncoder
+from core.models.embedding_store import EmbeddingCache
+from core.models.encoders import TextEncoder
 from core.models.reward_models import VPLRewardModel
 from core.training.config import build_config
-from core.training.trainer import Trainer, train
+from core.training.launch import train
+from core.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_DATA = {"corpus_prompts": 60, "max_train_per_user": 16, "max_test_per_user": 6, "pool_size": 8, "n_demos": 2}

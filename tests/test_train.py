@@ -11,7 +11,8 @@ from core.experiments.compare import convergence
 from core.experiments.compare import main as experiments_main
 from core.train import main as train_main
 from core.training.config import ConfigError, build_config, load_config_file
-from core.training.trainer import Trainer, train
+from core.training.launch import train
+from core.training.trainer import Trainer
 
 SMALL = {"corpus_prompts": 400, "eval_every": 25}
 

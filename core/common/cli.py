@@ -3,14 +3,14 @@
 An *expected* error, one that bad input or the machine causes rather than a bug, ends a command with one
 line ``error: <message>`` on stderr and exit status 2, and no Python traceback: the message already says
 what to fix. Anything else still raises, so a bug shows its traceback. A run directory records the failure
-in its status.json either way (core.training.trainer and the job entry points do that before the error reaches here).
+in its status.json either way (core.train and the job entry points do that before the error reaches here).
 
     @cli_main
     def main(argv: list[str] | None = None) -> int:
         ...
 
 Expected are ``OSError`` (a missing or unwritable file or folder, a full embedding cache
-(``core.models.encoders.CacheFullError``), a model that cannot be loaded offline) and the project's own input
+(``core.models.embedding_store.CacheFullError``), a model that cannot be loaded offline) and the project's own input
 errors listed in ``EXPECTED``. They are recognised by module and class name, so that this module imports
 none of the (heavy) modules that define them, and so that ``python -m core.gridjob``'s own ``GridError``,
 defined in ``__main__`` there, counts too.

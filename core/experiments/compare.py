@@ -92,7 +92,7 @@ def _compare(presets, seeds, trained, out: Path, overrides, log, prog, *, judge,
     if trained:
         prog.new_stage("train", sum(cfg.steps for _, _, cfg in todo), unit="steps")
     if todo:  # one process trains them all, stacked where they can be (core.training.grid)
-        from core.training.trainer import train_grid
+        from core.training.launch import train_grid
 
         done = [0] * len(todo)
 

@@ -92,7 +92,8 @@ def run_methods(methods: list[str], seeds: list[int], out, overrides: dict | Non
     from core.common.progress import Progress
     from core.common.runs import RunDir
     from core.training.config import TrainConfig, build_config
-    from core.training.trainer import load_table, load_users
+    from core.training.trainer import load_table
+    from core.users.tastes import load_users
 
     ks = parse_methods(methods)
     out = Path(out)

@@ -163,13 +163,13 @@ def run_study(cfg: StudyConfig, out: str | Path, *, log: Callable[[str], None] =
         progress(done, len(configs))
     if todo:
         from core.training.config import TrainConfig
-        from core.training.trainer import warm_cache
+        from core.training.launch import warm_cache
 
         log(f"frozen embeddings ready in {warm_cache(TrainConfig(**configs[todo[0]]), log=lambda m: None):.1f}s")
     workers = resolved_workers(cfg)
     if workers <= 1 and todo:  # one process: members step together (core.training.grid), progress in steps
         from core.training.config import TrainConfig
-        from core.training.trainer import train_grid
+        from core.training.launch import train_grid
 
         cfgs = [TrainConfig(**configs[name]) for name in todo]
         total = sum(c.steps for c in cfgs)
@@ -317,7 +317,7 @@ def step_memory(cfg: StudyConfig) -> dict | None:
     feature_kinds = len({c["segment_pool"] for c in configs.values()})  # frozen encoders a cold cache loads
     workers = resolved_workers(cfg)
     steps = []  # (run names stepped together, pairs a run, tokens)
-    if workers > 1:  # one `core.training.trainer` child a run, `workers` at once; micro-batches one at a time unless fused
+    if workers > 1:  # one `core.train` child a run, `workers` at once; micro-batches one at a time unless fused
         for n, c in trained.items():
             pairs = c["batch_size"] * (c["grad_accum"] if c["fused_accumulation"] else 1)
             steps.append(([n], pairs, pairs * 2 * _text_tokens(c)))
@@ -425,7 +425,8 @@ def estimate(cfg: StudyConfig, log: Callable[[str], None] = print) -> dict:
     from core.training.dataset import build, used_text_ids
     from core.training.grid import Grid
     from core.training.shared import Shared
-    from core.training.trainer import Trainer, load_table, load_users, resolve_device
+    from core.training.trainer import Trainer, load_table, resolve_device
+    from core.users.tastes import load_users
 
     configs = run_configs(cfg)
     first = TrainConfig(**next(c for c in configs.values() if c["method"] == "vpl"))

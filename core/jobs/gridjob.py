@@ -77,7 +77,7 @@ def run_grid(cfg: GridConfig, out: str | Path, *, log=print, show_progress: bool
     """Train every member into out/runs/ (succeeded members are kept, others resume) and write the tables."""
     from core.common.progress import Progress, status_writer
     from core.experiments.tables import run_row, summarize, write_table
-    from core.training.trainer import train_grid
+    from core.training.launch import train_grid
 
     out = Path(out)
     members = member_configs(cfg)
@@ -115,7 +115,7 @@ def run_grid(cfg: GridConfig, out: str | Path, *, log=print, show_progress: bool
 @cli_main  # an expected error (a bad config, a full cache, ...): one "error: ..." line, exit status 2
 def main(argv: list[str] | None = None) -> int:
     from core.common.progress import echo
-    from core.training.trainer import Cancelled
+    from core.training.grid import Cancelled
 
     ap = argparse.ArgumentParser(prog="python -m core.gridjob", description="Train a grid of runs in one process.")
     ap.add_argument("--config", required=True, help="JSON file: {methods, seeds, overrides}")

@@ -497,38 +497,6 @@ def distinct_demos(ctx_chosen, ctx_rejected):
     return c.ravel()[first], r.ravel()[first], inv.reshape(c.shape)
 
 
-def btl_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
-    """Per-pair negative log-likelihood of the Bradley-Terry-Luce model, (B,)."""
-    return btl_loss_from_margin(r_chosen - r_rejected)
-
-
-def btl_loss_from_margin(margin: torch.Tensor) -> torch.Tensor:
-    """-log sigmoid(r_chosen - r_rejected), (N,): btl_loss from the margin."""
-    return -F.logsigmoid(margin)
-
-
-def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, sigma^2) || N(0, I)) per row, (B,)."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
-
-
-def contrastive_loss(mu: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
-    """Seed eq. 12 on latent means: pull same-user means together, push different users apart.
-
-    mu (..., B, L), user (..., B) -> (...): mean over ordered pairs i != j of -cos (same user) or +cos
-    (leading dims: independent batches, e.g. (runs, micro-batches) in the grid).
-    """
-    B = mu.shape[-2]
-    if B < 2:
-        return mu.sum((-1, -2)) * 0.0
-    unit = F.normalize(mu, dim=-1)
-    cos = unit @ unit.transpose(-1, -2)  # (..., B, B)
-    same = (user[..., :, None] == user[..., None, :]).to(mu.dtype)
-    sign = 1.0 - 2.0 * same  # -1 same user, +1 different
-    off = 1.0 - torch.eye(B, device=mu.device, dtype=mu.dtype)
-    return (sign * cos * off).sum((-1, -2)) / off.sum()
-
-
 def active_units(mu: torch.Tensor, threshold: float = 0.01) -> float:
     """Share of latent dimensions whose mean varies across inputs (Var > threshold); 0 = collapse."""
     if mu.shape[0] < 2:

@@ -57,7 +57,7 @@ def people_files(run_path: str | Path) -> dict[int, dict[str, str]]:
 
 def run_weights(config: dict | None) -> np.ndarray | None:
     """float (U, 4): the run's users from its config.json (a preset name with ``user_seed``, or a weight
-    list), as core.training.trainer.load_users builds them; None when the config does not say."""
+    list), as core.users.tastes.load_users builds them; None when the config does not say."""
     from core.users.tastes import preset, validate_users
 
     if not isinstance(config, dict) or "users" not in config:

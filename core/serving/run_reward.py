@@ -89,10 +89,12 @@ class PersonalRewardModel:
     def from_run(cls, run_dir: str | Path, device: str = "auto") -> PersonalRewardModel:
         from safetensors.torch import load_file
 
-        from core.models.encoders import EmbeddingCache, TextEncoder, default_cache_root
+        from core.models.embedding_store import EmbeddingCache, default_cache_root
+        from core.models.encoders import TextEncoder
         from core.models.reward_models import model_from_config
         from core.training.config import ConfigError, TrainConfig
-        from core.training.trainer import load_users, resolve_device
+        from core.training.trainer import resolve_device
+        from core.users.tastes import load_users
 
         run = RunDir(run_dir)
         if not run.path.is_dir() or run.config() is None:
@@ -122,7 +124,7 @@ class PersonalRewardModel:
             if cfg.query_encoder == "lora":
                 from peft import LoraConfig, get_peft_model
 
-                from core.training.trainer import lora_targets
+                from core.models.stacked_lora import lora_targets
 
                 query_encoder.model = get_peft_model(query_encoder.model, LoraConfig(
                     r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=lora_targets(query_encoder.model),

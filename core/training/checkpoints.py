@@ -8,7 +8,6 @@ rerun resumes where the last checkpoint left off and reaches the numbers of an u
 from __future__ import annotations
 
 import json
-import time
 
 import torch
 
@@ -67,7 +66,7 @@ class CheckpointMixin:
         state = {
             "step": self.step,
             "samples_seen": self.samples_seen,
-            "wall_s": self.wall_offset + (time.perf_counter() - self._t_start),
+            "wall_s": self.wall_s(),
             # cloned: in a grid the state tensors are views of a group's stacks (torch.save would write them whole)
             "optimizer": _cloned(self.optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict(),

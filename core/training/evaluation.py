@@ -10,15 +10,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.models.reward_models import (
-    active_units,
-    btl_loss_from_margin,
-    distinct_demos,
-    kl_to_standard_normal,
-)
-from core.training.references import reference_accuracy, user_groups
+from core.models.losses import btl_loss_from_margin, vpl_loss
+from core.models.reward_models import active_units, distinct_demos
+from core.training.references import reference_accuracy
 from core.training.shared import DATA_FIELDS, ENCODER_FIELDS
 from core.users.people import people_accuracy, reading_latents
+from core.users.tastes import user_groups
 
 
 class EvaluationMixin:
@@ -86,9 +83,7 @@ class EvaluationMixin:
         parts = model.text_parts(self._query(texts))  # base (T,), U e (T, H)
         rows = torch.as_tensor(rows, device=dev)
         m = model.margin_from_parts(parts, rows[:n], rows[n:], mu)
-        loss = btl_loss_from_margin(m)
-        if self.cfg.beta > 0:
-            loss = loss + self.cfg.beta * kl_to_standard_normal(mu, logvar)
+        loss = vpl_loss(m, mu, logvar, beta=self.cfg.beta)  # evaluation: no population or vertex term
         shuf = None
         if partner is not None:
             z = mu[torch.as_tensor(partner, device=dev)]  # (N, L) each pair read with another user's latent
@@ -114,9 +109,7 @@ class EvaluationMixin:
             return r[:n] - r[n:]
 
         m = margin(mu)
-        loss = btl_loss_from_margin(m)
-        if self.cfg.beta > 0:
-            loss = loss + self.cfg.beta * kl_to_standard_normal(mu, logvar)
+        loss = vpl_loss(m, mu, logvar, beta=self.cfg.beta)  # evaluation: no population or vertex term
         shuf = None
         if partner is not None:
             shuf = (margin(mu[torch.as_tensor(partner, device=mu.device)]) > 0).float().cpu().numpy()

@@ -1,9 +1,9 @@
 """One training loop for many runs in one process: a single run is a grid of one (DESIGN §2, §6).
 
-    core.training.trainer.train_grid(cfgs, run_dirs)        # python -m core.experiments compare ... uses it
+    core.training.launch.train_grid(cfgs, run_dirs)        # python -m core.experiments compare ... uses it
 
-Each member is an ordinary ``core.training.trainer.Trainer`` with its own run directory, config, sampler, noise
-generator, optimizer, evaluations and checkpoints. What the grid adds:
+Each member is a run (``Member`` below; ``core.training.trainer.Trainer`` is one) with its own run directory,
+config, sampler, noise generator, optimizer, evaluations and checkpoints. What the grid adds:
 
 - **setup once**: members share the corpus, data splits, people, frozen encoder and embedding matrix
   wherever their configs agree (core.training.shared);
@@ -38,6 +38,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -45,14 +46,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
-from core.common.progress import Progress, status_writer
-from core.models.reward_models import (
-    btl_loss,
-    btl_loss_from_margin,
-    contrastive_loss,
-    distinct_demos,
-    kl_to_standard_normal,
-)
+from core.models.losses import btl_loss, contrastive_loss, vpl_loss
+from core.models.reward_models import distinct_demos
+from core.training.config import TrainConfig
 from core.training.gradients import user_jacobians, user_weights
 
 CANCEL_CHECK_S = 1.0  # how often the loop reads the members' status.json for a cancel request
@@ -71,7 +67,36 @@ STACK_FIELDS = ("method", "query_encoder", "query_head", "z_mode", "z_features",
 LORA_GROUP_TOKENS = 65536
 
 
-def stack_key(trainer) -> tuple | None:
+class Member(Protocol):
+    """What the loop needs of a run (core.training.trainer.Trainer is one): the loop reads and calls only these.
+
+    Read: ``cfg`` (TrainConfig), ``run`` (its RunDir), ``device``, ``model`` (the reward model, whose
+    parameters a stacked group turns into views of its stacks), ``params`` and ``optimizer`` (AdamW over
+    them), ``data`` (PrefData), ``embeddings`` ((n_texts, D) frozen rows), ``W`` (users' tastes),
+    ``query_encoder`` (None on cached features), ``step``, ``progress``, ``show_progress``, ``callbacks``.
+    """
+
+    cfg: TrainConfig
+    step: int
+
+    def start(self, show_progress: bool | str) -> bool: ...  # resume if it can; open its progress
+    def batch_indices(self) -> np.ndarray: ...  # this step's training pairs (B x grad_accum,)
+    def noise(self, n: int, width: int) -> torch.Tensor: ...  # (n, width) from its own generator
+    def end_step(self, loss: float, pairs: int, stepped_elsewhere: bool = False) -> None: ...
+    def train_step(self) -> float: ...  # a whole step on its own (runs that train their encoder)
+    def make_optimizer(self) -> None: ...
+    def attach_query_encoder(self, encoder) -> None: ...
+    def evaluate(self, final: bool = False) -> dict: ...
+    def record_eval(self, record: dict) -> dict: ...  # metrics, checkpoint, log, callbacks
+    def save_checkpoint(self) -> None: ...
+    def finish_early(self) -> dict: ...
+    @property
+    def should_stop_early(self) -> bool: ...
+    @property
+    def stop_requested(self) -> bool: ...
+
+
+def stack_key(trainer: Member) -> tuple | None:
     """Members with equal keys step as one stacked group; None = steps alone (full fine-tuning)."""
     cfg = trainer.cfg
     if cfg.query_encoder == "full" or (cfg.query_encoder == "lora" and trainer.query_encoder is not None):
@@ -109,14 +134,14 @@ class _StepLoss(nn.Module):
         zs = [z] + ([model.population_latent(n)] if self.population_coef > 0 else []) + (
             [model.user_latents[user]] if self.vertex_coef > 0 else [])
         margins = iter([model.margin_from_parts(parts, q_rows[:n], q_rows[n:], zz) for zz in zs])
-        loss = btl_loss_from_margin(next(margins))
-        if self.beta > 0:
-            loss = loss + self.beta * kl_to_standard_normal(mu, logvar)
-        if self.population_coef > 0:
-            loss = loss + self.population_coef * btl_loss_from_margin(next(margins))
-        if self.vertex_coef > 0:
-            loss = loss + self.vertex_coef * btl_loss_from_margin(next(margins))
-        return loss, mu
+        own = next(margins)
+        pop = next(margins) if self.population_coef > 0 else None
+        vert = next(margins) if self.vertex_coef > 0 else None
+        return self._loss(own, mu, logvar, pop, vert), mu
+
+    def _loss(self, own, mu, logvar, pop, vert):
+        return vpl_loss(own, mu, logvar, beta=self.beta, population=pop, population_coef=self.population_coef,
+                        vertex=vert, vertex_coef=self.vertex_coef)
 
     def forward(self, *args):
         return self.by_text(*args) if self.text_mode else self.by_pairs(*args)
@@ -134,14 +159,7 @@ class _StepLoss(nn.Module):
         z = self.model.latent(mu, logvar, train=True, eps=eps)
         own, pop, vert = self.model.training_margins(q, z, user, self.population_coef > 0, self.vertex_coef > 0,
                                                      z_emb=qz)
-        loss = btl_loss_from_margin(own)
-        if self.beta > 0:
-            loss = loss + self.beta * kl_to_standard_normal(mu, logvar)
-        if pop is not None:
-            loss = loss + self.population_coef * btl_loss_from_margin(pop)
-        if vert is not None:
-            loss = loss + self.vertex_coef * btl_loss_from_margin(vert)
-        return loss, mu
+        return self._loss(own, mu, logvar, pop, vert), mu
 
 
 def _set_param(module: nn.Module, name: str, value: nn.Parameter) -> None:
@@ -175,7 +193,7 @@ class StackedGroup:
                                         t0.cfg.lora_alpha)
             self.encoder.model.train()
             for m, t in enumerate(trainers):
-                t.query_encoder = MemberEncoder(self.encoder, adapters, m)
+                t.attach_query_encoder(MemberEncoder(self.encoder, adapters, m))
             self.stacked += [p for mod in adapters.values() for p in (mod.A, mod.B)]  # the order MemberAdapters lists
         for t in trainers:
             t.make_optimizer()  # over the views: head parameters, then the adapters
@@ -210,8 +228,7 @@ class StackedGroup:
         dev = self.E.device
         splits = []
         for t in ts:
-            idx = np.concatenate([t.sampler.sample(t.step, self.bs) for _ in range(self.ga)])
-            splits.append(t.data.train.take(idx))
+            splits.append(t.data.train.take(t.batch_indices()))
         whole = len(members) == len(self.trainers)
         q_ids = np.stack([np.concatenate([s.chosen, s.rejected]) for s in splits])  # (M, 2B)
         if self.by_text:
@@ -264,8 +281,6 @@ class StackedGroup:
         self._clip(ts, grads)
         if whole:
             self.adam.step(grads)
-            for t in ts:  # what optimizer.step() sets, so the schedulers do not warn they stepped first
-                t.optimizer._opt_called = True
         else:  # some members left: their own AdamW (whose state is a view of the stacks) on their slices
             for i, t in enumerate(ts):
                 for p, g in zip(t.params, grads, strict=True):
@@ -273,12 +288,8 @@ class StackedGroup:
                 t.optimizer.step()
         out = []
         for i, (t, s) in enumerate(zip(ts, splits, strict=True)):
-            t.scheduler.step()
-            t.step += 1
-            t.samples_seen += len(s.user)
             total = float(loss[i].detach().mean())
-            t.loss_sum += total
-            t.loss_n += 1
+            t.end_step(total, len(s.user), stepped_elsewhere=whole)
             out.append(total)
         return out
 
@@ -287,8 +298,7 @@ class StackedGroup:
         if not self.sample_noise:
             return None
         L = ts[0].model.dims.latent
-        return torch.stack([torch.cat([torch.randn((self.bs, L), generator=t.z_gen, device=dev)
-                                       for _ in range(self.ga)]) for t in ts])
+        return torch.stack([torch.cat([t.noise(self.bs, L) for _ in range(self.ga)]) for t in ts])
 
     def _text_args(self, ts, splits, q_ids: np.ndarray) -> list:
         """_StepLoss.by_text's arguments for each member: its step's distinct texts (M, T, D), padded to the longest
@@ -508,16 +518,11 @@ class Grid:
 
     def _fit(self, pool, stop_after, on_member_end) -> list[list[dict]]:
         for t in self.trainers:
-            t._t_start = time.perf_counter()
-            resumed = t.try_resume()
-            t.run.update_status(phase="training", steps=t.cfg.steps, resumed=resumed)
-            t.progress = Progress(t.cfg.steps, unit="steps", stage="training", done=t.step,
-                                  show=t.show_progress if len(self.trainers) == 1 else False,
-                                  status=status_writer(t.run))
+            t.start(show_progress=t.show_progress if len(self.trainers) == 1 else False)
         first = [t for t in self.trainers if t.step == 0]  # the step-0 evaluations (references included)
         records = list(pool.map(lambda t: t.evaluate(), first)) if pool else [t.evaluate() for t in first]
         for t, record in zip(first, records, strict=True):
-            self.histories[id(t)].append(t._record(record))
+            self.histories[id(t)].append(t.record_eval(record))
         for g in self.groups:
             if isinstance(g, StackedGroup):
                 g.adam.link()  # a resume loaded each member's optimizer state: back into the stacks
@@ -542,7 +547,7 @@ class Grid:
                         cb(t)
                     t.progress.set(t.step, train_loss=loss)
                     if i in records:
-                        self.histories[id(t)].append(t._record(records[i]))
+                        self.histories[id(t)].append(t.record_eval(records[i]))
             n_steps += 1
             self._end_round(active, on_member_end, stop_after)
         wall = time.perf_counter() - t_fit
@@ -565,7 +570,7 @@ class Grid:
 
     def _end_round(self, active: set, on_member_end: Callable | None, stop_after: int | None) -> None:
         """Checkpoint and retire members that are done, cancelled or stopped; raises Cancelled on a stop."""
-        stop_all = any(t._stop_requested for t in self.trainers if id(t) in active)
+        stop_all = any(t.stop_requested for t in self.trainers if id(t) in active)
         cancel = self._cancel_requests(active)
         for t in self.trainers:
             if id(t) not in active:

@@ -23,31 +23,6 @@ import numpy as np
 from core.training.dataset import PrefData, Split
 
 
-def user_groups(users: str | list, W: np.ndarray) -> np.ndarray:
-    """int (U,): a group index per user. Presets use their clusters; custom users group by equal weights."""
-    from core.users.tastes import PRESET_GROUPS, preset_groups
-
-    if isinstance(users, str) and users in PRESET_GROUPS:
-        labels = preset_groups(users)
-        _, idx = np.unique(np.asarray(labels), return_inverse=True)
-        return idx.astype(np.int64)
-    _, idx = np.unique(np.round(np.asarray(W, float), 9), axis=0, return_inverse=True)
-    return np.asarray(idx, dtype=np.int64).reshape(-1)
-
-
-def group_labels(users: str | list, user_seed: int = 0) -> list[str]:
-    """A readable group name per user of a run's ``users`` config (preset name or weight list)."""
-    from core.users.tastes import PRESET_GROUPS, preset_groups, validate_users
-
-    if isinstance(users, str):
-        if users in PRESET_GROUPS or users in ("two-opposed", "four-one-hot"):
-            return preset_groups(users)
-        raise ValueError(f"users: unknown preset {users!r}")
-    W = validate_users(users)
-    idx = user_groups(list(W), W)
-    return [f"group {int(g) + 1}" for g in idx]
-
-
 def _rating_diff(split: Split, ratings: np.ndarray) -> np.ndarray:
     """float (N, 4): ratings of the chosen minus the rejected response (N/A read as 0)."""
     flat = np.nan_to_num(ratings.reshape(-1, ratings.shape[2]).astype(float))

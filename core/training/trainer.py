@@ -10,47 +10,35 @@ on a folder with a checkpoint resumes from it and reaches the same numbers as an
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import signal
-import sys
 import time
-import traceback
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.common.cli import cli_main
-from core.common.progress import Progress, echo, status_writer
+from core.common.progress import Progress, status_writer
 from core.common.runs import RunDir
-from core.models.encoders import EmbeddingCache, TextEncoder, default_cache_root
-from core.models.reward_models import (
+from core.models.embedding_store import EmbeddingCache, default_cache_root
+from core.models.encoders import TextEncoder
+from core.models.losses import (
     btl_loss,
-    btl_loss_from_margin,
     contrastive_loss,
-    distinct_demos,
-    kl_to_standard_normal,
-    model_from_config,
+    vpl_loss,
 )
-from core.models.stacked_lora import lora_targets  # noqa: F401 - core.serving.run_reward imports it from here
+from core.models.reward_models import distinct_demos, model_from_config
+from core.models.stacked_lora import lora_targets
 from core.training.checkpoints import CheckpointMixin
 from core.training.config import (
-    LESSONS,
     MANY_USERS,
-    PRESETS,
     ConfigError,
     TrainConfig,
-    build_config,
-    load_config_file,
 )
 from core.training.dataset import PrefData, build, used_text_ids
 from core.training.evaluation import EvaluationMixin
-from core.training.grid import Cancelled
-from core.training.references import shuffled_partners, user_groups
+from core.training.references import shuffled_partners
 from core.training.samplers import AdaptiveSampler, UniformSampler
 from core.training.shared import DATA_FIELDS, ENCODER_FIELDS, PEOPLE_FIELDS, TABLE_FIELDS, Embeddings, Shared
 from core.training.stopping import EarlyStopping
@@ -60,7 +48,7 @@ from core.users.people import (
     outside_people,
     trained_people,
 )
-from core.users.tastes import load_users  # noqa: F401 - also imported from here by study, reward and pages
+from core.users.tastes import load_users, user_groups
 
 
 def resolve_device(name: str) -> torch.device:
@@ -114,6 +102,7 @@ class Trainer(EvaluationMixin, CheckpointMixin):
         self.callbacks: dict[str, list[Callable]] = {"on_eval": [], "on_step": []}
         self.progress: Progress | None = None  # the training stage's, made by the loop (core.training.grid)
         self._stop_requested = False
+        self._t_start = time.perf_counter()  # this session's start (reset by start())
         # early stopping on the validation loss (None: train every step); stopped_early is set when it fires
         self.stopper = EarlyStopping(cfg.early_stop_patience, cfg.early_stop_min_delta) if cfg.early_stop_patience else None
         self.stopped_early: dict | None = None
@@ -320,13 +309,8 @@ class Trainer(EvaluationMixin, CheckpointMixin):
         # term (each user's own latent scores that user's pairs)
         pop_on, vert_on = train and self.cfg.population_coef > 0, train and self.cfg.vertex_coef > 0
         margin, pop, vert = self.model.training_margins(q, z, user, pop_on, vert_on, z_emb=zq)
-        loss = btl_loss_from_margin(margin)
-        if self.cfg.beta > 0:
-            loss = loss + self.cfg.beta * kl_to_standard_normal(mu, logvar)
-        if pop is not None:
-            loss = loss + self.cfg.population_coef * btl_loss_from_margin(pop)
-        if vert is not None:
-            loss = loss + self.cfg.vertex_coef * btl_loss_from_margin(vert)
+        loss = vpl_loss(margin, mu, logvar, beta=self.cfg.beta, population=pop, population_coef=self.cfg.population_coef,
+                        vertex=vert, vertex_coef=self.cfg.vertex_coef)
         return loss, margin, mu, user
 
     def _posterior(self, s) -> tuple[torch.Tensor, torch.Tensor]:
@@ -344,13 +328,13 @@ class Trainer(EvaluationMixin, CheckpointMixin):
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         per_user: dict[int, list[torch.Tensor]] = {}
-        total = 0.0
+        total, pairs = 0.0, 0
         if self.fused:  # one forward over all micro-batches: the same mean loss, 1/grad_accum the launches
-            idx = np.concatenate([self.sampler.sample(self.step, cfg.batch_size) for _ in range(cfg.grad_accum)])
+            idx = self.batch_indices()
             loss, _, _, _ = self.forward(self.data.train, idx, train=True)
             loss.mean().backward()
             total = float(loss.detach().mean())
-            self.samples_seen += len(idx)
+            pairs += len(idx)
         for _ in range(0 if self.fused else cfg.grad_accum):
             idx = self.sampler.sample(self.step, cfg.batch_size)
             loss, _, mu, user = self.forward(self.data.train, idx, train=True)
@@ -363,16 +347,13 @@ class Trainer(EvaluationMixin, CheckpointMixin):
                     per_user.setdefault(u, []).append(loss[user == u])
                 if torch.is_tensor(extra):
                     per_user.setdefault(-1, []).append(extra.reshape(1))
-            self.samples_seen += len(idx)
+            pairs += len(idx)
         if cfg.grad_strategy != "sum":
             self._combine_user_gradients(per_user)
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         self.optimizer.step()
-        self.scheduler.step()
-        self.step += 1
-        self.loss_sum += total
-        self.loss_n += 1
+        self.end_step(total, pairs)
         return total
 
     def _combine_user_gradients(self, per_user: dict[int, list[torch.Tensor]]) -> None:
@@ -392,9 +373,50 @@ class Trainer(EvaluationMixin, CheckpointMixin):
         backward(torch.stack(losses), inputs=params)
         jac_to_grad(params, MGDA() if self.cfg.grad_strategy == "mgda" else PCGrad())
 
-    # ------------------------------------------------------------------ the loop
+    # ------------------------------------------------------------------ what the loop calls (core.training.grid.Member)
     def request_stop(self, *_):
         self._stop_requested = True
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_requested
+
+    def start(self, show_progress: bool | str) -> bool:
+        """Begin this session: resume from the run's checkpoint if it has one (returns whether it did), mark
+        the run as training and open its progress."""
+        self._t_start = time.perf_counter()
+        resumed = self.try_resume()
+        self.run.update_status(phase="training", steps=self.cfg.steps, resumed=resumed)
+        self.progress = Progress(self.cfg.steps, unit="steps", stage="training", done=self.step, show=show_progress,
+                                 status=status_writer(self.run))
+        return resumed
+
+    def wall_s(self) -> float:
+        """Seconds this run has trained, over every session."""
+        return self.wall_offset + (time.perf_counter() - self._t_start)
+
+    def batch_indices(self) -> np.ndarray:
+        """This step's training pairs, every micro-batch's in order (B x grad_accum,)."""
+        return np.concatenate([self.sampler.sample(self.step, self.cfg.batch_size) for _ in range(self.cfg.grad_accum)])
+
+    def noise(self, n: int, width: int) -> torch.Tensor:
+        """(n, width) standard normal draws from this run's own generator (its z noise)."""
+        return torch.randn((n, width), generator=self.z_gen, device=self.device)
+
+    def attach_query_encoder(self, encoder) -> None:
+        """A grid's LoRA group gives this run its adapters on the group's shared base model."""
+        self.query_encoder = encoder
+
+    def end_step(self, loss: float, pairs: int, stepped_elsewhere: bool = False) -> None:
+        """Book an optimizer step taken on this run's parameters: the schedule, the counters, the mean loss.
+        ``stepped_elsewhere``: a grid's stacked AdamW stepped them (so the scheduler does not warn)."""
+        if stepped_elsewhere:
+            self.optimizer._opt_called = True  # what optimizer.step() sets; torch's scheduler checks it
+        self.scheduler.step()
+        self.step += 1
+        self.samples_seen += pairs
+        self.loss_sum += loss
+        self.loss_n += 1
 
     def _in_last_phase(self, step: int) -> bool:
         """Early stopping reads an adaptive sampler's evaluations from its last phase on: before it, some users
@@ -423,7 +445,7 @@ class Trainer(EvaluationMixin, CheckpointMixin):
         self.stopped_early = {"at_step": stopped_at, "best_step": stopper.best_step,
                               "best_val_loss": stopper.best, "reason": stopper.reason(stopped_at)}
         self.log(f"early stop: {stopper.reason(stopped_at)}")
-        return self._record(record)
+        return self.record_eval(record)
 
     def fit(self, stop_after: int | None = None) -> list[dict]:
         """Train to cfg.steps (or stop after ``stop_after`` steps, for interruption tests): a grid of one."""
@@ -431,8 +453,9 @@ class Trainer(EvaluationMixin, CheckpointMixin):
 
         return Grid([self], log=self.log).fit(stop_after=stop_after)[0]
 
-    def _record(self, record: dict) -> dict:
-        record["wall_s"] = self.wall_offset + (time.perf_counter() - self._t_start)
+    def record_eval(self, record: dict) -> dict:
+        """Keep an evaluation: metrics.jsonl, early stopping's best weights, a checkpoint, the log, callbacks."""
+        record["wall_s"] = self.wall_s()
         if (self.stopper is not None and record.get("val_loss") is not None and not record.get("kept_best")
                 and self._in_last_phase(record["step"])):
             if self.stopper.update(record["step"], record["val_loss"]):
@@ -450,155 +473,3 @@ class Trainer(EvaluationMixin, CheckpointMixin):
         for cb in self.callbacks["on_eval"]:
             cb(self, record)
         return record
-
-
-def warm_cache(cfg: TrainConfig, log: Callable[[str], None] = print, show_progress: bool | str = False) -> float:
-    """Build cfg's data and encode every text it reads with the frozen encoder (filling the on-disk
-    cache), without training or writing a run. Returns the seconds it took."""
-    import tempfile
-
-    t0 = time.perf_counter()
-    # a plain traditional run on the same data and encoder reads the same texts (a method's own fields, such
-    # as personal's population term, would not validate on a btl config)
-    keep = set(PEOPLE_FIELDS + ENCODER_FIELDS + ("cache_dir",))
-    btl = build_config({k: v for k, v in cfg.model_dump().items() if k in keep} | {"method": "btl"})
-    with tempfile.TemporaryDirectory() as tmp:
-        Trainer(btl, RunDir(tmp).create(), log=log, show_progress=show_progress)
-    return time.perf_counter() - t0
-
-
-def _cancel_now():
-    """SIGTERM before the trainers exist (still loading data or encoding): stop as a cancel."""
-    raise Cancelled("cancelled during setup")
-
-
-def train(cfg: TrainConfig, run_dir: str | Path, *, stop_after: int | None = None,
-          log: Callable[[str], None] = print, show_progress: bool | str = False,
-          on_step: Callable[[int, int], None] | None = None) -> list[dict]:
-    """Train into run_dir (created if needed); returns this session's evaluation records.
-
-    ``show_progress``: bars on a terminal, plain lines elsewhere (see Trainer); ``on_step(step, steps)``
-    after every optimizer step (a caller's own progress, e.g. a comparison's). A grid of one."""
-    return train_grid([cfg], [run_dir], stop_after=stop_after, log=log, show_progress=show_progress,
-                      on_step=None if on_step is None else (lambda i, step, steps: on_step(step, steps)))[0]
-
-
-def train_grid(cfgs: list[TrainConfig], run_dirs: list[str | Path], *, stop_after: int | None = None,
-               log: Callable[[str], None] = print, show_progress: bool | str = False,
-               on_step: Callable[[int, int, int], None] | None = None,
-               summary: Callable[[str], None] | None = None) -> list[list[dict]]:
-    """Train many runs in one process (core.training.grid), each into its own run directory; returns each run's
-    evaluation records of this session. ``on_step(i, step, steps)`` after every optimizer step of run i.
-
-    Every run dir gets its config, status and metrics as if trained alone; a member whose status.json asks
-    for a cancel stops on its own (checkpointed, ``cancelled``); SIGTERM / SIGINT stop them all."""
-    from core.training.grid import Grid
-
-    if len(cfgs) != len(run_dirs) or not cfgs:
-        raise ValueError("train_grid: give one run directory per config (and at least one)")
-    runs = []
-    for cfg, d in zip(cfgs, run_dirs, strict=True):
-        run = RunDir(d).create()
-        if run.config() not in (None, cfg.model_dump(mode="json")) and (run.path / "train_state.pt").exists():
-            raise ConfigError(f"config: the run directory {run.path} holds a checkpoint of a different config; "
-                              "use a new folder")
-        runs.append(run)
-    for cfg, run in zip(cfgs, runs, strict=True):
-        run.write_config(cfg.model_dump(mode="json"))
-        # a resumed run starts afresh: an old cancel request must not cancel it again
-        run.mark_running(kind="train", method=cfg.preset or cfg.method, cancel_requested=None, stopped_early=None)
-    trainers: list[Trainer] = []
-    prev = {}
-
-    def stop_all(*_):
-        if not trainers:
-            _cancel_now()
-        for t in trainers:
-            t.request_stop()
-
-    def member_end(t: Trainer, how: str) -> None:
-        snap = t.progress.close()
-        if how == "cancelled":
-            t.run.mark_final("cancelled", error="cancelled by the user", progress=snap)
-        elif t.stopped_early is not None:  # learned before its last step: done, with the step it kept
-            t.run.mark_final("succeeded", progress={**snap, "fraction": 1.0}, stopped_early=t.stopped_early)
-        elif t.step >= t.cfg.steps:
-            t.run.mark_final("succeeded", progress={**snap, "fraction": 1.0})
-        else:
-            t.run.mark_final("cancelled", error=f"stopped after step {t.step} (resumable)", progress=snap)
-
-    try:
-        if hasattr(signal, "SIGTERM"):
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                try:
-                    prev[sig] = signal.signal(sig, stop_all)
-                except ValueError:  # not the main thread (e.g. inside a notebook worker)
-                    pass
-        shared = Shared()
-        for i, (cfg, run) in enumerate(zip(cfgs, runs, strict=True)):
-            member_log = log if len(cfgs) == 1 else (lambda m, name=run.path.name: log(f"[{name}] {m}"))
-            t = Trainer(cfg, run, log=member_log, show_progress=show_progress if len(cfgs) == 1 else False,
-                        shared=shared, adapters_later=True)
-            if on_step is not None:
-                t.callbacks["on_step"].append(lambda t, i=i: on_step(i, t.step, t.cfg.steps))
-            trainers.append(t)
-        return Grid(trainers, log=summary or log).fit(stop_after=stop_after, on_member_end=member_end)
-    except Cancelled as err:
-        for run in runs:
-            run.mark_final("cancelled", error=str(err), if_state=("queued", "running"))
-        log(f"cancelled: {err}")
-        return [[] for _ in runs]
-    except BaseException as err:
-        for run in runs:
-            run.mark_final("failed", error=f"{type(err).__name__}: {err}\n{traceback.format_exc()[-2000:]}",
-                           if_state=("queued", "running"))
-        raise
-    finally:
-        for t in trainers:
-            if t.progress is not None:
-                t.progress.close()  # a bar left open would garble the terminal
-        for sig, handler in prev.items():
-            signal.signal(sig, handler)
-
-
-@cli_main  # a bad config, a missing file, a full embedding cache, an encoder not loadable offline: one
-# "error: ..." line and exit status 2, no traceback (core.common.cli); status.json records the failure either way
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m core.train", description="Train a reward model into a run directory.")
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--preset", help=f"method preset: {', '.join(PRESETS)}")
-    src.add_argument("--config", help="JSON config file (may name a preset and override fields)")
-    src.add_argument("--lesson", nargs="?", const="two-opposed", choices=list(LESSONS),
-                     help="one of the app's lessons (default two-opposed), as its traditional run")
-    ap.add_argument("--run-dir", help="output folder (resumes if it holds a checkpoint); not with --warm-cache")
-    ap.add_argument("--warm-cache", action="store_true",
-                    help="only encode the config's texts into the embedding cache (scripts/setup.sh warms the lesson)")
-    ap.add_argument("--seed", type=int, help="random seed (overrides the config)")
-    ap.add_argument("--steps", type=int, help="optimizer steps (overrides the config)")
-    ap.add_argument("--dry-run", action="store_true", help="tiny data and 2 steps, to check the pipeline end to end")
-    args = ap.parse_args(argv)
-    over = {"seed": args.seed, "steps": args.steps}
-    if args.config:
-        cfg = load_config_file(args.config, **over)
-    elif args.lesson:
-        cfg = build_config({"preset": "traditional", **LESSONS[args.lesson]}, **over)
-    else:
-        cfg = build_config({"preset": args.preset}, **over)
-    if args.dry_run:
-        cfg = build_config({**cfg.model_dump(), "corpus_prompts": 60, "steps": 2, "eval_every": 1,
-                            "max_train_per_user": 40, "max_test_per_user": 20, "pool_size": 20})
-    if args.warm_cache:
-        if args.lesson:  # its personal run reads segments too; encoding them also caches the whole texts
-            cfg = build_config({**cfg.model_dump(), "segment_pool": PRESETS["personal"]["segment_pool"]})
-        secs = warm_cache(cfg, log=echo, show_progress="auto")
-        print(f"embedding cache warm ({secs:.1f}s)")
-        return 0
-    if not args.run_dir:
-        print("error: --run-dir is required (unless --warm-cache)", file=sys.stderr)
-        return 2
-    train(cfg, args.run_dir, log=echo, show_progress="auto")  # a failure is in status.json too, traceback and all
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -12,7 +12,7 @@ import pytest
 
 from core.serving.latents_view import people_files
 from core.training.config import build_config
-from core.training.trainer import train
+from core.training.launch import train
 from tests.app.figures import array, figure, open_page
 
 RID = "personal-20260101-000000-people"

@@ -11,7 +11,7 @@ from core.common.runs import RunDir
 from core.jobs.gridjob import member_configs, validate_grid
 from core.jobs.manager import JobManager
 from core.training.config import LESSON_FOUR_USERS, build_config
-from core.training.trainer import train
+from core.training.launch import train
 from tests.app.figures import array, figure, open_page
 
 TINY = {"corpus_prompts": 60, "max_train_per_user": 40, "max_test_per_user": 20, "pool_size": 20,

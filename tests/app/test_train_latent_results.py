@@ -10,7 +10,7 @@ import pytest
 from core.common.runs import RunDir
 from core.jobs.manager import JobManager
 from core.training.config import build_config
-from core.training.trainer import train
+from core.training.launch import train
 from tests.app.figures import array, figure, open_page
 
 TINY = {"corpus_prompts": 60, "max_train_per_user": 40, "max_test_per_user": 20, "pool_size": 20,
