@@ -1,4 +1,4 @@
-"""PrefLens: `streamlit run app.py`. Routes the pages; the pages live in pages/, the logic in core/."""
+"""PrefLens: `streamlit run app.py`. Routes the pages; the pages live in app_pages/, the logic in core/."""
 
 from pathlib import Path
 

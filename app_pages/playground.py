@@ -12,7 +12,7 @@ import streamlit as st
 
 from core.data.table import ASPECTS
 from core.jobs.manager import JobManager, default_root
-from core.serving.run_reward import PersonalRewardModel, RewardModelError, UserEstimate, ask_pairs
+from core.serving.run_reward import RewardModelError, RunRewardModel, UserEstimate, ask_pairs
 from core.serving.student import (
     answers_curve,
     ranking_hits,
@@ -32,8 +32,8 @@ NICE = {a: a.replace("_", " ") for a in ASPECTS}
 
 
 @st.cache_resource(show_spinner="Loading the trained model…", max_entries=4)
-def load_model(path: str, stamp: float) -> PersonalRewardModel:
-    return PersonalRewardModel.from_run(path, device="cpu")
+def load_model(path: str, stamp: float) -> RunRewardModel:
+    return RunRewardModel.from_run(path, device="cpu")
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -122,7 +122,7 @@ def demos_from(table, pairs, answers) -> list[tuple[str, str, str]]:
     return out
 
 
-def traditional_twin(runs: list[dict], rm: PersonalRewardModel) -> dict | None:
+def traditional_twin(runs: list[dict], rm: RunRewardModel) -> dict | None:
     """A finished BTL run on the same data and users, to compare predictions with; one trained on the same
     pairs (contested_only, agreed_share) and features (segment_pool) first."""
     keys = ("users", "user_seed", "data", "corpus_prompts", "corpus_seed", "signal", "rating_noise", "encoder")
@@ -138,7 +138,7 @@ def weights_text(w) -> str:
     return ", ".join(f"{NICE[a]} {float(x):.2g}" for a, x in zip(ASPECTS, w, strict=True))
 
 
-def show_placement(rm: PersonalRewardModel, path: str, stamp: float, me: UserEstimate, who: str, true_w=None,
+def show_placement(rm: RunRewardModel, path: str, stamp: float, me: UserEstimate, who: str, true_w=None,
                    key: str = "pg") -> None:
     """The nearest simulated users (distance against the posterior's spread), the t-SNE with ``who`` as a
     star, and the estimated weights with error bars (beside ``true_w``, the weights a student really has)."""
@@ -188,7 +188,7 @@ def show_placement(rm: PersonalRewardModel, path: str, stamp: float, me: UserEst
                      "run's own users can understate." if true_w is not None else ""))
 
 
-def student_section(rm: PersonalRewardModel, path: str, stamp: float, k: int, twin: dict | None):
+def student_section(rm: RunRewardModel, path: str, stamp: float, k: int, twin: dict | None):
     """The teacher's simulated student: weights from four sliders, answered from the table's ratings."""
     table = rm.table()
     st.subheader("1. The student")

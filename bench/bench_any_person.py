@@ -48,10 +48,10 @@ def fresh_scores(run_dir: Path, seed: int, n_demos: int = 8, readings: int = 10,
 
     from core.data import generate_table
     from core.data.probes import all_texts
-    from core.serving.run_reward import PersonalRewardModel
+    from core.serving.run_reward import RunRewardModel
     from core.users.people import build_people_set, outside_people, people_accuracy, trained_people
 
-    rm = PersonalRewardModel.from_run(run_dir, device="cpu")
+    rm = RunRewardModel.from_run(run_dir, device="cpu")
     table = generate_table(**FRESH)
     E = np.asarray(rm.cache.get(all_texts(table)), dtype=np.float32)  # (Q * C, D)
     Et = __import__("torch").from_numpy(E)

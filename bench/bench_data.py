@@ -9,7 +9,6 @@ same run (a plain Python loop for the disagreement matrix; batch size 1 for the 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._results import write_result  # noqa: E402
 from core.data import generate_table  # noqa: E402
 from core.data.probes import all_texts  # noqa: E402
 from core.models.encoders import TextEncoder  # noqa: E402
@@ -73,10 +73,7 @@ def main() -> None:
     res["minilm_speedup_bs64_vs_bs1"] = res["minilm_texts_per_s_bs64"] / res["minilm_texts_per_s_bs1"]
     print(f"batching gain (64 vs 1): {res['minilm_speedup_bs64_vs_bs1']:.2f}x")
 
-    out = Path(__file__).parent / "out"
-    out.mkdir(exist_ok=True)
-    (out / "data.json").write_text(json.dumps(res, indent=2))
-    print(f"wrote {out / 'data.json'}")
+    print(f"wrote {write_result('data', res)}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ bench/out/decoders.json. The embeddings are cached once per text (first run enco
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -29,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench._results import write_result  # noqa: E402
 
 
 def cell(preset: str, decoder: str | None, users: str, seed: int, steps: int, extra: dict, root: Path) -> dict:
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=1600)
     ap.add_argument("--set", nargs="*", default=[], help="config overrides key=value (JSON values)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "decoders.json"))
+    ap.add_argument("--out", help="result file (default: bench/out/decoders-<time>.json)")
     ap.add_argument("--workers", type=int, default=1,
                     help="cells trained at once in child processes (each uses one thread; the embeddings are cached)")
     ap.add_argument("--dry-run", action="store_true", help="tiny corpus and 4 steps, to check the script")
@@ -135,9 +136,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{fmt(s['fresh']):>6} {fmt(s['all_pairs']):>9} {fmt(s['new_people']):>10} "
               f"{s['ok_share']:>5.2f} {fmt(s['ref_global']):>7} {fmt(s['ref_group']):>7} {fmt(s['ref_probe']):>7} "
               f"{fmt(s['gap_closed'], '.2f'):>6} {fmt(s['wall_s'], '.0f'):>6}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "summary": summary, "steps": steps, "set": extra}, indent=2))
+    out = write_result("decoders", {"rows": rows, "summary": summary, "steps": steps, "set": extra}, args.out)
     print(f"wrote {out}")
     return 0
 

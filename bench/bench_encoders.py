@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._results import write_result  # noqa: E402
+
 ENCODERS = {
     "frozen-minilm": {"encoder": "bundled-minilm", "query_encoder": "frozen"},
     "lora-minilm": {"encoder": "bundled-minilm", "query_encoder": "lora"},
@@ -107,9 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio = r["step_s"] / base[r["max_length"]] if base.get(r["max_length"]) else float("nan")
         r["ratio_vs_frozen_minilm"] = ratio
         print(f"{r['encoder']:<16} {r['max_length']:>6} {r['step_s']:8.3f} {ratio:17.1f} {r['peak_mb']:9.0f}")
-    out = ROOT / "bench" / "out"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "encoders.json").write_text(json.dumps(rows, indent=2))
+    print(f"wrote {write_result('encoders', rows)}")
     return 0
 
 

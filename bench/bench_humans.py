@@ -14,7 +14,6 @@ ratio and largest difference). Prints the figures; writes bench/out/humans.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._results import write_result  # noqa: E402
 from core.personas import humans  # noqa: E402
 
 
@@ -136,9 +136,7 @@ def main(argv: list[str] | None = None) -> int:
            "p_value": s["p_value"], "baseline": {"users": len(sub), "loop_s": loop_s, "vectorized_s": vec_s,
                                                   "ratio": loop_s / max(vec_s, 1e-9), "same_pairs": agree,
                                                   "max_abs_diff": max_diff}}
-    out = ROOT / "bench" / "out"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "humans.json").write_text(json.dumps(res, indent=2))
+    print(f"wrote {write_result('humans', res)}")
     return 0
 
 

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._results import write_result  # noqa: E402
 from core.common.runs import RunDir  # noqa: E402
 from core.jobs.manager import JobManager  # noqa: E402
 
@@ -77,6 +77,7 @@ def refresh_cost(root: Path, template: str, counts: list[int], repeats: int = 20
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", nargs="+", type=int, default=[1, 10, 50])
+    ap.add_argument("--dry-run", action="store_true", help="one refresh size and 3 repeats, to check the bench runs")
     args = ap.parse_args()
     cache = os.environ.get("PREFLENS_CACHE")
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,15 +85,13 @@ def main() -> int:
         launch = launch_to_first_point(root, cache)
         print(f"launch -> first curve point: {launch['first_point_s']:.1f} s; second point: "
               f"{launch['second_point_s']:.1f} s; run finished ({launch['state']}) after {launch['finished_s']:.1f} s")
-        refresh = refresh_cost(root, launch["run_id"], args.runs)
+        refresh = refresh_cost(root, launch["run_id"], [1] if args.dry_run else args.runs,
+                               repeats=3 if args.dry_run else 20)
         for r in refresh:
             print(f"one live refresh over {r['runs']:>3} run(s): median {r['median_ms']:.1f} ms (max {r['max_ms']:.1f})")
     result = {"launch": launch, "refresh": refresh, "cpus": os.cpu_count(),
               "load_avg": os.getloadavg(), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    out = Path(__file__).parent / "out"
-    out.mkdir(exist_ok=True)
-    (out / "jobs.json").write_text(json.dumps(result, indent=2))
-    print(f"wrote {out / 'jobs.json'}")
+    print(f"wrote {write_result('jobs', result)}")
     return 0
 
 

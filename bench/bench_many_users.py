@@ -16,7 +16,6 @@ Writes bench/out/many_users.json. Embeddings are cached on first use (run once t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -25,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench._results import write_result  # noqa: E402
 
 
 def measure(preset: str, users: str, steps: int, eval_every: int, extra: dict, root: Path) -> dict:
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--set", nargs="*", default=[], help="config overrides key=value (JSON values)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "many_users.json"))
+    ap.add_argument("--out", help="result file (default: bench/out/many_users-<time>.json)")
     ap.add_argument("--cold-encode", type=int, default=0, metavar="N",
                     help="also time encoding an N-question corpus into an empty cache (the 1500 of the presets)")
     ap.add_argument("--dry-run", action="store_true")
@@ -121,10 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         cold = cold_encode(60 if args.dry_run else args.cold_encode)
         print(f"cold encoding: {cold['texts']} texts of {cold['questions']} questions in {cold['encode_s']:.1f}s "
               f"({cold['texts_per_s']:.0f} texts/s, {cold['threads']} threads; model load {cold['load_s']:.1f}s)")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "ratios": ratios, "preset": args.preset, "steps": steps,
-                               "eval_every": every, "set": extra, "cold_encode": cold}, indent=2))
+    out = write_result("many_users", {"rows": rows, "ratios": ratios, "preset": args.preset, "steps": steps,
+                                      "eval_every": every, "set": extra, "cold_encode": cold}, args.out)
     print(f"wrote {out}")
     return 0
 

@@ -37,6 +37,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._results import write_result  # noqa: E402
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -47,7 +49,10 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="K=8 only, no probe")
     args = ap.parse_args(argv)
     if args.run:
-        return run_ceiling(Path(args.run), seed=args.seed)
+        res = {"run": args.run, "seed": args.seed, "outside_people": run_ceiling(Path(args.run), seed=args.seed)}
+        print(f"wrote {write_result('reading_ceilings', res)}")
+        return 0
+    res = {"users": args.users, "seed": args.seed, "true_ratings_reader": {}}
     from sklearn.linear_model import LogisticRegression
 
     from core.data import generate_table
@@ -71,7 +76,10 @@ def main(argv=None) -> int:
         out = acc[len(W):]
         print(f"true-ratings reader, K={K:>2}: trained users {np.round(acc[:len(W)], 3).tolist()}  "
               f"outside people mean {out.mean():.3f} min {out.min():.3f}")
+        res["true_ratings_reader"][K] = {"trained": acc[:len(W)].tolist(), "outside_mean": float(out.mean()),
+                                         "outside_min": float(out.min())}
     if args.dry_run:
+        print(f"wrote {write_result('reading_ceilings', res)}")
         return 0
     from core.models.embedding_store import EmbeddingCache, default_cache_root
     from core.models.encoders import TextEncoder
@@ -92,7 +100,9 @@ def main(argv=None) -> int:
     acc = np.array(acc)
     print(f"knowing probe (MiniLM, linear): trained users {np.round(acc[:len(W)], 3).tolist()}  "
           f"outside people mean {acc[len(W):].mean():.3f} min {acc[len(W):].min():.3f}")
-    scorers(Etr, Efr, train.ratings, fresh.ratings, seed=args.seed)
+    res["knowing_probe"] = {"trained": acc[:len(W)].tolist(), "outside_mean": float(acc[len(W):].mean())}
+    res["scorers"] = scorers(Etr, Efr, train.ratings, fresh.ratings, seed=args.seed)
+    print(f"wrote {write_result('reading_ceilings', res)}")
     return 0
 
 
@@ -109,17 +119,17 @@ def true_ratings_weights(R: np.ndarray, ps, sharpness: float = 3.0, n_draws: int
     return np.stack(out)
 
 
-def run_ceiling(run_dir: Path, seed: int, steps: int = 300) -> int:
+def run_ceiling(run_dir: Path, seed: int, steps: int = 300) -> dict:
     """A trained run's reader from 8 choices against an oracle latent fitted to each person's scored pairs."""
     import torch
 
     from core.data import generate_table
     from core.data.probes import all_texts
     from core.models.losses import btl_loss_from_margin
-    from core.serving.run_reward import PersonalRewardModel
+    from core.serving.run_reward import RunRewardModel
     from core.users.people import build_people_set, outside_people, people_accuracy, trained_people
 
-    rm = PersonalRewardModel.from_run(run_dir, device="cpu")
+    rm = RunRewardModel.from_run(run_dir, device="cpu")
     if not rm.conditional:
         raise SystemExit(f"--run {run_dir}: a user-agnostic run has no latent to fit")
     if not hasattr(rm.model, "user_latents"):
@@ -167,10 +177,10 @@ def run_ceiling(run_dir: Path, seed: int, steps: int = 300) -> int:
     for name, a in rows:
         print(f"{name:>36}: trained users mean {np.nanmean(a[:n]):.3f}  outside people mean "
               f"{np.nanmean(a[n:]):.3f} min {np.nanmin(a[n:]):.3f}")
-    return 0
+    return {name: {"mean": float(np.nanmean(a[n:])), "min": float(np.nanmin(a[n:]))} for name, a in rows}
 
 
-def scorers(Etr, Efr, Rtr, Rfr, seed: int, steps: int = 3000) -> None:
+def scorers(Etr, Efr, Rtr, Rfr, seed: int, steps: int = 3000) -> dict:
     """Linear and MLP BTL scorers per taste, trained on the strict pairs of 1200 training questions, scored on
     every strict pair of the fresh questions."""
     import torch
@@ -184,6 +194,7 @@ def scorers(Etr, Efr, Rtr, Rfr, seed: int, steps: int = 3000) -> None:
     D = Etr.shape[-1]
     tastes = {"helpfulness": [1, 0, 0, 0], "honesty": [0, 1, 0, 0], "instruction": [0, 0, 1, 0],
               "truthfulness": [0, 0, 0, 1], "uniform": [0.25] * 4}
+    result = {}
     for name, w in tastes.items():
         w = np.array(w, dtype=float)
         tr = torch.as_tensor(_strict_pairs(Rtr, w, np.arange(1200)))  # (n, 3) question, chosen, rejected
@@ -205,6 +216,8 @@ def scorers(Etr, Efr, Rtr, Rfr, seed: int, steps: int = 3000) -> None:
                 s = net(Efr).squeeze(-1)  # (Qf * C,)
             out.append((s[fr[:, 0] * C + fr[:, 1]] > s[fr[:, 0] * C + fr[:, 2]]).float().mean().item())
         print(f"{name:>13} scorer on MiniLM, fresh questions: linear {out[0]:.3f}  MLP {out[1]:.3f}")
+        result[name] = {"linear": out[0], "mlp": out[1]}
+    return result
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Prints responses/s for both, their ratio, and the latency; writes bench/out/rewa
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -23,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.serving.run_reward import PersonalRewardModel, ask_pairs  # noqa: E402
+from bench._results import write_result  # noqa: E402
+from core.serving.run_reward import RunRewardModel, ask_pairs  # noqa: E402
 from core.training.config import LESSON_TWO_OPPOSED, build_config  # noqa: E402
 from core.training.launch import train  # noqa: E402
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         train(build_config({"preset": "vpl-adaptive", **LESSON_TWO_OPPOSED, "steps": steps, "seed": args.seed}),
               run, log=lambda m: None)
         print(f"trained the lesson run in {time.perf_counter() - t0:.1f}s")
-    rm = PersonalRewardModel.from_run(run, device="cpu")
+    rm = RunRewardModel.from_run(run, device="cpu")
     table = rm.table()
     pairs = ask_pairs(table, rm.W, 8, how="random", seed=args.seed)
     demos = [(table.prompts[q], table.responses[q][i], table.responses[q][j]) for q, i, j in pairs]
@@ -72,9 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"score, new texts:    {res['uncached_per_s']:8.1f} responses/s")
     print(f"score, cached texts: {res['cached_per_s']:8.1f} responses/s  ({res['cached_vs_uncached']:.1f}x)")
     print(f"infer_user ({len(demos)} answers, cached): {res['infer_user_ms_median']:.1f} ms (median of {args.repeats})")
-    out = ROOT / "bench" / "out"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "reward.json").write_text(json.dumps(res, indent=2))
+    print(f"wrote {write_result('reward', res)}")
     return 0
 
 

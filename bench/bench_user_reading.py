@@ -23,7 +23,6 @@ while the encoder is at 0.79 and the classifier names the user 30% of the time: 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._results import write_result  # noqa: E402
 from core.models.losses import contrastive_loss  # noqa: E402
 from core.models.reward_models import make_decoder, mlp  # noqa: E402
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--contrastive", type=float, default=0.3, help="coefficient for the encoder+con reader")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides key=value (JSON values)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "user_reading.json"))
+    ap.add_argument("--out", help="result file (default: bench/out/user_reading-<time>.json)")
     ap.add_argument("--dry-run", action="store_true", help="tiny corpus and 8 steps, to check the script")
     args = ap.parse_args(argv)
     from core.common.runs import RunDir
@@ -173,10 +173,8 @@ def main(argv: list[str] | None = None) -> int:
           f"[{' '.join(f'{a:.2f}' for a in ident[:8])}{' ...' if U > 8 else ''}]")
     if probe and U <= 8:
         print(f"  per-user probe ceilings: [{' '.join(f'{probe[str(u)]:.2f}' for u in range(U))}]")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**results, "users": args.users, "seed": args.seed, "steps": steps, "set": extra},
-                              indent=2))
+    out = write_result("user_reading", {**results, "users": args.users, "seed": args.seed, "steps": steps,
+                                        "set": extra}, args.out)
     print(f"wrote {out}")
     return 0
 

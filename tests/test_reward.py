@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from core.common.runs import RunDir
-from core.serving.run_reward import PersonalRewardModel, RewardModelError, ask_pairs
+from core.serving.run_reward import RewardModelError, RunRewardModel, ask_pairs
 from core.users.tastes import user_scores
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def runs(lesson_runs_root):
 
 @pytest.fixture(scope="module")
 def rm(runs):
-    return PersonalRewardModel.from_run(runs / "vpl", device="cpu")
+    return RunRewardModel.from_run(runs / "vpl", device="cpu")
 
 
 def answer(table, w, pair):
@@ -64,8 +64,8 @@ def personal_and_twin(tmp_path_factory, cache_root, small_corpus_embeddings):
               "cache_dir": cache_root}
     train_grid([build_config({"preset": p, **common}) for p in ("personal", "traditional")],
                [root / p for p in ("personal", "traditional")], log=lambda m: None)  # one process, shared setup
-    return (PersonalRewardModel.from_run(root / "personal", device="cpu"),
-            PersonalRewardModel.from_run(root / "traditional", device="cpu"))
+    return (RunRewardModel.from_run(root / "personal", device="cpu"),
+            RunRewardModel.from_run(root / "traditional", device="cpu"))
 
 
 @pytest.mark.slow
@@ -125,7 +125,7 @@ def test_infogain_pairs_are_contested_and_distinct(rm):
 def test_errors_are_named_not_crashed_on(runs, rm, tmp_path):
     table = rm.table()
     demo = answer(table, HONESTY, ask_pairs(table, rm.W, 1, how="random")[0])
-    btl = PersonalRewardModel.from_run(runs / "btl", device="cpu")
+    btl = RunRewardModel.from_run(runs / "btl", device="cpu")
     with pytest.raises(RewardModelError, match="not conditional"):
         btl.infer_user([demo])
     assert len(btl.score("A question?", ["one", "two"], user=None)) == 2
@@ -138,12 +138,12 @@ def test_errors_are_named_not_crashed_on(runs, rm, tmp_path):
     with pytest.raises(RewardModelError, match="^user: this model is conditional"):
         rm.score("Q?", ["a"], user=None)
     with pytest.raises(RewardModelError, match="^run_dir: no training run"):
-        PersonalRewardModel.from_run(tmp_path / "nothing")
+        RunRewardModel.from_run(tmp_path / "nothing")
     unfinished = RunDir(tmp_path / "unfinished").create()
     unfinished.write_config(RunDir(runs / "vpl").config())
     unfinished.update_status(state="running")
     with pytest.raises(RewardModelError, match="'running', not finished"):
-        PersonalRewardModel.from_run(unfinished.path)
+        RunRewardModel.from_run(unfinished.path)
 
 
 @pytest.mark.slow

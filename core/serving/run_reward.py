@@ -1,6 +1,6 @@
 """Use a trained run as a reward function: infer a user from a few choices, score any text, plug into TRL.
 
-    rm = PersonalRewardModel.from_run("checkpoints/<run>")
+    rm = RunRewardModel.from_run("checkpoints/<run>")
     me = rm.infer_user([(prompt, chosen, rejected), ...])     # UserEstimate: latent, nearest users, weights
     rm.score(prompt, ["response A", "response B"], user=me)   # one reward per response
     rm.score(prompt, responses, user=0)                       # as the run's simulated user 0
@@ -11,6 +11,9 @@ run's own encoder through the same on-disk cache, so a text the run saw is never
 
 Shapes: demonstrations (K,) -> context embeddings (1, K, D) -> mu, logvar (1, L); responses (R,) ->
 query embeddings (R, D) -> rewards (R,).
+
+Seam, if it grows: the command line (its section at the end, run by core/reward.py) from
+``RunRewardModel``.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def _content(x) -> str:
     return str(x)
 
 
-class PersonalRewardModel:
+class RunRewardModel:
     """A finished run's reward model, ready to score texts for any user it can represent."""
 
     def __init__(self, run: RunDir, cfg, model, encoder, cache, query_encoder, probe, W, device):
@@ -86,7 +89,7 @@ class PersonalRewardModel:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str = "auto") -> PersonalRewardModel:
+    def from_run(cls, run_dir: str | Path, device: str = "auto") -> RunRewardModel:
         from safetensors.torch import load_file
 
         from core.models.embedding_store import EmbeddingCache, default_cache_root
@@ -394,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--dry-run", action="store_true", help="load the run and check the inputs, score nothing")
     args = ap.parse_args(argv)
     try:
-        rm = PersonalRewardModel.from_run(args.run, device=args.device)
+        rm = RunRewardModel.from_run(args.run, device=args.device)
         user = None if args.user is None else args.user
         estimate = None
         if args.demos:

@@ -1,6 +1,6 @@
 """A simulated student for a lecture projector: any weights, answered by the table's ratings (issue 18).
 
-    curve = answers_curve(rm, twin, [0.5, 0.5, 0, 0])   # rm / twin: PersonalRewardModel (twin: traditional)
+    curve = answers_curve(rm, twin, [0.5, 0.5, 0, 0])   # rm / twin: RunRewardModel (twin: traditional)
     curve["counts"], curve["personal"], curve["traditional"]
 
 The student answers ``k`` random questions of the run's *training* split (one of their own strict pairs on

@@ -3,7 +3,6 @@ over a real short `personal` run on two-opposed (and a copy of it as an older ru
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 
@@ -27,13 +26,9 @@ def personal_run(tmp_path_factory, cache_root, small_corpus_embeddings):
     shutil.copytree(root / RID, root / OLD)  # a run from before people were scored: no people files
     for p in (root / OLD / "latents").glob("people-*.npz"):
         p.unlink()
-    old = os.environ.get("PREFLENS_RUNS_DIR")
-    os.environ["PREFLENS_RUNS_DIR"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("PREFLENS_RUNS_DIR", None)
-    else:
-        os.environ["PREFLENS_RUNS_DIR"] = old
+    with pytest.MonkeyPatch.context() as mp:  # the pages read the runs folder from the env
+        mp.setenv("PREFLENS_RUNS_DIR", str(root))
+        yield root
 
 
 def _traces(fig):

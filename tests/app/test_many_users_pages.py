@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
 from core.common.runs import RunDir
-from core.jobs.gridjob import member_configs, validate_grid
+from core.experiments.gridjob import member_configs, validate_grid
 from core.jobs.manager import JobManager
 from core.training.config import LESSON_FOUR_USERS, build_config
 from core.training.launch import train
@@ -23,13 +21,9 @@ def cluster_run(tmp_path_factory, cache_root, small_corpus_embeddings):
     root = tmp_path_factory.mktemp("many")
     rid = "vpl-20260101-000000-cluster"
     train(build_config({"preset": "vpl", **TINY, "cache_dir": cache_root}), root / rid, log=lambda m: None)
-    old = os.environ.get("PREFLENS_RUNS_DIR")
-    os.environ["PREFLENS_RUNS_DIR"] = str(root)
-    yield root, rid
-    if old is None:
-        os.environ.pop("PREFLENS_RUNS_DIR", None)
-    else:
-        os.environ["PREFLENS_RUNS_DIR"] = old
+    with pytest.MonkeyPatch.context() as mp:  # the pages read the runs folder from the env
+        mp.setenv("PREFLENS_RUNS_DIR", str(root))
+        yield root, rid
 
 
 def test_train_page_draws_group_means_with_bands_and_reference_lines(cluster_run):

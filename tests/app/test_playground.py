@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.serving.run_reward import PersonalRewardModel, ask_pairs
+from core.serving.run_reward import RunRewardModel, ask_pairs
 from core.serving.student import ranking_hits, run_questions
 from core.users.tastes import user_scores
 from tests.app.figures import APP, array, figure
@@ -76,8 +76,8 @@ def test_a_visitor_no_training_user_is_gets_placed_and_predicted_on_all_pairs(le
     rid = LESSON_IDS["vpl-adaptive"]
     at = _open(lesson_runs_root, monkeypatch, run=rid, k="8", how="random")
     assert not at.exception, at.exception
-    rm = PersonalRewardModel.from_run(lesson_runs_root / rid, device="cpu")
-    btl = PersonalRewardModel.from_run(lesson_runs_root / LESSON_IDS["traditional"], device="cpu")
+    rm = RunRewardModel.from_run(lesson_runs_root / rid, device="cpu")
+    btl = RunRewardModel.from_run(lesson_runs_root / LESSON_IDS["traditional"], device="cpu")
     table = rm.table()
     s = user_scores(table, VISITOR[None])[0]  # (Q, C)
     asked = ask_pairs(table, rm.W, 8, how="random", seed=0)

@@ -34,13 +34,9 @@ def runs_root(tmp_path_factory, cache_root, small_corpus_embeddings):
     (root / "notes" / "readme.txt").write_text("not a run")
     with open(root / ids["vpl"] / "metrics.jsonl", "a") as fh:
         fh.write('{"step": 8, "accur')
-    old = os.environ.get("PREFLENS_RUNS_DIR")
-    os.environ["PREFLENS_RUNS_DIR"] = str(root)
-    yield root, ids
-    if old is None:
-        os.environ.pop("PREFLENS_RUNS_DIR", None)
-    else:
-        os.environ["PREFLENS_RUNS_DIR"] = old
+    with pytest.MonkeyPatch.context() as mp:  # the pages read the runs folder from the env
+        mp.setenv("PREFLENS_RUNS_DIR", str(root))
+        yield root, ids
 
 
 def test_train_page_shows_per_user_curves_of_finished_runs(runs_root):

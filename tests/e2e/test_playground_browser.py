@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.serving.run_reward import PersonalRewardModel, ask_pairs
+from core.serving.run_reward import RunRewardModel, ask_pairs
 from core.serving.student import ranking_hits, run_questions
 from core.users.tastes import user_scores
 from tests.conftest import LESSON_IDS
@@ -48,8 +48,8 @@ def test_simulated_student_draws_its_curve(app_url):
 
 def test_a_visitor_is_placed_and_predicted_on_all_pairs(app_url, lesson_runs_root):
     rid = LESSON_IDS["vpl-adaptive"]
-    rm = PersonalRewardModel.from_run(lesson_runs_root / rid, device="cpu")
-    btl = PersonalRewardModel.from_run(lesson_runs_root / LESSON_IDS["traditional"], device="cpu")
+    rm = RunRewardModel.from_run(lesson_runs_root / rid, device="cpu")
+    btl = RunRewardModel.from_run(lesson_runs_root / LESSON_IDS["traditional"], device="cpu")
     table = rm.table()
     s = user_scores(table, VISITOR)[0]
     asked = ask_pairs(table, rm.W, 8, how="random", seed=0)
