@@ -233,7 +233,7 @@ def _num(x, fmt=".3f"):
 with tab_results:
     st.divider()
     st.subheader("Real human ratings beside the personas")
-    st.caption("Folders written by `python -m core.personas.humans` (see the README): the same similarity analyses "
+    st.caption("Folders written by `python -m core.personas.humans` (see docs/personas.md): the same similarity analyses "
                f"on real people's ratings. Listed from {ROOT}/ and its humans/ subfolder; or enter a folder's path.")
     outs = list_humans_outputs(ROOT)
     names = [o["name"] for o in outs]

@@ -1,6 +1,6 @@
-"""`python -m core.gridjob`: a grid of runs trained in one process, as a job (the code: core.jobs.gridjob)."""
+"""`python -m core.gridjob`: a grid of runs trained in one process, as a job (the code: core.experiments.gridjob)."""
 
-from core.jobs.gridjob import main
+from core.experiments.gridjob import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The study on a GPU (issue 19): `study --size full` for both user sets through the grid path, with the
-# achieved TFLOP/s, timed. Prepared to run in one device call (see README "The study on a GPU"):
+# achieved TFLOP/s, timed. Prepared to run in one device call (see docs/usage.md, "The study's own setting"):
 #   scripts/gpu-study.sh OUT_DIR [SIZE]        SIZE full (default) or tiny (a CPU check of this script)
 set -uo pipefail
 out=${1:?give an output folder}; size=${2:-full}

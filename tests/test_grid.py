@@ -53,7 +53,7 @@ def test_a_stacked_step_is_the_micro_batch_loop_step(tmp_path, small_corpus_embe
     for MGDA / PCGrad). The first step's learning rate is 0 (warm-up), so both steps start from the same
     weights and the gradients compare exactly; after that, Adam turns rounding noise in near-zero gradients
     into +-lr steps, so weights are compared through what they compute instead."""
-    from core.training.grid import StackedGroup
+    from core.training.stacked import StackedGroup
 
     cfg = {"preset": preset, **SMALL, "steps": 20, "cache_dir": cache_root, **extra}
     shared = Shared()
@@ -161,7 +161,7 @@ def test_lora_members_share_one_base_model_and_match_their_runs_alone(tmp_path, 
     through stacked adapters: test_stacked_lora_gives_each_run_its_block_of_texts_and_segments.)"""
     from safetensors.torch import load_file
 
-    from core.serving.run_reward import PersonalRewardModel
+    from core.serving.run_reward import RunRewardModel
 
     # 2 steps at 16 tokens, personal without segment features (was 3 steps at 48 tokens with segments, and no
     # stacked pair: 70 s of the suite, now about 25). eval_loss, grid against alone, differed by at most 2.1e-7
@@ -184,6 +184,6 @@ def test_lora_members_share_one_base_model_and_match_their_runs_alone(tmp_path, 
     lora_b = [k for k in w if k.startswith("encoder.") and "lora_B" in k]
     assert lora_b and all(".default.weight" in k for k in lora_b)  # peft's names
     assert any(float(w[k].abs().sum()) > 0 for k in lora_b)  # B starts at zero: the adapters trained
-    rm = PersonalRewardModel.from_run(tmp_path / "grid-0")
+    rm = RunRewardModel.from_run(tmp_path / "grid-0")
     scores = rm.score("How do I boil an egg?", ["Put it in boiling water for nine minutes.", "No."], user=0)
     assert len(scores) == 2 and all(np.isfinite(scores))

@@ -294,7 +294,7 @@ def test_grid_members_are_runs_and_a_member_is_cancelled_alone(tmp_path, warm_ca
     assert checkpoint_step(tmp_path / gid / "runs" / "vpl-s0") == step  # it stayed where it stopped
     records, _ = RunDir(tmp_path / gid / "runs" / "traditional-s0").metrics()
     assert records[-1]["step"] == GRID_TINY["steps"]
-    # core.jobs.gridjob ends a grid with a cancelled member `cancelled`, naming every member's state
+    # core.experiments.gridjob ends a grid with a cancelled member `cancelled`, naming every member's state
     assert runs[gid]["state"] == "cancelled"
     assert runs[gid]["error"] == "members ended: succeeded, cancelled"
     wait_for(lambda: not pid_alive(gpid), 15, "the grid process to exit")

@@ -10,7 +10,7 @@ import torch
 
 from core.common.runs import RunDir
 from core.training.config import build_config
-from core.training.grid import plan_groups
+from core.training.stacked import plan_groups
 from core.training.trainer import Trainer
 
 SMALL = {"corpus_prompts": 400, "people_every": 0}

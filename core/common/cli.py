@@ -1,4 +1,4 @@
-"""How the command lines (``python -m core.train``, ``core.jobs.gridjob``, ``core.experiments.compare``, ...) end.
+"""How the command lines (``python -m core.train``, ``core.experiments.gridjob``, ``core.experiments.compare``, ...) end.
 
 An *expected* error, one that bad input or the machine causes rather than a bug, ends a command with one
 line ``error: <message>`` on stderr and exit status 2, and no Python traceback: the message already says
@@ -30,7 +30,7 @@ EXPECTED: frozenset[tuple[str, str]] = frozenset({
     ("core.users.tastes", "UserError"),
     ("core.data.ultrafeedback", "DataError"),
     ("core.data.ultrafeedback", "HubUnavailableError"),
-    ("core.jobs.gridjob", "GridError"),
+    ("core.experiments.gridjob", "GridError"),
     ("core.experiments.compare", "UsersArgError"),
     ("core.experiments.study", "StudyError"),
     ("core.experiments.study", "StudyStopped"),

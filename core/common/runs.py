@@ -1,4 +1,4 @@
-"""The run directory contract (DESIGN §2). Every job, training or persona simulation, writes here.
+"""The run directory contract (docs/architecture.md §2). Every job, training or persona simulation, writes here.
 
     <root>/<run_id>/
         config.json     the full validated config (enough to rerun)

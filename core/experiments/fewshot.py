@@ -2,7 +2,7 @@
 choices, then ask which of two responses that user prefers.
 
 Per user the k demonstrations are fixed (picked by information gain over the users' top choices,
-or at random, DESIGN §4). Each query is asked in both orders (the preferred response as A, then
+or at random). Each query is asked in both orders (the preferred response as A, then
 as B); the answer is read from the next-token probabilities of "A" versus "B" and the two orders
 are averaged, which cancels a constant position bias:
 
@@ -32,6 +32,9 @@ With k=0 the message says that no choices were seen; that prompt is shared by ev
 Backends: a local transformers model (``core.personas.judges.LocalJudge``, GGUF included) reads
 the probabilities from its logits. A judge without logits (an OpenAI-compatible endpoint) answers
 in text; a reply that names exactly one of A/B counts as probability 1 for it, else 0.5.
+
+Seams, if it grows: the prompt text (``demo_block``, ``query_block``), reading answers (``LogitChooser``,
+``TextChooser``) and plans and records (``Plan``, ``prepare``, ``evaluate``).
 """
 
 from __future__ import annotations

@@ -12,13 +12,10 @@ projections, at the study's lr 1e-4 and batch 4 x 8. It writes ``DIR/runs/<metho
 
 Sizes:
 - ``tiny``: a pipeline check that fits 2 CPU cores in a few minutes (CI runs it): 60 questions, 4
-  steps, the last 16 tokens of each text (and of each segment), batch 1 x 2. Its accuracies mean nothing.
-  (At 64 tokens and batch 2 x 2 its personal group sent ~10,000 tokens a step through SmolLM2, most of them
-  segments: about 20 GB and 10 minutes on 2 cores; issue 32.)
+  steps, the last 16 tokens of each text (and of each segment), batch 1 x 2. Its accuracies mean nothing;
+  longer texts made its personal group too big for a 2-core machine (docs/results/study-setting.md).
 - ``full``: 1500 questions, 256 tokens, batch 4 x 8, ``FULL_STEPS`` steps; sized from per-step times
-  measured on an H200 (``MEASURED`` below: 0.149 s a step, so 9 runs take about 7.6 min one after
-  another there), to finish within 10 minutes on one H100-class GPU. The default 3 workers on CUDA
-  can only shorten that (how much was not measured on the fused path).
+  measured on an H200 (``MEASURED`` below) to finish within 10 minutes on one H100-class GPU.
 
 ``--dry-run`` measures one optimizer step, one evaluation batch and the encoder's load on the chosen
 device and prints the wall-time estimate of the chosen size there; on a machine without CUDA it also
@@ -26,9 +23,13 @@ prints the estimate from the CUDA figures recorded in ``MEASURED``.
 
 On a CPU, a study (dry run or not) first estimates the memory one step of its grid holds (``step_memory``:
 the measured per-token figures under "memory" below, no model loaded) and refuses at once, naming that
-figure, the machine's and how to lower it, where it exceeds the machine's memory (``full`` on CPU needs
-about 200 GB: each step of three or four runs goes through SmolLM2 as one backward pass).
+figure, the machine's and how to lower it, where it exceeds the machine's memory (``full`` does on a CPU:
+each step of three or four runs goes through SmolLM2 as one backward pass).
 ``PREFLENS_MEMORY_BYTES`` stands in for the machine's memory (tests, or to leave room for other work).
+
+Seams, if it grows: the config and job entry (``StudyConfig``, ``validate_study_job``), running
+(``run_study``, ``_run_parallel``) and the memory estimate (``step_memory``, ``check_memory``); the last
+two start at section lines below.
 """
 
 from __future__ import annotations
@@ -226,7 +227,6 @@ def _run_parallel(configs: dict[str, dict], out: Path, workers: int, log, progre
     pending = list(configs)
     running: dict[str, tuple[subprocess.Popen, float]] = {}
     # one CPU share per child: torch's default of every core per process makes N children thrash
-    # (measured on 2 cores: two LoRA children took 250 s a run instead of 11 s)
     threads = max(1, (os.cpu_count() or 1) // workers)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     repo = str(REPO_ROOT)
@@ -273,23 +273,11 @@ def _run_parallel(configs: dict[str, dict], out: Path, workers: int, log, progre
 #
 #     peak = BASE_BYTES + MODEL_BYTES x models + TOKEN_BYTES x tokens of the largest step
 #
-# core.training.grid steps its groups one after another, so the largest group's forward + backward sets the peak. A
-# stacked LoRA group sends every member's whole step (batch_size x grad_accum pairs, the micro-batches fused)
-# through the base model as one pass: runs x pairs x 2 texts, each counted at max_length tokens (a batch pads
-# to its longest text; on the offline corpus that is 200-212 of 256), plus with segment_pool SEGMENTS_PER_TEXT
-# segments of at most SEGMENT_TOKENS tokens (tokenizer only, corpora of 60 and 1500 questions: blocks of 8
-# texts hold 10.0 distinct segments a text, blocks of 64 7.2-7.6, padded to 35 tokens). ``models``: one base
-# model per group, plus one per kind of features the runs encode into the frozen cache on a cold start.
-# Measured on the 2-core machine (torch 2.13 CPU, SmolLM2-135M, stacked LoRA r 8 on q/k/v, sdpa attention):
-# the rise of ru_maxrss over one forward + backward after a warm-up, per token sent,
-#   - 1 run, synthetic texts truncated to 64 / 128 / 256 tokens, 1024-2048 tokens: 1.46-1.49 MB;
-#   - 2 runs x 4 corpus texts (padded to 200), 1600 tokens: 1.67 MB; 1 run x 4 corpus texts with segments
-#     ([4, 182] + [39, 35] tokens): 1.62 MB; 2 runs x 8 texts at 64 with segments went past a 5.5 GB cap;
-# and the dry run's set-up before its first step (12 runs): tiny 2.1 GB with 3 base models (cache warm), full
-# 4.7 GB with 4 base models and 2 frozen encoders (cache cold); a model paged in is 0.50 GB.
-# Whole `--dry-run --device cpu` runs, estimate / peak RSS: tiny --methods vpl 4.9 / 4.8 GB; tiny --methods
-# personal --seeds 0 1 --set batch_size=1 5.1 / 4.7 GB. The default grid: tiny 20.8 GB (its personal group:
-# 3 runs x 8 texts x (64 + 350 segment tokens)), full 202 GB (the OOM killer stopped it at 23.9 GB, issue 32).
+# The grid steps its groups one after another, so the largest group's forward + backward sets the peak: a
+# stacked LoRA group sends every member's whole step through the base model as one pass, each text counted
+# at max_length tokens, plus its segments with segment_pool. ``models``: one base model per group, plus one
+# per kind of features the runs encode into the frozen cache on a cold start. The constants were measured
+# (docs/results/study-setting.md, "The memory estimate").
 TOKEN_BYTES = 1.7e6
 MODEL_BYTES = 0.55e9  # SmolLM2-135M in float32
 BASE_BYTES = 1.2e9  # python, torch, the trainers' data and heads
@@ -308,7 +296,7 @@ def step_memory(cfg: StudyConfig) -> dict | None:
     """Estimated peak bytes of one step of the study on a CPU (see "memory" above), from its configs alone (no
     model loaded); None where the figures do not apply (no trained query encoder, or another encoder).
     Also the step that sets the peak: its runs, pairs a run and tokens, and ``fixed_bytes`` beside them."""
-    from core.training.grid import LORA_GROUP_TOKENS, STACK_FIELDS
+    from core.training.stacked import LORA_GROUP_TOKENS, STACK_FIELDS
 
     configs = run_configs(cfg)
     trained = {n: c for n, c in configs.items() if c["query_encoder"] != "frozen"}
@@ -341,7 +329,7 @@ def step_memory(cfg: StudyConfig) -> dict | None:
                 steps.append((members, pairs, pairs * 2 * _text_tokens(c)))
                 continue
             pairs = c["batch_size"] * c["grad_accum"]
-            size = max(1, LORA_GROUP_TOKENS // (pairs * 2 * c["max_length"]))  # core.training.grid.plan_groups
+            size = max(1, LORA_GROUP_TOKENS // (pairs * 2 * c["max_length"]))  # core.training.stacked.plan_groups
             for i in range(0, len(members), size):
                 models += 1
                 steps.append((members[i:i + size], pairs, len(members[i:i + size]) * pairs * 2 * _text_tokens(c)))

@@ -25,7 +25,7 @@ BUILTIN_KINDS = (
     JobKind("train", "core.train", "core.jobs.kinds:validate_train"),
     JobKind("personas", "core.personas", "core.personas.config:validate_config"),
     JobKind("study", "core.study", "core.experiments.study:validate_study_job", members="runs"),  # a grid too (core.training.grid)
-    JobKind("grid", "core.gridjob", "core.jobs.gridjob:validate_grid_job", members="runs"),
+    JobKind("grid", "core.gridjob", "core.experiments.gridjob:validate_grid_job", members="runs"),
 )
 
 for _kind in BUILTIN_KINDS:

@@ -1,4 +1,4 @@
-"""Background jobs over run directories (DESIGN §1-2): submit, queue, watch, cancel.
+"""Background jobs over run directories (docs/architecture.md §3): submit, queue, watch, cancel.
 
     jm = JobManager("checkpoints", max_concurrent=1)
     run_id = jm.submit({"preset": "vpl-adaptive", "seed": 1, "steps": 200})
@@ -37,6 +37,9 @@ Launchers:
   from the run's status.json first, then from core.jobs.slurm (sacct where accounting is on, else squeue);
   a job that ended without a final state is ``failed`` with its job id and output tails. Cancel is
   ``scancel`` (SIGTERM to the job's processes; the trainer checkpoints), then ``--signal=KILL``.
+
+Seams, if it grows: the job-kind registry (its own section below) from ``JobManager``; the members of
+a grid are already apart (core.jobs.members), as are Slurm (core.jobs.slurm) and processes.
 """
 
 from __future__ import annotations

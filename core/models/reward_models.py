@@ -55,7 +55,10 @@ the same space as the trained users, not forced onto one of them.
 
 With the concat decoder a reward difference r(y_w) - r(y_l) depends on z only through the MLP's
 curvature, which at these sizes is too weak to give many users opposite readings of the same
-response (DESIGN §5); the multiplicative decoders make z choose a direction in e directly.
+response; the multiplicative decoders make z choose a direction in e directly.
+
+Seam, if it grows: the user readers inside ``VPLRewardModel`` (pairs, differences, mixture, blend, fit)
+and their grids (``blend_grid``, ``taste_grid``) could leave for a ``readers`` module beside the decoders.
 """
 
 from __future__ import annotations
@@ -326,7 +329,7 @@ class VPLRewardModel(nn.Module):
         else:  # looked up a block of queries at a time: (B, K, S) at once would be large for a whole split
             loglik = torch.cat([F.embedding(i, ll).sum(-2) for i in inv.split(4096)])  # (B, S)
         # the centre prior is for reading people (eval mode): trained with it, every user is pulled to the
-        # centre and the tastes come out blurred (four one-hot users 0.64-0.97 against 0.80-0.97 without)
+        # centre and the tastes come out blurred (docs/results/personal-preset.md)
         post = (loglik if self.training else loglik + self.blend_log_prior).softmax(-1)  # (B, S)
         mu = post @ Z  # (B, L)
         var = post @ Z.pow(2) - mu.pow(2)

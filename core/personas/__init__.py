@@ -1,4 +1,4 @@
-"""Persona simulation (DESIGN §7): user stories, LLM judges, pairwise & scoring modes, analyses.
+"""Persona simulation: user stories, LLM judges, pairwise & scoring modes, analyses.
 
 Heavy parts (transformers) load lazily: importing this package is cheap.
 """

@@ -16,6 +16,9 @@ gives them (``core.personas.openai_judge``). Both use the helpers in ``core.pers
 The local backend reuses each persona prefix's key-value cache and packs the prompts after it into
 token tries, several personas per forward pass (``core.personas.packing``). ``rating_probs_unpacked``
 keeps the earlier one-batch-per-persona path as the reference the packed path is tested against.
+
+Seam, if it grows: the judge interface and ``make_judge`` from ``LocalJudge``, the transformers backend
+(as core.personas.openai_judge is the endpoint one).
 """
 
 from __future__ import annotations

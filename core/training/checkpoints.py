@@ -1,4 +1,4 @@
-"""A run's checkpoint (DESIGN §2, §6): model.safetensors (the model and any trained encoder weights) and
+"""A run's checkpoint: model.safetensors (the model and any trained encoder weights) and
 train_state.pt (optimizer, schedule, random states, sampler), written to temporary names and renamed, so a
 rerun resumes where the last checkpoint left off and reaches the numbers of an uninterrupted run.
 

@@ -14,8 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # The study's methods on the offline corpus (CPU-sized). Frozen MiniLM heads learn faster than a
-# fine-tuned GPT-2, so the presets raise the learning rate from the study's 1e-4 to 1e-3; every
-# other optimizer setting is the study's (AdamW wd 0.001, cosine, 3% warmup, batch 4 x 8).
+# fine-tuned GPT-2, so the presets raise the study's learning rate tenfold; every other optimizer
+# setting is the study's (TrainConfig's defaults).
 _CPU = {"lr": 1e-3, "steps": 400, "eval_every": 20}
 PRESETS: dict[str, dict] = {
     "traditional": {**_CPU, "method": "btl"},
@@ -24,60 +24,16 @@ PRESETS: dict[str, dict] = {
     "vpl-mgda": {**_CPU, "method": "vpl", "grad_strategy": "mgda"},
     "vpl-pcgrad": {**_CPU, "method": "vpl", "grad_strategy": "pcgrad"},
     "vpl-contrastive": {**_CPU, "method": "vpl", "contrastive_coef": 0.1},
-    # PrefLens's own conditional model: right about any person on any question (issues 9 and 18;
-    # bench/bench_any_person.py, README "Any person, any question"). Changes from `vpl`, each measured:
-    # - z multiplies the response features (a bilinear term <U e, V z>; four one-hot users, 1600 steps: the
-    #   study's concat decoder 0.720, bilinear 0.822);
-    # - z is not sampled (z_mode mean, beta 0: the noise only hid mu: 0.830);
-    # - trained on every pair each user strictly prefers (agreed_share 1; its `accuracy` is still read on the
-    #   contested test pairs, like every other method's): on contested pairs alone two users are learned as
-    #   opposites, and the honesty user, read from 8 of their own choices, is served at 0.52 on all pairs of
-    #   fresh questions (0.86 with all pairs; agreed_share 0.5 gives 0.78);
-    # - a reward linear in z (decoder 'linear': MLP(e) + <U e, V z>), read by blending (user_encoder 'blend'):
-    #   the posterior mean over blends of the training users. Measured on fresh questions, 10 readings of 8
-    #   choices, seeds 0 / 1 (bench_any_person.py): four one-hot users, people outside training 0.819 / 0.818
-    #   (bilinear+fit 0.794 / 0.772, linear+fit 0.813 / 0.798; the previous preset, mixture on contested pairs,
-    #   0.748 at seed 0 with a noisier 3-reading read), honesty user 0.82 / 0.85;
-    #   two opposed users: honesty user 0.91 / 0.87 (mixture on contested pairs: 0.52), contested 0.94;
-    #   random: nobody more than 0.02 below traditional (fit: 0.05). 'fit' (MAP z by Newton steps) stays an
-    #   option; it extrapolates past the trained users (random: new people 0.80 against blend's 0.78);
-    # - batch 128 and lr 3e-3 (four times the pairs a step: the 100-user heads were undertrained at 32), now
-    #   1024 and 6e-3 (below);
-    # - no contrastive term.
-    # - z acts on the frozen encoder's features of a response (z_features 'frozen'), where the reader reads the
-    #   demonstrations: with a LoRA query encoder the shared reward moves with LoRA while the reading stays
-    #   consistent (issue 19: one of four users was never read with LoRA); no change with a frozen encoder.
-    # - z's term reads U e plus an MLP of the response (z_head 'mlp'; the reward stays linear in z): a linear
-    #   scorer on frozen MiniLM orders honesty 0.86 and instruction following 0.89 of the time, a two-layer MLP
-    #   0.91 / 0.91 (a person who is known, fresh questions; bench_reading_ceilings.py). With batch 1024 and lr
-    #   6e-3 (the heads were undertrained at 400 steps of 128), four one-hot users: people outside training
-    #   0.84 / 0.83 against 0.82 / 0.82; random: 0.84 / 0.84 against 0.78 / 0.79; two-opposed contested 0.97;
-    # - the population term at half weight and a centre prior of 4.5 (population_coef, blend_centre_prior):
-    #   the uniform person is no longer read onto one trained taste (four one-hot users, worst person against
-    #   traditional +0.03 / -0.03, against -0.02 / -0.08 without them); a stronger prior (6) pulls the
-    #   two-opposed honesty user towards the centre (0.88 at seed 1), a weaker one (3) leaves the uniform
-    #   person 0.07 below traditional at seed 1.
-    # - every pair also scored at its own user's latent at half weight (vertex_coef 0.5): without it the blend
-    #   reader only ever serves posterior means near the centre, and a user's own point ranked that user's fresh
-    #   pairs 0.39-0.48 of the time (four one-hot users, seed 0); with the term at weight 1, 0.89-0.97, so a
-    #   blend of points is a blend of rewards. Seeds 0 / 1, weight 0.5: four one-hot users, people outside
-    #   training 0.847 / 0.843 (0.838 / 0.831 without), worst person against traditional +0.03 / -0.03
-    #   (+0.03 / -0.03); weight 1 gave 0.849 / 0.845 and +0.03 / -0.02 but two-opposed contested 0.951 / 0.946
-    #   (0.5: 0.959 / 0.951);
-    # - over more users than aspects, the blend grid is drawn over the tastes (blend_space 'tastes'): a
-    #   Dirichlet(1) blend of 100 users is always near the even blend (random, outside people 0.853 / 0.852
-    #   against 0.835 / 0.837 before both changes). README "Any person, any question".
-    # - segment features (segment_pool: a text's pooled embedding beside the mean of its sentences'), with the
-    #   heads held at the plain width (latent, decoder_hidden 192; scaled to the doubled width they trained 2-3x
-    #   slower and read no better) and the centre prior at 6 (at 4.5 the sharper features read the uniform
-    #   person 0.065 below traditional at seed 1). Seeds 0 / 1 (bench_any_person.py; traditional reads the same
-    #   features): two-opposed honesty user 0.976 / 0.962 (0.934 / 0.896 before), contested 0.972 / 0.978;
-    #   four one-hot users, people outside training 0.880 / 0.880 (worst against traditional +0.026 / -0.018);
-    #   random, outside people 0.884 / 0.887, one-hot tastes 0.87-0.96, worst +0.014 / +0.014.
-    # - issue 32, cost: batch 512 and heads 128 (seed 0, 400 steps, in-run figures beside CPU seconds: batch 1024
-    #   to 512 lost 0.001-0.004, 512 to 256 a further 0.004-0.006 on the 100-user population; heads 192 to 128
-    #   nothing; bench_any_person.py --baseline 5d8c595 for the figures at seeds 0 / 1, README "Cost"); early
-    #   stopping on a tenth of the training questions, read every 50 steps.
+    # PrefLens's own conditional model, right about people it never trained on; each choice was measured
+    # (docs/results/personal-preset.md):
+    # - z is the posterior mean, read by blending the training users' latents (user_encoder blend, z_mode mean);
+    # - the reward is linear in z, its z term an MLP of the response (decoder linear, z_head mlp);
+    # - trained on every pair a user strictly prefers (agreed_share 1), not the contested ones only;
+    # - a population term and a centre prior, so an even taste is not read onto one trained user;
+    # - a vertex term, so each user's own latent is that user's reward (and a blend of latents a blend);
+    # - the blend grid over tastes, not users (a Dirichlet blend of 100 users is always near the centre);
+    # - segment features; z on the frozen features, where the demonstrations are read (also with LoRA);
+    # - batch 512, heads 128 and early stopping: the cheapest step that kept the figures (issue 32).
     "personal": {**_CPU, "method": "vpl", "z_mode": "mean", "contrastive_coef": 0.0, "z_features": "frozen",
                  "user_encoder": "blend", "decoder": "linear", "z_head": "mlp", "agreed_share": 1.0,
                  "population_coef": 0.5, "blend_centre_prior": 6.0, "batch_size": 512, "grad_accum": 1,
@@ -86,23 +42,12 @@ PRESETS: dict[str, dict] = {
 }
 
 
-# The one-click lessons (Train and Playground pages; `python -m core.train --lesson ... --warm-cache`).
-# early stopping reads vpl-adaptive's evaluations from its last phase on (core.training.trainer); 60 steps are reached
+# The one-click lessons (Train and Playground pages; `python -m core.train --lesson ... --warm-cache`). Each
+# stops once its validation loss stops improving (docs/results/lessons-and-suite.md has their history).
+# Early stopping reads vpl-adaptive's evaluations from its last phase on, so its 60 steps are reached
 LESSON_TWO_OPPOSED = {"users": "two-opposed", "corpus_prompts": 400, "steps": 60, "eval_every": 5,
                       "early_stop_patience": 3, "val_share": 0.1}
-# traditional, vpl and personal on one user per aspect; at 1200 steps on this 400-question corpus personal
-# reached 0.926 / 0.933 (seeds 0 / 1, every user above 0.86, the same read with fresh demonstrations)
-# while vpl stays near traditional's level (vpl 0.605 / 0.718, traditional 0.605 / 0.604). With issue 18's
-# preset (z_head mlp, batch 1024) it reaches 0.876 at seed 0 (fresh 0.871, worst user 0.813) in 283 s
-# (bench_decoders.py --presets personal --users four-one-hot --seeds 0 --steps 1200 --set corpus_prompts=400
-# eval_every=50; one run, with the test suite running beside it): on 400 questions the larger batch and head
-# fit the few pairs harder. With the vertex term and the tastes grid, the same command: 0.886 (fresh 0.872,
-# worst user 0.822, all pairs 0.860, people outside training 0.766) in 436 s, the suite again beside it
-# With segment features (heads 192, centre prior 6), in the four-users browser test (the lesson's three runs
-# on the 2-core machine): 0.948 (fresh 0.937, all pairs 0.924, people outside training 0.825) in 561 s;
-# with float32 subnormals flushed in training (core.training.trainer), the whole test 496 s against its 900 s bound
-# With early stopping (issue 32): each run stops once its validation loss has not improved for 3 evaluations
-# of 25 steps and keeps its best evaluation; the three train as one grid job (the Train page's button)
+# traditional, vpl and personal on one user per aspect, trained as one grid job
 LESSON_FOUR_USERS = {"users": "four-one-hot", "corpus_prompts": 400, "steps": 1200, "eval_every": 25,
                      "early_stop_patience": 3, "val_share": 0.1}
 LESSONS = {"two-opposed": LESSON_TWO_OPPOSED, "four-users": LESSON_FOUR_USERS}

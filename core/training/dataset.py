@@ -1,4 +1,4 @@
-"""From a PreferenceTable and users to training / test pairs with demonstrations (DESIGN §4).
+"""From a PreferenceTable and users to training / test pairs with demonstrations (docs/architecture.md §5).
 
 Texts are addressed by ``q * C + c`` (question q, completion c), the row of the embedding matrix.
 For each split (N pairs):

@@ -1,4 +1,4 @@
-"""A run's evaluation (DESIGN §2): the study's contested accuracy, the z-shuffled and fresh-demonstration reads,
+"""A run's evaluation: the study's contested accuracy, the z-shuffled and fresh-demonstration reads,
 the reference ceilings, the people on all pairs (core.users.people) and the latents saved for the Latent page.
 
 ``EvaluationMixin`` is part of ``core.training.trainer.Trainer``; it reads the trainer's data, model and query path.

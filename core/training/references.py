@@ -1,4 +1,4 @@
-"""Reference ceilings on a run's own test pairs (DESIGN §5): what a model could reach, for comparison.
+"""Reference ceilings on a run's own test pairs: what a model could reach, for comparison.
 
 Three references, each a per-user accuracy on exactly the pairs the run evaluates on:
 
@@ -90,9 +90,8 @@ def probe_reference(data: PrefData, embeddings: np.ndarray, C: float = 1.0, max_
     E = np.asarray(embeddings, dtype=np.float32)
     rng = np.random.default_rng(seed)
     out = {}
-    # One BLAS thread: these are small (2*max_fit x 384) problems, and on the 2-core machine
-    # OpenBLAS's two threads made the 100 fits of a 100-user run 16x slower (11.4 s against 0.7 s,
-    # the fits alone) by spinning against each other and against torch's threads.
+    # One BLAS thread: these problems are small, and OpenBLAS's threads spin against each other and against
+    # torch's (the 100 fits of a 100-user run, docs/results/many-users.md)
     with threadpool_limits(limits=1, user_api="blas"):
         for u in range(data.n_users):
             tr, te = np.flatnonzero(data.train.user == u), data.test.user == u

@@ -1,11 +1,9 @@
-"""Train a reward model into a run directory (DESIGN §2, §6).
+"""One training run: ``Trainer`` builds its data, people, encoder and model, and steps, evaluates,
+checkpoints and resumes. The loop that drives it is core.training.grid; core.training.launch starts runs.
 
-    python -m core.train --preset vpl-adaptive --run-dir checkpoints/demo [--seed 0] [--steps 200] [--dry-run]
-    python -m core.train --config cfg.json --run-dir checkpoints/demo
-
-The run directory is the only output: config.json, status.json, metrics.jsonl (one record per
-evaluation), latents/step-N.npz, model.safetensors + train_state.pt (resume), log.txt. Rerunning
-on a folder with a checkpoint resumes from it and reaches the same numbers as an uninterrupted run.
+Seams, if it grows: the set-up (data, people, embeddings, encoder: ``__init__`` and its helpers) from
+the step (``forward``, ``train_step``) and the loop's calls (the Member protocol); evaluation and
+checkpoints are already apart (core.training.evaluation, core.training.checkpoints).
 """
 
 from __future__ import annotations
@@ -66,9 +64,8 @@ def load_table(cfg: TrainConfig):
     return load_ultrafeedback(cfg.data)
 
 
-# Pairs one forward may send through a trained (LoRA / full) query encoder on CPU. Measured with `personal`
-# (segment features) and MiniLM at max_length 256, `--dry-run` peak RSS: batch 8 3.9 GB, batch 64 12.9 GB;
-# batch 1024 was killed by the OOM killer at 22.8 GB on a 24 GB machine.
+# Pairs one forward may send through a trained (LoRA / full) query encoder on CPU: the most that fit a 24 GB
+# machine with `personal`'s segment features (docs/results/study-setting.md)
 CPU_TRAINED_ENCODER_MAX_PAIRS = 64
 
 
@@ -131,9 +128,8 @@ class Trainer(EvaluationMixin, CheckpointMixin):
             # (a grid of many stacked runs sets its own: its ops are large)
             threads = cfg.cpu_threads or (1 if cfg.query_encoder == "frozen" else torch.get_num_threads())
             torch.set_num_threads(threads)
-            # flush float32 subnormals (below 1.2e-38, reached in the backward pass) to zero: x86 takes a slow
-            # path for each, and the four-users lesson's personal run slowed from 13 s to 21 s per 50 steps by
-            # step 600 alone, far more beside other runs; flushed, 13-14 s throughout (bench_flush_denormal.py)
+            # flush float32 subnormals (reached in the backward pass) to zero: x86 takes a slow path for each,
+            # and a long run slowed as they grew (bench/bench_flush_denormal.py)
             torch.set_flush_denormal(True)
         torch.manual_seed(cfg.seed)  # here, so a run's initial weights do not depend on what was built before
         self.model = model_from_config(cfg, self.encoder.dim, n_users=len(self.W)).to(self.device)
@@ -373,7 +369,7 @@ class Trainer(EvaluationMixin, CheckpointMixin):
         backward(torch.stack(losses), inputs=params)
         jac_to_grad(params, MGDA() if self.cfg.grad_strategy == "mgda" else PCGrad())
 
-    # ------------------------------------------------------------------ what the loop calls (core.training.grid.Member)
+    # ------------------------------------------------------------------ what the loop calls (core.training.member.Member)
     def request_stop(self, *_):
         self._stop_requested = True
 

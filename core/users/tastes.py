@@ -1,4 +1,4 @@
-"""Simulated users (DESIGN §4, seed 3.3.1 and 3.5.1).
+"""Simulated users (the study's 3.3.1 and 3.5.1; docs/architecture.md §5).
 
 A user is a weight vector on the 4-simplex over ``ASPECTS``; their score of a completion is
 ``w . ratings``. Shapes used throughout:
