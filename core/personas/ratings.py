@@ -55,7 +55,7 @@ def _read_jsonl(path: Path) -> tuple[pd.DataFrame, list[int]]:
                 raise HumansError(f"{path.name}, line {n}: expected a JSON object, got {type(obj).__name__}")
             records.append(obj)
             lines.append(n)
-    return pd.DataFrame.from_records(records), lines
+    return pd.DataFrame(records), lines
 
 
 def read_table(path: str | Path) -> tuple[pd.DataFrame, callable]:
