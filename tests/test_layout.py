@@ -5,6 +5,9 @@ the repository."""
 from __future__ import annotations
 
 import ast
+import io
+import re
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -81,3 +84,29 @@ def test_every_config_field_is_in_the_usage_docs():
     usage = (ROOT / "docs" / "usage.md").read_text()
     missing = [name for name in TrainConfig.model_fields if f"| `{name}` |" not in usage]
     assert not missing, f"docs/usage.md has no row for {missing}"
+
+
+# a measured figure: a decimal, or a number with a unit of time, size or ratio
+FIGURE = re.compile(r"(?<![\w.])(\d+\.\d+|\d+(?:\.\d+)?\s?(?:s|ms|GB|MB|kB|%|x|min|h)\b|\d+x\b)")
+
+
+def _comment_blocks(path: Path) -> list[tuple[int, str]]:
+    """(first line, text) of each run of consecutive # comment lines."""
+    blocks: list[tuple[int, str]] = []
+    last = -2
+    for tok in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
+        if tok.type != tokenize.COMMENT:
+            continue
+        if tok.start[0] == last + 1 and blocks:
+            blocks[-1] = (blocks[-1][0], blocks[-1][1] + " " + tok.string)
+        else:
+            blocks.append((tok.start[0], tok.string))
+        last = tok.start[0]
+    return blocks
+
+
+def test_no_comment_in_core_holds_a_measurement_log():
+    """Comments say why; figures live in docs/results/ (CONTRIBUTING.md). One figure in a comment is fine."""
+    logs = [f"{f.relative_to(ROOT)}:{line}: {text[:100]}" for f in FILES for line, text in _comment_blocks(f)
+            if len(FIGURE.findall(text)) > 1]
+    assert not logs, "comments holding measured figures (move them to docs/results/):\n" + "\n".join(logs)
