@@ -98,6 +98,11 @@ PEOPLE_HELP = {
     "new_users_traditional": ("new people: traditional", "The traditional model's new-people figure in the same "
                               "setting (users, data, pairs, encoder): the baseline a personalized model must beat."),
     "new_users_min": ("worst new person", "The lowest accuracy among the people outside training (mean over runs)."),
+    "best_of_16": ("best of 16", "Share of the oracle's gain over a random pick when the model picks the best of 16 "
+                   "fresh answers for each person outside training, judged by that person's true taste "
+                   "(`python -m core.reward best-of-n --save`; blank where not measured)."),
+    "best_of_16_traditional": ("best of 16: traditional", "The traditional twin's share on the same people and "
+                               "answers, measured in the same command."),
 }
 
 if rows:
@@ -135,8 +140,8 @@ if rows:
     st.subheader("By method and setting")
     refs = [c for c in ("z_shuffled_accuracy", "fresh_demos_accuracy", "ref_global", "ref_group", "ref_probe")
             if c in show]
-    people = [c for c in ("all_pairs_accuracy", "new_users_accuracy", "new_users_traditional", "new_users_min")
-              if c in show]
+    people = [c for c in ("all_pairs_accuracy", "new_users_accuracy", "new_users_traditional", "new_users_min",
+                          "best_of_16", "best_of_16_traditional") if c in show]
     early = ["stopped_early"] if "stopped_early" in show and show["stopped_early"].fillna(0).any() else []
     st.dataframe(show[["method", *SETTING, "runs", *early, "accuracy", *people, "converged_share", "steps_to_converge",
                        "epochs_to_converge", "wall_to_converge_s", "wall_s", *refs]], hide_index=True,

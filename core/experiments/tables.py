@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.common.runs import RunDir
+from core.common.runs import RunDir, read_json
 
 
 def convergence(records: list[dict], threshold: float) -> dict | None:
@@ -65,9 +65,21 @@ def run_row(path: str | Path) -> dict | None:
     people = people_measures(records)
     people.pop("new_users")
     row.update(people)  # None for runs recorded before core.users.people
+    row.update(best_of_16(run))
     for u, a in (last.get("user_accuracy") or {}).items():
         row[f"user_{u}_accuracy"] = a
     return row
+
+
+def best_of_16(run: RunDir) -> dict:
+    """The share of the oracle's gain at best-of-16 that ``python -m core.reward best-of-n --save`` kept in the
+    run's folder, for the run and its traditional twin; {} where it was not measured."""
+    saved = read_json(run.path / "best_of_n.json")
+    try:
+        i = saved["ns"].index(16)
+        return {"best_of_16": saved["share"]["personal"][i], "best_of_16_traditional": saved["share"]["traditional"][i]}
+    except (TypeError, KeyError, ValueError, IndexError):
+        return {}
 
 
 # what makes two runs comparable: summarize() never averages across these
@@ -182,7 +194,7 @@ def summarize(rows: Iterable[dict]) -> list[dict]:
             **dict(sorted(zip(GROUP_KEYS[1:], setting, strict=True), key=lambda kv: kv[0] != "encoder")),
         })
         for key in ("z_shuffled_accuracy", "fresh_demos_accuracy", "ref_global", "ref_group", "ref_probe",
-                    *PEOPLE_KEYS):
+                    *PEOPLE_KEYS, "best_of_16", "best_of_16_traditional"):
             if any(r.get(key) is not None for r in rs):
                 out[-1][key] = mean(key, rs)
     return out

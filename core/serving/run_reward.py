@@ -395,7 +395,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--device", default="auto")
         p.add_argument("--seed", type=int, default=0, help="seed for the uncertainty samples (kept for symmetry)")
         p.add_argument("--dry-run", action="store_true", help="load the run and check the inputs, score nothing")
+    from core.serving import best_of_n
+
+    best_of_n.add_arguments(sub.add_parser("best-of-n", help="the pick of each rule among N fresh answers, judged by "
+                                           "each person's true taste (core.serving.best_of_n)"))
     args = ap.parse_args(argv)
+    if args.cmd == "best-of-n":
+        return best_of_n.cli(args)
     try:
         rm = RunRewardModel.from_run(args.run, device=args.device)
         user = None if args.user is None else args.user
