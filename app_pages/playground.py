@@ -12,6 +12,7 @@ import streamlit as st
 
 from core.data.table import ASPECTS
 from core.jobs.manager import JobManager, default_root
+from core.serving.best_of_n import twin_rank
 from core.serving.run_reward import RewardModelError, RunRewardModel, UserEstimate, ask_pairs
 from core.serving.student import (
     answers_curve,
@@ -21,8 +22,9 @@ from core.serving.student import (
     student_answers,
     student_picks,
 )
-from core.training.config import LESSON_TWO_OPPOSED, PRESETS, TrainConfig
+from core.training.config import LESSON_TWO_OPPOSED, PRESETS
 from core.users.tastes import UserError, user_scores, validate_weights
+from ui.best_of_n import best_of_n_section
 from ui.state import run_label
 
 N_PREDICT = 16
@@ -124,14 +126,11 @@ def demos_from(table, pairs, answers) -> list[tuple[str, str, str]]:
 
 def traditional_twin(runs: list[dict], rm: RunRewardModel) -> dict | None:
     """A finished BTL run on the same data and users, to compare predictions with; one trained on the same
-    pairs (contested_only, agreed_share) and features (segment_pool) first."""
-    keys = ("users", "user_seed", "data", "corpus_prompts", "corpus_seed", "signal", "rating_noise", "encoder")
-    pairs = ("contested_only", "agreed_share", "segment_pool")
-    same = [r for r in runs if (r.get("_cfg") or {}).get("method") == "btl"
-            and all((r.get("_cfg") or {}).get(k) == getattr(rm.cfg, k) for k in keys)]
-    exact = [r for r in same if all(r["_cfg"].get(k, TrainConfig.model_fields[k].default) == getattr(rm.cfg, k)
-                                    for k in pairs)]
-    return (exact or same or [None])[0]
+    pairs (contested_only, agreed_share) and features (segment_pool) first (core.serving.best_of_n.twin_rank)."""
+    mine = rm.cfg.model_dump(mode="json")
+    ranked = [(twin_rank(mine, r.get("_cfg") or {}), i) for i, r in enumerate(runs)]
+    ranked = [(-rank, i) for rank, i in ranked if rank]
+    return runs[min(ranked)[1]] if ranked else None
 
 
 def weights_text(w) -> str:
@@ -269,6 +268,9 @@ def student_section(rm: RunRewardModel, path: str, stamp: float, k: int, twin: d
                "student's answers come from the training questions; each point is the mean over 3 independent sets "
                "of answers. The traditional model gives everyone the same reward, so more answers cannot help it: "
                f"its line is flat.{note}")
+    twin_stamp = Path(twin["path"], "model.safetensors").stat().st_mtime if twin else None
+    best_of_n_section(rm, load_model(twin["path"], twin_stamp) if twin else None, path, stamp,
+                      twin["path"] if twin else None, twin_stamp, w, k)
     return me
 
 

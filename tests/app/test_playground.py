@@ -62,6 +62,33 @@ def test_simulated_student_curve_beats_the_traditional_twin_and_bad_weights_say_
     assert len(array(bars[1]["error_y"]["array"])) == 4
     assert at.query_params["mode"] == "student" and at.query_params["sw"] == "0.5,0.5,0,0"
 
+    # best of N: the oracle's pick and the random rule's mean, by hand from the generator's own levels
+    from core.data.candidates import generate_candidates
+    from core.serving.best_of_n import run_texts
+    from ui.best_of_n import QUESTIONS
+
+    rm = RunRewardModel.from_run(lesson_runs_root / LESSON_IDS["vpl-adaptive"], device="cpu")
+    cands = generate_candidates(QUESTIONS, 64, seed=0, avoid=run_texts(rm))
+    for n, q in ((16, 1), (4, 3)):
+        at.select_slider(key="pg_bon_n").set_value(n)
+        at.number_input(key="pg_bon_q").set_value(q)
+        at.run()
+        assert not at.exception, at.exception
+        u = cands.ratings[q - 1, :n] @ np.asarray(STUDENT)  # the student's true score of each of the first n
+        frame = next(d.value for d in at.table if "true score" in d.value.columns)
+        rows = dict(list((frame.set_index("rule") if "rule" in frame.columns else frame).iterrows()))
+        oracle = rows["oracle (the student's own best)"]
+        assert oracle["answer"] == f"#{int(u.argmax()) + 1}" and float(oracle["true score"]) == pytest.approx(u.max(), abs=0.006)
+        assert float(rows["random (on average)"]["true score"]) == pytest.approx(u.mean(), abs=0.006)
+        for rule in ("personal (reads the student)", "traditional (one model for all)"):
+            pick = int(rows[rule]["answer"].lstrip("#"))
+            assert 1 <= pick <= n and float(rows[rule]["true score"]) == pytest.approx(u[pick - 1], abs=0.006)
+    lines = {t["name"]: array(t["y"]).astype(float) for t in figure(at, "pg_bon_curve")["data"]}
+    assert set(lines) == {"oracle", "personal", "traditional", "random"}
+    assert (lines["oracle"] >= lines["personal"] - 1e-9).all() and (lines["oracle"] >= lines["traditional"] - 1e-9).all()
+    choices = figure(at, "pg_bon_choices")
+    assert [int(x) for x in array(choices["data"][0]["x"])] == [1, 2, 4, 8, 16]
+
     for key in SLIDERS:
         at.slider(key=key).set_value(0.0)
     at.run()

@@ -17,6 +17,10 @@ VISITOR = np.asarray([[0.8, 0.2, 0.0, 0.0]])  # mostly helpfulness: neither of t
 CURVE_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(g => (g.data || [])
     .filter(t => /^(personal|traditional)/.test(t.name || '')).map(t => Array.from(t.y || []))).find(d => d.length)"""
 
+BON_JS = """() => { const g = Array.from(document.querySelectorAll('.js-plotly-plot'))
+    .find(g => (g.data || []).some(t => t.name === 'oracle'));
+    return g ? Object.fromEntries(g.data.map(t => [t.name, Array.from(t.y || [])])) : undefined; }"""
+
 
 def settle(page) -> None:
     """Wait until the script run triggered by the last click has finished (as Streamlit's own e2e tests do)."""
@@ -44,6 +48,16 @@ def test_simulated_student_draws_its_curve(app_url):
         assert "mode=student" in page.url
         assert page.get_by_text("no run trained on", exact=False).count() >= 1
         page.screenshot(path=str(SHOTS / "playground-student.png"), full_page=True)
+        # best of N: the picks of each rule and the curve of the student's true score against N
+        page.wait_for_function(f"() => ({BON_JS})() !== undefined", timeout=180_000)
+        lines = page.evaluate(BON_JS)
+        assert set(lines) == {"oracle", "personal", "traditional", "random"}, lines
+        assert all(len(y) == 7 for y in lines.values())
+        assert all(o >= p - 1e-9 for o, p in zip(lines["oracle"], lines["personal"], strict=True))
+        assert page.get_by_text("oracle (the student's own best)", exact=False).count() >= 1
+        assert page.get_by_text("of the gain the student's own best", exact=False).count() >= 1
+        page.get_by_text("4. Best of N", exact=False).first.scroll_into_view_if_needed()
+        page.screenshot(path=str(SHOTS / "playground-best-of-n.png"), full_page=True)
 
 
 def test_a_visitor_is_placed_and_predicted_on_all_pairs(app_url, lesson_runs_root):
