@@ -58,18 +58,27 @@ def measure_cell(users: str, seed: int, runs: dict, questions: int, choices: tup
     import numpy as np
 
     from core.data.candidates import generate_candidates
-    from core.serving.best_of_n import best_of_n, choices_curve, run_texts
+    from core.serving.best_of_n import (
+        best_of_n,
+        candidate_features,
+        candidate_rewards,
+        choices_curve,
+        run_texts,
+    )
     from core.serving.run_reward import RunRewardModel
     from core.users.people import outside_people, trained_people
 
     rm = RunRewardModel.from_run(runs["personal"]["dir"], device="cpu")
     twin = RunRewardModel.from_run(runs["traditional"]["dir"], device="cpu")
     t0 = time.perf_counter()
-    cands = generate_candidates(questions, max(NS), seed=seed, avoid=run_texts(rm))
+    # candidates as clear as the run's own corpus (signal): harder data means weaker cues in them too
+    cands = generate_candidates(questions, max(NS), seed=seed, signal=rm.cfg.signal, avoid=run_texts(rm))
     outside = outside_people(rm.cfg.users, rm.W, user_seed=rm.cfg.user_seed, seed=seed)
-    res = best_of_n(rm, twin, outside, cands, ns=NS, readings=readings, seed=seed)
-    own = best_of_n(rm, twin, trained_people(rm.W), cands, ns=[16], readings=readings, seed=seed)
-    curve = choices_curve(rm, twin, outside, cands, n=16, choices=choices, readings=readings, seed=seed)
+    scored = {"features": candidate_features(rm, cands), "twin": candidate_rewards(twin, cands, None)}
+    res = best_of_n(rm, twin, outside, cands, ns=NS, readings=readings, seed=seed, scored=scored)
+    own = best_of_n(rm, twin, trained_people(rm.W), cands, ns=[16], readings=readings, seed=seed, scored=scored)
+    curve = choices_curve(rm, twin, outside, cands, n=16, choices=choices, readings=readings, seed=seed,
+                          scored=scored)
     secs = time.perf_counter() - t0
     i16, i64 = NS.index(16), NS.index(64)
     share = {r: np.array([p["share"][r] for p in res["people"]]) for r in ("personal", "traditional")}  # (P, len(NS))
@@ -86,8 +95,24 @@ def measure_cell(users: str, seed: int, runs: dict, questions: int, choices: tup
         "worst16": float(np.nanmin(margin[:, i16])), "worst64": float(np.nanmin(margin[:, i64])),
         "trained16": [round(p["share"]["personal"][0], 3) for p in own["people"]],
         "trained16_trad": [round(p["share"]["traditional"][0], 3) for p in own["people"]],
-        "choices": curve, "detail": res,
+        "choices": curve, "detail": res, "all_pairs": all_pairs(runs),
     }
+
+
+def all_pairs(runs: dict) -> dict:
+    """The people outside training on all pairs of the run's test questions, from each run's last evaluation
+    (personal and its twin score the same people on the same pairs): the means and the worst margin."""
+    from core.common.runs import RunDir
+
+    last = {name: RunDir(r["dir"]).metrics()[0][-1] for name, r in runs.items()}
+    me = {p["name"]: p["accuracy"] for p in last["personal"].get("new_users") or []}
+    tr = {p["name"]: p["accuracy"] for p in last["traditional"].get("new_users") or []}
+    both = [n for n in me if n in tr and me[n] is not None and tr[n] is not None]
+    if not both:
+        return {}
+    worst = min(both, key=lambda n: me[n] - tr[n])
+    return {"personal": sum(me[n] for n in both) / len(both), "traditional": sum(tr[n] for n in both) / len(both),
+            "worst": me[worst] - tr[worst], "worst_person": worst}
 
 
 def main(argv=None) -> int:
@@ -137,6 +162,10 @@ def main(argv=None) -> int:
               f"{r['worst']['margin']:+.3f} at N={r['worst']['at_n']} ({r['worst']['person']}) | "
               f"{r['trained16']} | {r['runs']['personal']['train_s']:.0f}, {r['runs']['traditional']['train_s']:.0f} | "
               f"{r['measure_s']:.0f}")
+        a = r["all_pairs"]
+        if a:
+            print(f"{'':18} all pairs, people outside training: personal {a['personal']:.3f}, traditional "
+                  f"{a['traditional']:.3f}, worst person {a['worst']:+.3f} ({a['worst_person']})")
         c = r["choices"]
         print(f"{'':18} choices curve at N=16: " + ", ".join(f"{k}: {s:.3f}" for k, s in
                                                            zip(c["choices"], c["personal"], strict=True))

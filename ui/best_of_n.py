@@ -9,7 +9,15 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.data.candidates import generate_candidates
-from core.serving.best_of_n import NS, best_of_n, candidate_rewards, choices_curve, read_people, run_texts
+from core.serving.best_of_n import (
+    NS,
+    best_of_n,
+    candidate_features,
+    candidate_rewards,
+    choices_curve,
+    read_people,
+    run_texts,
+)
 from core.serving.run_reward import RewardModelError, RunRewardModel
 from core.serving.student import COUNTS
 from core.users.people import Person
@@ -24,13 +32,16 @@ def panel_data(path: str, stamp: float, twin_path: str | None, twin_stamp: float
     cands = generate_candidates(QUESTIONS, max(NS), seed=0, avoid=run_texts(_rm))
     student = [Person("student", "student", np.asarray(weights, float))]
     mu = read_people(_rm, student, n_demos=k, readings=1, seed=0)  # the answers section 2 shows
-    res = best_of_n(_rm, _twin, student, cands, ns=NS, n_demos=k, readings=1)
+    scored = {"features": candidate_features(_rm, cands),
+              "twin": None if _twin is None else candidate_rewards(_twin, cands, None)}
+    res = best_of_n(_rm, _twin, student, cands, ns=NS, n_demos=k, readings=1, scored=scored)
     return {"prompts": cands.prompts, "responses": cands.responses,
             "utility": (np.nan_to_num(cands.ratings) @ np.asarray(weights, float)).tolist(),  # (Q, N)
-            "personal": candidate_rewards(_rm, cands, mu)[0].tolist(),  # (Q, N)
-            "traditional": None if _twin is None else candidate_rewards(_twin, cands, None).tolist(),
+            "personal": candidate_rewards(_rm, cands, mu, scored["features"])[0].tolist(),  # (Q, N)
+            "traditional": None if _twin is None else scored["twin"].tolist(),
             "curve": res["people"][0],
-            "choices": choices_curve(_rm, _twin, student, cands, n=16, choices=COUNTS, readings=3)}
+            "choices": choices_curve(_rm, _twin, student, cands, n=16, choices=COUNTS, readings=3,
+                                     scored=scored)}
 
 
 def picks(data: dict, q: int, n: int) -> pd.DataFrame:

@@ -53,14 +53,22 @@ def check_ns(ns: Sequence[int], n_candidates: int) -> list[int]:
 
 
 @torch.no_grad()
-def candidate_rewards(rm, cands: PreferenceTable, latents: torch.Tensor | None) -> np.ndarray:
-    """Rewards of every candidate: (Q, N) for a user-blind model, (P, Q, N) under P latents (P, L)."""
+def candidate_features(rm, cands: PreferenceTable) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The run's features of every candidate, (Q * N, D), and the frozen ones z acts on where they differ."""
+    texts = [cands.texts(q, c) for q in range(len(cands)) for c in range(cands.n_completions)]
+    frozen = rm.query_encoder is not None and getattr(rm.cfg, "z_features", "query") == "frozen"
+    return rm._queries(texts), rm._frozen(texts) if frozen else None
+
+
+@torch.no_grad()
+def candidate_rewards(rm, cands: PreferenceTable, latents: torch.Tensor | None,
+                      features: tuple | None = None) -> np.ndarray:
+    """Rewards of every candidate: (Q, N) for a user-blind model, (P, Q, N) under P latents (P, L).
+    ``features``: candidate_features(rm, cands), when already computed."""
     Q, N = len(cands), cands.n_completions
-    texts = [cands.texts(q, c) for q in range(Q) for c in range(N)]
-    q = rm._queries(texts)  # (Q * N, D)
+    q, z_emb = features or candidate_features(rm, cands)
     if latents is None:
         return rm.model.reward(q).float().cpu().numpy().reshape(Q, N)
-    z_emb = rm._frozen(texts) if rm.query_encoder is not None and rm.cfg.z_features == "frozen" else None
     r = rm.model.reward_grid(q, latents, z_emb=z_emb).float().cpu().numpy()  # (P, Q * N)
     return r.reshape(len(latents), Q, N)
 
@@ -83,9 +91,11 @@ def _share(pick: np.ndarray, rand: np.ndarray, best: np.ndarray) -> float:
 
 
 def best_of_n(rm, twin, people: list[Person], cands: PreferenceTable, *, ns: Sequence[int] = NS,
-              n_demos: int = 8, readings: int = 3, seed: int = 0) -> dict:
+              n_demos: int = 8, readings: int = 3, seed: int = 0, scored: dict | None = None) -> dict:
     """Each person's utility and share of the oracle's gain for every rule at every N (see the module
-    docstring). ``twin``: the traditional run on the same data, or None (its rule is then left out)."""
+    docstring). ``twin``: the traditional run on the same data, or None (its rule is then left out).
+    ``scored``: {"features": candidate_features(rm, cands), "twin": the twin's (Q, N) rewards}, when already
+    computed for these candidates (choices_curve reads the same candidates many times)."""
     from core.serving.run_reward import RewardModelError
 
     if not rm.conditional:
@@ -96,8 +106,10 @@ def best_of_n(rm, twin, people: list[Person], cands: PreferenceTable, *, ns: Seq
     ns = check_ns(ns, cands.n_completions)
     P, R = len(people), readings
     mu = read_people(rm, people, n_demos, readings, seed)  # (P * R, L)
-    r_me = candidate_rewards(rm, cands, mu).reshape(P, R, len(cands), -1)  # (P, R, Q, N)
-    r_tr = candidate_rewards(twin, cands, None) if twin is not None else None  # (Q, N)
+    scored = scored or {}
+    r_me = candidate_rewards(rm, cands, mu, scored.get("features")).reshape(P, R, len(cands), -1)  # (P, R, Q, N)
+    r_tr = scored.get("twin") if "twin" in scored else (
+        candidate_rewards(twin, cands, None) if twin is not None else None)  # (Q, N)
     levels = np.nan_to_num(cands.ratings.astype(np.float64))  # (Q, N, 4)
     W = np.stack([p.weights for p in people])  # (P, 4)
     U = np.einsum("qna,pa->pqn", levels, W)  # (P, Q, N) true utility, rating units
@@ -126,12 +138,14 @@ def best_of_n(rm, twin, people: list[Person], cands: PreferenceTable, *, ns: Seq
 
 
 def choices_curve(rm, twin, people: list[Person], cands: PreferenceTable, *, n: int = 16,
-                  choices: Sequence[int] = CHOICES, readings: int = 3, seed: int = 0) -> dict:
+                  choices: Sequence[int] = CHOICES, readings: int = 3, seed: int = 0, scored: dict | None = None) -> dict:
     """The mean share of the oracle's gain at best-of-``n`` against the number of a person's own choices
     the personal model reads; the traditional model reads none, so its share is one line."""
     out = {"n": n, "choices": [int(k) for k in choices], "personal": [], "worst": [], "traditional": None}
+    scored = scored or {"features": candidate_features(rm, cands),
+                        "twin": candidate_rewards(twin, cands, None) if twin is not None else None}
     for k in out["choices"]:
-        res = best_of_n(rm, twin, people, cands, ns=[n], n_demos=k, readings=readings, seed=seed)
+        res = best_of_n(rm, twin, people, cands, ns=[n], n_demos=k, readings=readings, seed=seed, scored=scored)
         shares = [p["share"]["personal"][0] for p in res["people"]]
         out["personal"].append(float(np.nanmean(shares)))
         if twin is not None:
