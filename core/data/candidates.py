@@ -13,12 +13,9 @@ must not come back (the training table's answers); a clash is drawn again.
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 
-from core.data import corpus_text as T
-from core.data.corpus import _response
+from core.data.corpus import QUESTION_KINDS, _response, question
 from core.data.table import ASPECTS, PreferenceTable
 
 MAX_CANDIDATES = 64
@@ -41,15 +38,10 @@ def generate_candidate_rows(n_prompts: int = 30, n_candidates: int = MAX_CANDIDA
     # redrawn text leaves every candidate's truth where it was
     rng = np.random.default_rng([seed, 3434, 0])
     text_rng = np.random.default_rng([seed, 3434, 1])
-    combos = list(itertools.product(range(len(T.TOPICS)), range(len(T.PROMPT_FRAMES)),
-                                    range(len(T.HEADINGS)), range(len(T.CLOSINGS))))
-    order = rng.permutation(len(combos))
+    order = rng.permutation(len(QUESTION_KINDS))
     rows = []
     for q in range(n_prompts):
-        t, f, h, c = combos[order[q % len(combos)]]
-        topic, subject, facts = T.TOPICS[t]
-        heading, closing = T.HEADINGS[h], T.CLOSINGS[c]
-        prompt = T.PROMPT_FRAMES[f].format(topic=topic) + " " + T.CONSTRAINTS.format(heading=heading, closing=closing)
+        prompt, topic, subject, facts, heading, closing = question(QUESTION_KINDS[order[q % len(QUESTION_KINDS)]])
         prompt += f" (Candidate set {seed}.{q + 1}.)"  # a question no training table holds
         levels = rng.integers(1, 6, size=(n_candidates, len(ASPECTS)))  # (N, 4) independent levels
         completions, seen = [], set(avoid)

@@ -37,6 +37,20 @@ from core.data.table import ASPECTS, PreferenceTable
 N_SLOTS = 4  # slots per aspect; level L -> L-1 good slots
 
 
+# every kind of question: (topic, prompt frame, heading rule, closing rule)
+QUESTION_KINDS = list(itertools.product(range(len(T.TOPICS)), range(len(T.PROMPT_FRAMES)),
+                                        range(len(T.HEADINGS)), range(len(T.CLOSINGS))))
+
+
+def question(kind: tuple[int, int, int, int]) -> tuple[str, str, str, list, str, str]:
+    """A question of this kind: (prompt, topic, subject, facts, heading, closing), what its answers are written from."""
+    t, f, h, c = kind
+    topic, subject, facts = T.TOPICS[t]
+    heading, closing = T.HEADINGS[h], T.CLOSINGS[c]
+    prompt = T.PROMPT_FRAMES[f].format(topic=topic) + " " + T.CONSTRAINTS.format(heading=heading, closing=closing)
+    return prompt, topic, subject, facts, heading, closing
+
+
 def generate_rows(n_prompts: int = 1500, seed: int = 0, signal: float = 1.0, rating_noise: float = 0.0) -> list[dict]:
     """Deterministic UltraFeedback-schema rows (``source`` = ``preflens_synth``)."""
     if n_prompts < 1:
@@ -46,16 +60,11 @@ def generate_rows(n_prompts: int = 1500, seed: int = 0, signal: float = 1.0, rat
     if not 0.0 <= rating_noise <= 1.0:
         raise ValueError(f"rating_noise must be in [0, 1], got {rating_noise}")
     rng = np.random.default_rng(seed)
-    combos = list(itertools.product(range(len(T.TOPICS)), range(len(T.PROMPT_FRAMES)),
-                                    range(len(T.HEADINGS)), range(len(T.CLOSINGS))))
-    order = rng.permutation(len(combos))
+    order = rng.permutation(len(QUESTION_KINDS))
     rows = []
     for q in range(n_prompts):
-        t, f, h, c = combos[order[q % len(combos)]]
-        repeat = q // len(combos)
-        topic, subject, facts = T.TOPICS[t]
-        heading, closing = T.HEADINGS[h], T.CLOSINGS[c]
-        prompt = T.PROMPT_FRAMES[f].format(topic=topic) + " " + T.CONSTRAINTS.format(heading=heading, closing=closing)
+        prompt, topic, subject, facts, heading, closing = question(QUESTION_KINDS[order[q % len(QUESTION_KINDS)]])
+        repeat = q // len(QUESTION_KINDS)
         if repeat:
             prompt += f" (Variant {repeat + 1}.)"
         # levels[c, a]: 4 distinct values of 1..5 per aspect, independent across aspects
