@@ -85,12 +85,21 @@ def best_of_n_section(rm: RunRewardModel, twin: RunRewardModel | None, path: str
         if curve["utility"][rule] is not None:
             fig.add_trace(go.Scatter(x=list(NS), y=curve["utility"][rule], mode="lines+markers", name=rule,
                                      line={"dash": dash}))
+    # the personal model's own score of its pick: rising with N while the true score flattens is overoptimization
+    fig.add_trace(go.Scatter(x=list(NS), y=curve["proxy"], mode="lines", name="personal's own score of its pick",
+                             yaxis="y2", line={"dash": "dot", "color": "grey"}, meta={"series": "proxy"}))
     fig.update_layout(title=f"The student's true score of each rule's pick, mean over {QUESTIONS} fresh questions",
                       xaxis={"title": "N, answers to choose from", "type": "log", "tickvals": list(NS),
                              "ticktext": [str(x) for x in NS]},
-                      yaxis={"title": "true score (rating units)"}, height=400, margin={"t": 50},
-                      legend={"orientation": "h", "y": -0.25})
+                      yaxis={"title": "true score (rating units)"},
+                      yaxis2={"title": "model's own score (sd above the answers' mean)", "overlaying": "y",
+                              "side": "right", "showgrid": False},
+                      height=420, margin={"t": 50}, legend={"orientation": "h", "y": -0.25})
     st.plotly_chart(fig, key="pg_bon_curve", use_container_width=True)
+    st.caption("The grey dotted line is the personal model's own score of the answer it picked (in standard deviations "
+               "above the mean of all the question's answers). Where it keeps rising with N while the student's true "
+               "score of the pick flattens or falls, the model is being overoptimized: it chases what it believes "
+               "the student wants, not what they do.")
     i = list(NS).index(16)
     share = curve["share"]
     line = f"At N = 16 the personal model's picks get {share['personal'][i]:.0%} of the gain the student's own best " \

@@ -83,8 +83,11 @@ def test_simulated_student_curve_beats_the_traditional_twin_and_bad_weights_say_
         for rule in ("personal (reads the student)", "traditional (one model for all)"):
             pick = int(rows[rule]["answer"].lstrip("#"))
             assert 1 <= pick <= n and float(rows[rule]["true score"]) == pytest.approx(u[pick - 1], abs=0.006)
-    lines = {t["name"]: array(t["y"]).astype(float) for t in figure(at, "pg_bon_curve")["data"]}
+    traces = figure(at, "pg_bon_curve")["data"]
+    lines = {t["name"]: array(t["y"]).astype(float) for t in traces if t.get("yaxis") != "y2"}
     assert set(lines) == {"oracle", "personal", "traditional", "random"}
+    proxy = [array(t["y"]).astype(float) for t in traces if t.get("yaxis") == "y2"]
+    assert len(proxy) == 1 and len(proxy[0]) == 7  # the personal model's own score of its pick, for overoptimization
     assert (lines["oracle"] >= lines["personal"] - 1e-9).all() and (lines["oracle"] >= lines["traditional"] - 1e-9).all()
     choices = figure(at, "pg_bon_choices")
     assert [int(x) for x in array(choices["data"][0]["x"])] == [1, 2, 4, 8, 16]

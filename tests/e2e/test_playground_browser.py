@@ -19,7 +19,8 @@ CURVE_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map
 
 BON_JS = """() => { const g = Array.from(document.querySelectorAll('.js-plotly-plot'))
     .find(g => (g.data || []).some(t => t.name === 'oracle'));
-    return g ? Object.fromEntries(g.data.map(t => [t.name, Array.from(t.y || [])])) : undefined; }"""
+    return g ? Object.fromEntries(g.data.filter(t => t.yaxis !== 'y2').map(t => [t.name, Array.from(t.y || [])]))
+        : undefined; }"""
 
 
 def settle(page) -> None:
