@@ -27,6 +27,7 @@ import torch
 
 from core.data.candidates import MAX_CANDIDATES
 from core.data.table import PreferenceTable
+from core.serving.run_reward import RewardModelError, RunRewardModel
 from core.serving.student import _embedder, run_questions
 from core.users.people import Person, build_people_set, reading_latents
 
@@ -42,8 +43,6 @@ def run_texts(rm) -> set[str]:
 
 
 def check_ns(ns: Sequence[int], n_candidates: int) -> list[int]:
-    from core.serving.run_reward import RewardModelError
-
     ns = [int(n) for n in ns]
     bad = [n for n in ns if not 1 <= n <= min(n_candidates, MAX_CANDIDATES)]
     if not ns or bad:
@@ -96,8 +95,6 @@ def best_of_n(rm, twin, people: list[Person], cands: PreferenceTable, *, ns: Seq
     docstring). ``twin``: the traditional run on the same data, or None (its rule is then left out).
     ``scored``: {"features": candidate_features(rm, cands), "twin": the twin's (Q, N) rewards}, when already
     computed for these candidates (choices_curve reads the same candidates many times)."""
-    from core.serving.run_reward import RewardModelError
-
     if not rm.conditional:
         raise RewardModelError("run: best-of-N reads a person, so it needs a conditional run (vpl* or personal); "
                                "give a traditional run as the twin")
@@ -218,7 +215,6 @@ def cli(args) -> int:
     from pathlib import Path
 
     from core.data.candidates import CandidateError, generate_candidates
-    from core.serving.run_reward import RewardModelError, RunRewardModel
     from core.users.people import outside_people, trained_people
     from core.users.tastes import validate_weights
 
