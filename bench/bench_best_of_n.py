@@ -1,7 +1,8 @@
 """Best-of-N (issue 34): what `personal`'s picks are worth to people it never trained on, beside its traditional twin.
 
     .venv/bin/python bench/bench_best_of_n.py [--users two-opposed four-one-hot random] [--seeds 0 1] \
-        [--steps 400] [--questions 30] [--set key=value ...] [--keep DIR | --runs DIR] [--workers 2] [--dry-run]
+        [--steps 400] [--questions 30] [--set key=value ...] [--twin-mix 0 0.5] [--keep DIR | --runs DIR] \
+        [--workers 2] [--dry-run]
 
 For each user set and seed it trains ``personal`` and a ``traditional`` twin on the same pairs and features
 (bench_any_person.cell), then gives every person outside training (and the run's own users) 8 of their own
@@ -9,8 +10,10 @@ choices, reads them, and lets each rule pick the best of N of ``--questions`` fr
 generated candidates each (core.serving.best_of_n; candidates seeded by the cell's seed). Printed per cell:
 the mean share of the oracle's gain over random at N = 16 and 64 for personal and traditional and their ratio,
 the worst person's margin (personal minus traditional, over N = 4..64), each trained user's share at 16, the
-choices curve (the share at N = 16 against 1..64 own choices), and the seconds each run trained and the
-best-of-N reading took. ``--runs DIR`` reads the runs a ``--keep DIR`` bench kept instead of training.
+choices curve (the share at N = 16 against 1..64 own choices), accuracy on every strict pair of the run's
+test questions for the same people read the same way (personal, twin, worst margin), and the seconds each run
+trained and the best-of-N reading took. ``--twin-mix`` measures each value on the same runs, people and
+candidates (core.serving.best_of_n's twin_mix). ``--runs DIR`` reads the runs a ``--keep DIR`` bench kept instead of training.
 Writes bench/out/best_of_n-<time>.json.
 """
 
@@ -54,7 +57,8 @@ def train_cell(users: str, seed: int, steps: int, extra: dict, root: str) -> dic
     return out
 
 
-def measure_cell(users: str, seed: int, runs: dict, questions: int, choices: tuple, readings: int) -> dict:
+def measure_cell(users: str, seed: int, runs: dict, questions: int, choices: tuple, readings: int,
+                 twin_mix: float = 0.0) -> dict:
     import numpy as np
 
     from core.data.candidates import generate_candidates
@@ -63,6 +67,7 @@ def measure_cell(users: str, seed: int, runs: dict, questions: int, choices: tup
         candidate_features,
         candidate_rewards,
         choices_curve,
+        pairs_accuracy,
         run_texts,
     )
     from core.serving.run_reward import RunRewardModel
@@ -75,17 +80,20 @@ def measure_cell(users: str, seed: int, runs: dict, questions: int, choices: tup
     cands = generate_candidates(questions, max(NS), seed=seed, signal=rm.cfg.signal, avoid=run_texts(rm))
     outside = outside_people(rm.cfg.users, rm.W, user_seed=rm.cfg.user_seed, seed=seed)
     scored = {"features": candidate_features(rm, cands), "twin": candidate_rewards(twin, cands, None)}
-    res = best_of_n(rm, twin, outside, cands, ns=NS, readings=readings, seed=seed, scored=scored)
-    own = best_of_n(rm, twin, trained_people(rm.W), cands, ns=[16], readings=readings, seed=seed, scored=scored)
-    curve = choices_curve(rm, twin, outside, cands, n=16, choices=choices, readings=readings, seed=seed,
-                          scored=scored)
+    mix = {"readings": readings, "seed": seed, "scored": scored, "twin_mix": twin_mix}
+    res = best_of_n(rm, twin, outside, cands, ns=NS, **mix)
+    own = best_of_n(rm, twin, trained_people(rm.W), cands, ns=[16], **mix)
+    curve = choices_curve(rm, twin, outside, cands, n=16, choices=choices, **mix)
     secs = time.perf_counter() - t0
+    pairs = pairs_accuracy(rm, twin, outside, readings=readings, seed=seed, twin_mix=twin_mix)
+    margin_pairs = pairs["personal"] - pairs["traditional"]
+    worst_pairs = int(np.nanargmin(margin_pairs))
     i16, i64 = NS.index(16), NS.index(64)
     share = {r: np.array([p["share"][r] for p in res["people"]]) for r in ("personal", "traditional")}  # (P, len(NS))
     margin = share["personal"] - share["traditional"]
     worst = int(np.nanargmin(margin[:, NS.index(4):].min(1)))
     return {
-        "users": users, "seed": seed, "runs": runs, "measure_s": secs, "people": len(outside),
+        "users": users, "seed": seed, "twin_mix": twin_mix, "runs": runs, "measure_s": secs, "people": len(outside),
         "mean_share": {r: {str(n): float(np.nanmean(share[r][:, i])) for i, n in enumerate(NS) if n > 1}
                        for r in share},
         "ratio16": float(np.nanmean(share["personal"][:, i16]) / np.nanmean(share["traditional"][:, i16])),
@@ -95,24 +103,12 @@ def measure_cell(users: str, seed: int, runs: dict, questions: int, choices: tup
         "worst16": float(np.nanmin(margin[:, i16])), "worst64": float(np.nanmin(margin[:, i64])),
         "trained16": [round(p["share"]["personal"][0], 3) for p in own["people"]],
         "trained16_trad": [round(p["share"]["traditional"][0], 3) for p in own["people"]],
-        "choices": curve, "detail": res, "all_pairs": all_pairs(runs),
+        "choices": curve, "detail": res,
+        # every strict pair of the run's test questions, each person read as for best-of-N
+        "all_pairs": {"personal": float(np.nanmean(pairs["personal"])),
+                      "traditional": float(np.nanmean(pairs["traditional"])),
+                      "worst": float(margin_pairs[worst_pairs]), "worst_person": outside[worst_pairs].name},
     }
-
-
-def all_pairs(runs: dict) -> dict:
-    """The people outside training on all pairs of the run's test questions, from each run's last evaluation
-    (personal and its twin score the same people on the same pairs): the means and the worst margin."""
-    from core.common.runs import RunDir
-
-    last = {name: RunDir(r["dir"]).metrics()[0][-1] for name, r in runs.items()}
-    me = {p["name"]: p["accuracy"] for p in last["personal"].get("new_users") or []}
-    tr = {p["name"]: p["accuracy"] for p in last["traditional"].get("new_users") or []}
-    both = [n for n in me if n in tr and me[n] is not None and tr[n] is not None]
-    if not both:
-        return {}
-    worst = min(both, key=lambda n: me[n] - tr[n])
-    return {"personal": sum(me[n] for n in both) / len(both), "traditional": sum(tr[n] for n in both) / len(both),
-            "worst": me[worst] - tr[worst], "worst_person": worst}
 
 
 def main(argv=None) -> int:
@@ -122,6 +118,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--questions", type=int, default=30)
     ap.add_argument("--readings", type=int, default=3)
+    ap.add_argument("--twin-mix", type=float, nargs="+", default=[0.0],
+                    help="measure the personal rule leaning this much on the twin (each value, same runs)")
     ap.add_argument("--set", nargs="*", default=[], help="key=value overrides of the personal preset (JSON values)")
     ap.add_argument("--workers", type=int, default=2)
     where = ap.add_mutually_exclusive_group()
@@ -151,13 +149,14 @@ def main(argv=None) -> int:
                 print(f"[trained] {futs[f][0]} seed {futs[f][1]} at {time.perf_counter() - t0:.0f}s", flush=True)
         results = []
         with ProcessPoolExecutor(max_workers=args.workers) as ex:
-            futs = [ex.submit(measure_cell, u, s, trained[(u, s)], questions, choices, args.readings) for u, s in cells]
+            futs = [ex.submit(measure_cell, u, s, trained[(u, s)], questions, choices, args.readings, m)
+                    for u, s in cells for m in args.twin_mix]
             results = [f.result() for f in futs]
-    print(f"\n{'users':<13}{'seed':>4} | share N=16: personal  trad  ratio | N=64: personal  trad | worst person "
+    print(f"\n{'users':<13}{'seed':>4} {'mix':>4} | share N=16: personal  trad  ratio | N=64: personal  trad | worst person "
           f"(N 4..64) | trained users at 16 | train s (personal, trad) | measure s")
     for r in results:
         ms = r["mean_share"]
-        print(f"{r['users']:<13}{r['seed']:>4} | {ms['personal']['16']:19.3f} {ms['traditional']['16']:5.3f} "
+        print(f"{r['users']:<13}{r['seed']:>4} {r['twin_mix']:4.2f} | {ms['personal']['16']:19.3f} {ms['traditional']['16']:5.3f} "
               f"{r['ratio16']:5.2f}x | {ms['personal']['64']:14.3f} {ms['traditional']['64']:5.3f} | "
               f"{r['worst']['margin']:+.3f} at N={r['worst']['at_n']} ({r['worst']['person']}) | "
               f"{r['trained16']} | {r['runs']['personal']['train_s']:.0f}, {r['runs']['traditional']['train_s']:.0f} | "

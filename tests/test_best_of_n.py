@@ -72,6 +72,26 @@ def test_the_personal_model_picks_what_its_users_want_and_the_traditional_one_do
     assert mine.mean() > trad.mean() + 0.25, (mine, trad)
 
 
+def test_leaning_on_the_twin_moves_the_picks_from_personal_to_traditional(models):
+    """twin_mix 1 picks exactly what the twin picks, 0 what personal alone picks; all-pairs accuracy moves the same
+    way (the run's own users: personal far above the twin, so a full lean loses that gap)."""
+    from core.serving.best_of_n import best_of_n, pairs_accuracy
+    from core.users.people import trained_people
+
+    rm, twin = models
+    people = trained_people(rm.W)
+    cands = generate_candidates(n_prompts=12, n_candidates=16, seed=0)
+    res = {m: best_of_n(rm, twin, people, cands, ns=[4, 16], readings=1, twin_mix=m) for m in (0.0, 1.0)}
+    for alone, leaned in zip(res[0.0]["people"], res[1.0]["people"], strict=True):
+        assert leaned["share"]["personal"] == pytest.approx(leaned["share"]["traditional"])
+        assert alone["share"]["traditional"] == pytest.approx(leaned["share"]["traditional"])
+    assert np.mean([p["share"]["personal"][1] for p in res[0.0]["people"]]) > np.mean(
+        [p["share"]["personal"][1] for p in res[1.0]["people"]]) + 0.2
+    acc = {m: pairs_accuracy(rm, twin, people, readings=1, twin_mix=m) for m in (0.0, 1.0)}
+    assert np.allclose(acc[1.0]["personal"], acc[1.0]["traditional"])
+    assert np.nanmean(acc[0.0]["personal"]) > np.nanmean(acc[0.0]["traditional"]) + 0.1, acc[0.0]
+
+
 def test_bad_input_is_named(models, four_users, capsys):
     from core.reward import main
     from core.serving.best_of_n import best_of_n
@@ -84,12 +104,16 @@ def test_bad_input_is_named(models, four_users, capsys):
         best_of_n(rm, rm, [Person("p", "student", np.full(4, 0.25))], cands, ns=[2])
     with pytest.raises(RewardModelError, match="^run:"):
         best_of_n(twin, None, [Person("p", "student", np.full(4, 0.25))], cands, ns=[2])
+    for mix, bad in ((1.5, twin), (0.5, None)):
+        with pytest.raises(RewardModelError, match="^twin_mix:"):
+            best_of_n(rm, bad, [Person("p", "student", np.full(4, 0.25))], cands, ns=[2], twin_mix=mix)
     run = str(four_users["personal"][0])
     assert main(["best-of-n", "--run", run, "--n", "0"]) == 2
     assert main(["best-of-n", "--run", run, "--n", "65"]) == 2
     assert main(["best-of-n", "--run", run, "--weights", "0", "0", "0", "0", "--dry-run"]) == 2
+    assert main(["best-of-n", "--run", run, "--demos", "100000", "--dry-run"]) == 2  # more than the run's questions
     err = capsys.readouterr().err
-    assert err.count("error: n:") == 2 and "error: weights:" in err, err
+    assert err.count("error: n:") == 2 and "error: weights:" in err and "error: demos:" in err, err
 
 
 def test_a_saved_measurement_reaches_the_results_table(four_users, capsys):

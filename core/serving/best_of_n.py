@@ -12,6 +12,10 @@ core.users.people reads them), then each rule picks one of the first N candidate
     random       any candidate: its expected utility is the mean of the N
     oracle       the highest true utility, w . levels
 
+``twin_mix`` (0..1) leans the personal rule on the twin: it picks by (1 - twin_mix) z_personal + twin_mix z_twin,
+each reward standardized per question. 0 is the personal model alone (the default), 1 the twin's own picks;
+docs/results/best-of-n.md measures what a half costs and buys.
+
 A pick is worth its true utility (rating units, 1..5) and, for N > 1, its share of the oracle's gain over
 a random pick, summed over the questions: (U_pick - U_random) / (U_oracle - U_random). ``proxy`` is the
 personal model's own reward of its pick, standardized per question over all the candidates: where it
@@ -52,11 +56,15 @@ def check_ns(ns: Sequence[int], n_candidates: int) -> list[int]:
 
 
 @torch.no_grad()
-def candidate_features(rm, cands: PreferenceTable) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The run's features of every candidate, (Q * N, D), and the frozen ones z acts on where they differ."""
-    texts = [cands.texts(q, c) for q in range(len(cands)) for c in range(cands.n_completions)]
+def text_features(rm, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The run's features of ``texts``, (T, D), and the frozen ones z acts on where they differ."""
     frozen = rm.query_encoder is not None and getattr(rm.cfg, "z_features", "query") == "frozen"
     return rm._queries(texts), rm._frozen(texts) if frozen else None
+
+
+def candidate_features(rm, cands: PreferenceTable) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """text_features of every candidate, (Q * N, D), question-major."""
+    return text_features(rm, [cands.texts(q, c) for q in range(len(cands)) for c in range(cands.n_completions)])
 
 
 @torch.no_grad()
@@ -72,15 +80,64 @@ def candidate_rewards(rm, cands: PreferenceTable, latents: torch.Tensor | None,
     return r.reshape(len(latents), Q, N)
 
 
+def people_set(table, people, demo_q, score_q, n_demos: int, readings: int, seed: int):
+    """build_people_set, its errors (too few or too many choices for the run's questions) as RewardModelError."""
+    try:
+        return build_people_set(table.ratings, people, demo_q, score_q, n_demos=n_demos, n_readings=readings,
+                                seed=seed)
+    except ValueError as err:
+        raise RewardModelError(f"demos: {err}") from None
+
+
 def read_people(rm, people: list[Person], n_demos: int, readings: int, seed: int) -> torch.Tensor:
     """Latent means (P * R, L) of each person read ``readings`` times from ``n_demos`` own choices on the
     run's training questions (person-major)."""
     table = rm.table()
     train_q, test_q = run_questions(rm)
-    pset = build_people_set(table.ratings, people, train_q, test_q[:1], n_demos=n_demos, n_readings=readings,
-                            seed=seed)
+    pset = people_set(table, people, train_q, test_q[:1], n_demos, readings, seed)
     texts = [table.texts(q, c) for q in range(len(table)) for c in range(table.n_completions)]
     return reading_latents(rm.model, pset, _embedder(rm, texts, False))[0]
+
+
+def check_twin_mix(twin_mix: float, twin) -> float:
+    twin_mix = float(twin_mix)
+    if not 0.0 <= twin_mix <= 1.0:
+        raise RewardModelError(f"twin_mix: a share between 0 and 1, got {twin_mix}")
+    if twin_mix > 0 and twin is None:
+        raise RewardModelError("twin_mix: leaning on the traditional twin needs one (give --twin)")
+    return twin_mix
+
+
+def standardized(r: np.ndarray) -> np.ndarray:
+    """Rewards standardized along the last axis (a question's candidates, or all scored texts)."""
+    return (r - r.mean(-1, keepdims=True)) / (r.std(-1, keepdims=True) + 1e-9)
+
+
+@torch.no_grad()
+def pairs_accuracy(rm, twin, people: list[Person], *, n_demos: int = 8, readings: int = 3, seed: int = 0,
+                   twin_mix: float = 0.0) -> dict:
+    """Each person's accuracy on all strict pairs of the run's test questions, read from ``n_demos`` own
+    choices as best_of_n reads them, with the same ``twin_mix``; the twin's on the same pairs beside it.
+    -> {"personal": (P,), "traditional": (P,) or None, "pairs": (P,)} (NaN: a person with no strict pair)."""
+    twin_mix = check_twin_mix(twin_mix, twin)
+    table = rm.table()
+    train_q, test_q = run_questions(rm)
+    pset = people_set(table, people, train_q, test_q, n_demos, readings, seed)
+    texts = [table.texts(q, c) for q in range(len(table)) for c in range(table.n_completions)]
+    mu = reading_latents(rm.model, pset, _embedder(rm, texts, False))[0]  # (P * R, L)
+    scored = [texts[i] for i in pset.text_ids]
+    q, z_emb = text_features(rm, scored)
+    r_me = rm.model.reward_grid(q, mu, z_emb=z_emb).float().cpu().numpy().reshape(len(people), readings, -1)
+    r_tr = None if twin is None else twin.model.reward(text_features(twin, scored)[0]).float().cpu().numpy()  # (T,)
+    if twin_mix > 0:
+        r_me = (1 - twin_mix) * standardized(r_me) + twin_mix * standardized(r_tr)[None, None]
+
+    def acc(r, pr):  # r (R', T), pr (n, 2) -> the mean over readings of the pairs ordered right
+        return float((r[:, pr[:, 0]] > r[:, pr[:, 1]]).mean()) if len(pr) else float("nan")
+
+    return {"personal": np.array([acc(r_me[p], pr) for p, pr in enumerate(pset.pairs)]),
+            "traditional": None if r_tr is None else np.array([acc(r_tr[None], pr) for pr in pset.pairs]),
+            "pairs": np.array([len(pr) for pr in pset.pairs])}
 
 
 def _share(pick: np.ndarray, rand: np.ndarray, best: np.ndarray) -> float:
@@ -90,7 +147,8 @@ def _share(pick: np.ndarray, rand: np.ndarray, best: np.ndarray) -> float:
 
 
 def best_of_n(rm, twin, people: list[Person], cands: PreferenceTable, *, ns: Sequence[int] = NS,
-              n_demos: int = 8, readings: int = 3, seed: int = 0, scored: dict | None = None) -> dict:
+              n_demos: int = 8, readings: int = 3, seed: int = 0, scored: dict | None = None,
+              twin_mix: float = 0.0) -> dict:
     """Each person's utility and share of the oracle's gain for every rule at every N (see the module
     docstring). ``twin``: the traditional run on the same data, or None (its rule is then left out).
     ``scored``: {"features": candidate_features(rm, cands), "twin": the twin's (Q, N) rewards}, when already
@@ -101,24 +159,30 @@ def best_of_n(rm, twin, people: list[Person], cands: PreferenceTable, *, ns: Seq
     if twin is not None and twin.conditional:
         raise RewardModelError("twin: the traditional twin must be a traditional (BTL) run")
     ns = check_ns(ns, cands.n_completions)
+    twin_mix = check_twin_mix(twin_mix, twin)
     P, R = len(people), readings
     mu = read_people(rm, people, n_demos, readings, seed)  # (P * R, L)
     scored = scored or {}
     r_me = candidate_rewards(rm, cands, mu, scored.get("features")).reshape(P, R, len(cands), -1)  # (P, R, Q, N)
     r_tr = scored.get("twin") if "twin" in scored else (
         candidate_rewards(twin, cands, None) if twin is not None else None)  # (Q, N)
+    if twin_mix > 0:  # the rule's own scores; the proxy below stays the personal model's
+        pick_by = (1 - twin_mix) * standardized(r_me) + twin_mix * standardized(r_tr)[None, None]
+    else:
+        pick_by = r_me
     levels = np.nan_to_num(cands.ratings.astype(np.float64))  # (Q, N, 4)
     W = np.stack([p.weights for p in people])  # (P, 4)
     U = np.einsum("qna,pa->pqn", levels, W)  # (P, Q, N) true utility, rating units
-    z = (r_me - r_me.mean(-1, keepdims=True)) / (r_me.std(-1, keepdims=True) + 1e-9)  # standardized proxy
-    out = {"ns": ns, "n_demos": n_demos, "readings": readings, "questions": len(cands), "people": []}
+    z = standardized(r_me)  # the proxy: personal's own reward of a pick, in a question's standard units
+    out = {"ns": ns, "n_demos": n_demos, "readings": readings, "questions": len(cands), "twin_mix": twin_mix,
+           "people": []}
     for p, person in enumerate(people):
         row = {**person.to_json(), "utility": {k: [] for k in ("personal", "traditional", "random", "oracle")},
                "share": {"personal": [], "traditional": []}, "proxy": []}
         for n in ns:
             u = U[p, :, :n]  # (Q, n)
             rand, best = u.mean(-1), u.max(-1)
-            pick = np.take_along_axis(u[None], r_me[p, :, :, :n].argmax(-1)[..., None], -1)[..., 0]  # (R, Q)
+            pick = np.take_along_axis(u[None], pick_by[p, :, :, :n].argmax(-1)[..., None], -1)[..., 0]  # (R, Q)
             row["utility"]["personal"].append(float(pick.mean()))
             row["utility"]["random"].append(float(rand.mean()))
             row["utility"]["oracle"].append(float(best.mean()))
@@ -135,14 +199,16 @@ def best_of_n(rm, twin, people: list[Person], cands: PreferenceTable, *, ns: Seq
 
 
 def choices_curve(rm, twin, people: list[Person], cands: PreferenceTable, *, n: int = 16,
-                  choices: Sequence[int] = CHOICES, readings: int = 3, seed: int = 0, scored: dict | None = None) -> dict:
+                  choices: Sequence[int] = CHOICES, readings: int = 3, seed: int = 0, scored: dict | None = None,
+                  twin_mix: float = 0.0) -> dict:
     """The mean share of the oracle's gain at best-of-``n`` against the number of a person's own choices
     the personal model reads; the traditional model reads none, so its share is one line."""
     out = {"n": n, "choices": [int(k) for k in choices], "personal": [], "worst": [], "traditional": None}
     scored = scored or {"features": candidate_features(rm, cands),
                         "twin": candidate_rewards(twin, cands, None) if twin is not None else None}
     for k in out["choices"]:
-        res = best_of_n(rm, twin, people, cands, ns=[n], n_demos=k, readings=readings, seed=seed, scored=scored)
+        res = best_of_n(rm, twin, people, cands, ns=[n], n_demos=k, readings=readings, seed=seed, scored=scored,
+                         twin_mix=twin_mix)
         shares = [p["share"]["personal"][0] for p in res["people"]]
         out["personal"].append(float(np.nanmean(shares)))
         if twin is not None:
@@ -200,6 +266,8 @@ def add_arguments(p) -> None:
     p.add_argument("--questions", type=int, default=30, help="fresh questions, each with its candidates")
     p.add_argument("--demos", type=int, default=8, help="own choices each person is read from")
     p.add_argument("--readings", type=int, default=3, help="independent readings of each person")
+    p.add_argument("--twin-mix", type=float, default=0.0, help="lean the personal rule on the twin: 0 (personal "
+                   "alone) .. 1 (the twin's picks); see docs/results/best-of-n.md")
     p.add_argument("--choices", type=int, nargs="*", help="also the share at N=16 against these numbers of choices")
     p.add_argument("--signal", type=float, default=1.0, help="text cue strength of the candidates (0..1)")
     p.add_argument("--seed", type=int, default=0)
@@ -223,6 +291,7 @@ def cli(args) -> int:
     twin = RunRewardModel.from_run(twin_dir, device=args.device) if twin_dir else None
     if twin is None:
         print(f"note: no traditional twin beside {args.run}; its rule is left out (give one with --twin)")
+    check_twin_mix(args.twin_mix, twin)
     if args.weights is not None:
         try:
             people = [Person("student", "student", validate_weights(args.weights))]
@@ -240,7 +309,8 @@ def cli(args) -> int:
         cands = generate_candidates(questions, n_cands, seed=args.seed, signal=args.signal, avoid=run_texts(rm))
     except CandidateError as err:
         raise RewardModelError(str(err)) from None
-    res = best_of_n(rm, twin, people, cands, ns=ns, n_demos=args.demos, readings=readings, seed=args.seed)
+    res = best_of_n(rm, twin, people, cands, ns=ns, n_demos=args.demos, readings=readings, seed=args.seed,
+                    twin_mix=args.twin_mix)
     res.update(run=rm.run.run_id, twin=None if twin is None else twin.run.run_id)
     print(f"best-of-N for {len(people)} people, {questions} fresh questions, read from {args.demos} choices "
           f"(run {rm.run.run_id}{f', twin {twin.run.run_id}' if twin else ''})")
@@ -256,7 +326,7 @@ def cli(args) -> int:
               f"{np.nanmean(tr) if tr is not None and n > 1 else float('nan'):5.3f}  {worst:>12}")
     if args.choices and not args.dry_run:
         curve = choices_curve(rm, twin, people, cands, n=min(16, n_cands), choices=args.choices,
-                              readings=readings, seed=args.seed)
+                              readings=readings, seed=args.seed, twin_mix=args.twin_mix)
         res["choices_curve"] = curve
         print(f"share at N={curve['n']} against own choices: " + ", ".join(
             f"{k}: {s:.3f}" for k, s in zip(curve["choices"], curve["personal"], strict=True))
