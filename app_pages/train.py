@@ -49,8 +49,18 @@ def launcher_fields() -> tuple[str, dict | None]:
     cpus = c3.number_input("CPUs per job", 1, 256, slurm.DEFAULTS["cpus"], key="slurm_cpus")
     gpus = c4.number_input("GPUs per job", 0, 16, slurm.DEFAULTS["gpus"], key="slurm_gpus",
                            help="Asked as --gres=gpu:N; 0 asks for none.")
-    st.caption(f"The runs folder ({default_root()}) must be on a filesystem every node shares.")
-    return "slurm", {"partition": partition, "time_min": int(time_min), "cpus": int(cpus), "gpus": int(gpus)}
+    c5, c6, c7 = st.columns(3)
+    nodes = c5.number_input("Nodes", 1, 64, slurm.LAYOUT["nodes"], key="slurm_nodes",
+                            help="One run across nodes x tasks per node ranks (torch.distributed; docs/distributed.md).")
+    tasks = c6.number_input("Tasks per node", 1, 16, slurm.LAYOUT["tasks_per_node"], key="slurm_tasks",
+                            help="Ranks on each node; srun starts them. With GPUs, one per GPU.")
+    per_task = c7.number_input("GPUs per task", 0, 16, slurm.LAYOUT["gpus_per_task"], key="slurm_gpus_per_task",
+                               help="Asked as --gpus-per-task; use it or GPUs per job, not both.")
+    st.caption(f"The runs folder ({default_root()}) must be on a filesystem every node shares."
+               + (" Several ranks train one run each: the runs are launched one job each, not as a grid."
+                  if nodes * tasks > 1 else ""))
+    return "slurm", {"partition": partition, "time_min": int(time_min), "cpus": int(cpus), "gpus": int(gpus),
+                     "nodes": int(nodes), "tasks_per_node": int(tasks), "gpus_per_task": int(per_task)}
 
 
 def users_field() -> tuple[dict, str]:
@@ -198,7 +208,8 @@ with st.expander("Launch runs", expanded=not runs):
             if size.startswith("Quick"):
                 extra.update(corpus_prompts=QUICK["corpus_prompts"], eval_every=max(1, int(steps) // 12))
             seeds = parse_seeds(seeds_text)
-            if as_grid and len(methods) * len(seeds) > 1:
+            ranks = (slurm_params or {}).get("nodes", 1) * (slurm_params or {}).get("tasks_per_node", 1)
+            if as_grid and len(methods) * len(seeds) > 1 and ranks == 1:
                 ids = [submit_grid(jm, methods, seeds, extra, launcher, slurm_params)]
             else:
                 ids = submit_all(jm, methods, seeds, extra, launcher, slurm_params)

@@ -14,7 +14,7 @@ import sys
 
 from core.common.cli import cli_main
 from core.common.progress import echo
-from core.training.config import LESSONS, PRESETS, build_config, load_config_file
+from core.training.config import LESSONS, PRESETS, ConfigError, build_config, load_config_file
 from core.training.launch import train, warm_cache
 
 
@@ -32,7 +32,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="only encode the config's texts into the embedding cache (scripts/setup.sh warms the lesson)")
     ap.add_argument("--seed", type=int, help="random seed (overrides the config)")
     ap.add_argument("--steps", type=int, help="optimizer steps (overrides the config)")
-    ap.add_argument("--dry-run", action="store_true", help="tiny data and 2 steps, to check the pipeline end to end")
+    ap.add_argument("--stop-after", type=int, metavar="N", help="stop after step N with a checkpoint; the run resumes "
+                    "from it when started again (with any number of ranks)")
+    ap.add_argument("--dry-run", action="store_true", help="tiny data and 2 steps, to check the pipeline end to end; "
+                    "then a measured step and its estimate on --ranks ranks")
+    ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4, 8], metavar="N",
+                    help="with --dry-run: the rank (GPU) counts to estimate a step for")
     args = ap.parse_args(argv)
     over = {"seed": args.seed, "steps": args.steps}
     if args.config:
@@ -53,8 +58,37 @@ def main(argv: list[str] | None = None) -> int:
     if not args.run_dir:
         print("error: --run-dir is required (unless --warm-cache)", file=sys.stderr)
         return 2
-    train(cfg, args.run_dir, log=echo, show_progress="auto")  # a failure is in status.json too, traceback and all
+    # a failure is in status.json too, traceback and all
+    train(cfg, args.run_dir, log=echo, show_progress="auto", stop_after=args.stop_after)
+    if args.dry_run:
+        print_estimate(cfg, args.ranks)
     return 0
+
+
+def print_estimate(cfg, ranks: list[int], steps: int = 3) -> None:
+    """Time a few steps of cfg's batch in this process and print their estimate on each number of ranks."""
+    import tempfile
+    import time
+
+    from core.common.runs import RunDir
+    from core.training.distributed import estimate
+    from core.training.trainer import Trainer
+
+    if any(r < 1 for r in ranks):
+        raise ConfigError(f"ranks: each at least 1, got {ranks}")
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Trainer(build_config({**cfg.model_dump(), "steps": steps + 1}), RunDir(tmp).create(), log=lambda m: None)
+        t.train_step()  # the first step pays for lazy set-up
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            t.train_step()
+        step_s = (time.perf_counter() - t0) / steps
+        n_params = sum(p.numel() for p in t.params if p.requires_grad)
+    print(f"measured: {step_s:.4f}s a step of {cfg.batch_size * cfg.grad_accum} pairs on {t.device} "
+          f"({n_params:,} trainable parameters)")
+    for e in estimate(step_s, n_params, ranks):
+        print(f"  {e['ranks']:>3} ranks: about {e['step_s']:.4f}s a step ({e['speedup']:.1f}x; all-reduce "
+              f"{e['comm_s'] * 1e3:.2f} ms at 10 GB/s), evaluation and set-up not included")
 
 
 if __name__ == "__main__":

@@ -71,12 +71,19 @@ def test_slurm_params_map_to_sbatch_options_and_bad_ones_name_the_field(tmp_path
     assert folder is None
     _, p = slurm.executor_params({})
     assert "gres" not in p and p["cpus_per_task"] == 1 and p["time"] == 60
+    _, p = slurm.executor_params({"nodes": 2, "tasks_per_node": 4, "gpus_per_task": 1})
+    assert p["nodes"] == 2 and p["ntasks_per_node"] == 4 and p["gpus_per_task"] == 1  # 8 ranks, a GPU each
     jm = JobManager(tmp_path, launcher="slurm")
     for bad, field in (({"cpus": 0}, "slurm_params.cpus"), ({"gpus": -1}, "slurm_params.gpus"),
+                       ({"nodes": 0}, "slurm_params.nodes"), ({"tasks_per_node": "2"}, "slurm_params.tasks_per_node"),
+                       ({"gpus": 1, "gpus_per_task": 1}, "slurm_params.gpus_per_task"),
                        ({"time_min": "ten"}, "slurm_params.time_min"), ({"partition": "a b;rm"}, "slurm_params.partition"),
                        ({"executor": "local"}, "slurm_params.executor")):
         with pytest.raises(ValueError, match=field):
             jm.submit({"preset": "vpl"}, slurm_params=bad)
+    with pytest.raises(ValueError, match="slurm_params.tasks_per_node: several tasks are the ranks of one training"):
+        jm.submit({"kind": "grid", "methods": ["vpl"], "seeds": [0, 1], "overrides": {}},
+                  slurm_params={"tasks_per_node": 2})
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
 
 
@@ -190,6 +197,31 @@ def test_slurm_job_killed_ends_failed_for_a_fresh_manager(tmp_path, partition, w
     assert f"Slurm job {job} ended" in st["error"] and "without a final state" in st["error"]
     assert "step     0" in st["error"]  # the tail of its output
     assert RunDir(tmp_path / "runs" / rid).status()["state"] == "failed"  # persisted
+
+
+@pytest.mark.slow
+def test_one_run_on_two_slurm_tasks_trains_as_ranks_and_a_killed_step_fails_it(tmp_path, partition, warm_cache,
+                                                                              no_submitit_warnings):
+    """tasks_per_node=2: srun starts two ranks of one run (core.training.distributed, gloo); the run's curve is the
+    one-process run's. Then a second such run, its step killed with SIGKILL: failed, not running forever."""
+    from tests.test_distributed import PERSONAL
+
+    jm = _manager(tmp_path, partition, tasks_per_node=2)
+    rid = jm.submit({**PERSONAL, "steps": 30, "eval_every": 15, "cache_dir": warm_cache})
+    wait_for(lambda: jm.status(rid)["state"] in FINAL, 180, "the 2-task Slurm run")
+    st = jm.status(rid)
+    assert st["state"] == "succeeded", st.get("error")
+    assert st["ranks"] == {"world": 2, "device": "cpu", "backend": "gloo"} and st["slurm"]["tasks_per_node"] == 2
+    records, _ = RunDir(tmp_path / "runs" / rid).metrics()
+    assert [r["step"] for r in records] == [0, 15, 30] and records[-1]["accuracy"] > 0.8  # once each, and learned
+    assert jm.log(rid).count("step    30") == 1  # rank 0's log only
+
+    rid = jm.submit({**PERSONAL, "steps": 100_000, "eval_every": 100_000, "cache_dir": warm_cache})
+    job = wait_for(lambda: training(jm, rid), 120, "the 2-task run to train")["job_id"]
+    subprocess.run(["scancel", "--signal=KILL", f"{job}.0"], check=True, timeout=30)
+    wait_for(lambda: jm.status(rid)["state"] in FINAL, 60, "the killed run to end")
+    st = jm.status(rid)
+    assert st["state"] == "failed", st
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ EXIT_EXPECTED = 2
 # (module, class) of the errors whose message is the whole story for the person at the terminal
 EXPECTED: frozenset[tuple[str, str]] = frozenset({
     ("core.training.config", "ConfigError"),
+    ("core.training.distributed", "LaunchError"),
     ("core.users.tastes", "UserError"),
     ("core.data.ultrafeedback", "DataError"),
     ("core.data.ultrafeedback", "HubUnavailableError"),

@@ -192,7 +192,10 @@ class JobManager(MembersMixin):
         full, label, prefix = kind.check(config)  # raises naming the field, before anything is created
         params = dict(self.slurm_params if slurm_params is None else slurm_params)
         if launcher == "slurm":
-            slurm.executor_params(params)  # raises naming the field
+            _, ex = slurm.executor_params(params)  # raises naming the field
+            if ex["nodes"] * ex["ntasks_per_node"] > 1 and kind.name != "train":
+                raise JobError(f"slurm_params.tasks_per_node: several tasks are the ranks of one training run; a "
+                               f"{kind.name} job runs in one process (give nodes 1 and tasks_per_node 1)")
         run_id = new_run_id(prefix)
         while (self.root / run_id).exists():  # same second, same random suffix: practically never
             run_id = new_run_id(prefix)

@@ -185,6 +185,7 @@ def cancel(job_id: str, signal: str | None = None) -> str | None:
 
 # --------------------------------------------------------------------------- the launcher (core.jobs.manager)
 DEFAULTS = {"time_min": 60, "cpus": 1, "gpus": 0}
+LAYOUT = {"nodes": 1, "tasks_per_node": 1, "gpus_per_task": 0}  # one run across nodes x tasks: its ranks
 
 
 def executor_params(params: dict, run_id: str | None = None) -> tuple[Path | None, dict]:
@@ -192,18 +193,21 @@ def executor_params(params: dict, run_id: str | None = None) -> tuple[Path | Non
 
     ``partition``; ``time_min`` -> ``--time`` (minutes, default 60); ``cpus`` -> ``--cpus-per-task``
     (default 1); ``gpus`` -> ``--gres=gpu:N`` (default 0: none); ``mem_gb`` -> ``--mem``; ``folder``:
-    where submitit writes its pickles and the job's stdout/stderr. Any other key is passed to
+    where submitit writes its pickles and the job's stdout/stderr. One run across ranks (core.training.distributed):
+    ``nodes`` -> ``--nodes``, ``tasks_per_node`` -> ``--ntasks-per-node``, ``gpus_per_task`` -> ``--gpus-per-task``
+    (each default 1, 1, 0: one rank); srun starts one rank per task. Any other key is passed to
     SlurmExecutor as is (``qos``, ``account``, ``constraint``, ``additional_parameters``, ...).
     ValueError names a bad field.
     """
-    p = {**DEFAULTS, **dict(params or {})}
+    p = {**DEFAULTS, **LAYOUT, **dict(params or {})}
     executor = p.pop("executor", "slurm")
     if executor != "slurm":
         raise ValueError(f"slurm_params.executor: only 'slurm' is supported (got {executor!r}); "
                          "use launcher='local' for child processes on this machine")
     folder = p.pop("folder", None)
     out: dict = {}
-    for key, low in (("time_min", 1), ("cpus", 1), ("gpus", 0)):
+    for key, low in (("time_min", 1), ("cpus", 1), ("gpus", 0), ("nodes", 1), ("tasks_per_node", 1),
+                     ("gpus_per_task", 0)):
         value = p.pop(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"slurm_params.{key}: must be an integer >= {low}, got {value!r}")
@@ -213,6 +217,12 @@ def executor_params(params: dict, run_id: str | None = None) -> tuple[Path | Non
     gpus = p.pop("gpus")
     if gpus:
         out["gres"] = f"gpu:{gpus}"
+    out["nodes"], out["ntasks_per_node"] = p.pop("nodes"), p.pop("tasks_per_node")
+    per_task = p.pop("gpus_per_task")
+    if per_task:
+        if gpus:
+            raise ValueError("slurm_params.gpus_per_task: give either gpus (for the whole job) or gpus_per_task")
+        out["gpus_per_task"] = per_task
     mem = p.pop("mem_gb", None)
     if mem is not None:
         if isinstance(mem, bool) or not isinstance(mem, int | float) or mem <= 0:
@@ -237,15 +247,23 @@ def executor_params(params: dict, run_id: str | None = None) -> tuple[Path | Non
 
 
 def run_cli(module: str, config_path: str, run_dir: str, cwd: str) -> int:
-    """What a Slurm job executes (submitit pickles it): the same CLI as a local run, as a subprocess, with
-    SIGTERM/SIGINT/SIGUSR2 forwarded to it."""
+    """What a Slurm job executes (submitit pickles it; srun runs it once per task): the same CLI as a local run,
+    as a subprocess, with SIGTERM/SIGINT/SIGUSR2 forwarded to it. A job of several tasks is one run across
+    ranks: submitit's helper reads the layout from Slurm and exports it (RANK, WORLD_SIZE, MASTER_ADDR, ...) for
+    torch.distributed; rank 0 writes the run's log.txt, the others their task's own output in submitit's folder."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(Path(run_dir) / "log.txt", "ab") as log:
-        if os.environ.get("SLURM_JOB_ID"):
+    rank = 0
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        from submitit.helpers import TorchDistributedEnvironment
+
+        layout = TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        env, rank = {**os.environ, "PYTHONUNBUFFERED": "1"}, layout.rank
+    with open(Path(run_dir) / "log.txt", "ab") if rank == 0 else contextlib.nullcontext(None) as log:
+        if os.environ.get("SLURM_JOB_ID") and log is not None:
             log.write(f"[slurm job {os.environ['SLURM_JOB_ID']} on {socket.gethostname()}]\n".encode())
             log.flush()
         proc = subprocess.Popen([sys.executable, "-m", module, "--config", config_path, "--run-dir", run_dir],
-                                cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
+                                cwd=cwd, stdout=log, stderr=subprocess.STDOUT if log is not None else None, env=env)
 
         def forward(sig, _frame):
             with contextlib.suppress(ProcessLookupError):
@@ -271,7 +289,8 @@ def submit(run: RunDir, module: str, params: dict, default_folder: Path) -> None
     ex = submitit.SlurmExecutor(folder=folder)
     ex.update_parameters(**ex_params)
     job = ex.submit(run_cli, module, str(run.config_path.resolve()), str(run.path.resolve()), str(REPO_ROOT))
-    shown = {k: params.get(k, DEFAULTS.get(k)) for k in ("partition", "time_min", "cpus", "gpus", "mem_gb")}
+    shown = {k: params.get(k, {**DEFAULTS, **LAYOUT}.get(k)) for k in ("partition", "time_min", "cpus", "gpus",
+                                                                      "mem_gb", "nodes", "tasks_per_node", "gpus_per_task")}
     run.update_status(if_state=("queued",), job_id=str(job.job_id), slurm_job_name=ex_params["job_name"],
                       slurm_state="PENDING",
                       slurm={k: v for k, v in shown.items() if v is not None},

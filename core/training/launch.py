@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.common.runs import RunDir
+from core.training import distributed
 from core.training.config import ConfigError, TrainConfig, build_config
 from core.training.grid import Cancelled, Grid
 from core.training.shared import ENCODER_FIELDS, PEOPLE_FIELDS, Shared
@@ -67,6 +68,34 @@ def train_grid(cfgs: list[TrainConfig], run_dirs: list[str | Path], *, stop_afte
     for a cancel stops on its own (checkpointed, ``cancelled``); SIGTERM / SIGINT stop them all."""
     if len(cfgs) != len(run_dirs) or not cfgs:
         raise ValueError("train_grid: give one run directory per config (and at least one)")
+    if distributed.world_from_env() > 1:  # started by torchrun or srun: one run across ranks
+        if len(cfgs) != 1:
+            raise distributed.LaunchError("ranks: a grid of many runs trains in one process; start one run per "
+                                          "launch across ranks")
+        check_distributable(cfgs[0])
+        ranks = distributed.start(cfgs[0], run_dirs[0])
+        try:
+            if not ranks.main:  # its own copy of the run's files; the run's folder is rank 0's
+                log, show_progress, run_dirs = (lambda m: None), False, [ranks.scratch]
+            return _train_grid(cfgs, run_dirs, stop_after=stop_after, log=log, show_progress=show_progress,
+                               on_step=on_step, summary=summary, ranks=ranks)
+        finally:
+            distributed.finish()
+    return _train_grid(cfgs, run_dirs, stop_after=stop_after, log=log, show_progress=show_progress, on_step=on_step,
+                       summary=summary)
+
+
+def check_distributable(cfg: TrainConfig) -> None:
+    """What one run across ranks cannot do the same as one process: say which field."""
+    if cfg.grad_strategy != "sum":
+        raise ConfigError(f"grad_strategy: {cfg.grad_strategy!r} combines every user's gradient in one process; "
+                          "across ranks only 'sum' (DDP's average) is the same run")
+    if cfg.contrastive_coef:
+        raise ConfigError("contrastive_coef: the contrastive term compares the pairs of one micro-batch, which "
+                          "ranks split; set it to 0 to train across ranks")
+
+
+def _train_grid(cfgs, run_dirs, *, stop_after, log, show_progress, on_step, summary, ranks=None):
     runs = []
     for cfg, d in zip(cfgs, run_dirs, strict=True):
         run = RunDir(d).create()
@@ -77,7 +106,9 @@ def train_grid(cfgs: list[TrainConfig], run_dirs: list[str | Path], *, stop_afte
     for cfg, run in zip(cfgs, runs, strict=True):
         run.write_config(cfg.model_dump(mode="json"))
         # a resumed run starts afresh: an old cancel request must not cancel it again
-        run.mark_running(kind="train", method=cfg.preset or cfg.method, cancel_requested=None, stopped_early=None)
+        run.mark_running(kind="train", method=cfg.preset or cfg.method, cancel_requested=None, stopped_early=None,
+                         ranks=None if ranks is None else {"world": ranks.world, "device": ranks.device.type,
+                                                           "backend": "nccl" if ranks.device.type == "cuda" else "gloo"})
     trainers: list[Trainer] = []
     prev = {}
 
@@ -109,7 +140,7 @@ def train_grid(cfgs: list[TrainConfig], run_dirs: list[str | Path], *, stop_afte
         for i, (cfg, run) in enumerate(zip(cfgs, runs, strict=True)):
             member_log = log if len(cfgs) == 1 else (lambda m, name=run.path.name: log(f"[{name}] {m}"))
             t = Trainer(cfg, run, log=member_log, show_progress=show_progress if len(cfgs) == 1 else False,
-                        shared=shared, adapters_later=True)
+                        shared=shared, adapters_later=ranks is None)
             if on_step is not None:
                 t.callbacks["on_step"].append(lambda t, i=i: on_step(i, t.step, t.cfg.steps))
             trainers.append(t)
@@ -120,9 +151,18 @@ def train_grid(cfgs: list[TrainConfig], run_dirs: list[str | Path], *, stop_afte
         log(f"cancelled: {err}")
         return [[] for _ in runs]
     except BaseException as err:
+        error = f"{type(err).__name__}: {err}\n{traceback.format_exc()[-2000:]}"
+        lost = ""
+        if ranks is not None:  # any rank that fails says so in the run's own status, naming a lost peer
+            lost = ranks.lost_ranks()
+            error = f"rank {ranks.rank} of {ranks.world}" + (f"; lost {lost}" if lost else "") + f": {error}"
+            runs = runs + [RunDir(ranks.run_dir)] if not ranks.main else runs
         for run in runs:
-            run.mark_final("failed", error=f"{type(err).__name__}: {err}\n{traceback.format_exc()[-2000:]}",
-                           if_state=("queued", "running"))
+            run.mark_final("failed", error=error, if_state=("queued", "running"))
+        if ranks is not None and not isinstance(err, distributed.LaunchError) and (
+                lost or isinstance(err, distributed.dist.DistError)):
+            # a collective that failed: one line naming the lost peer, not a traceback through DDP
+            raise distributed.PeerLostError(error.split("\n")[0]) from err
         raise
     finally:
         for t in trainers:

@@ -48,9 +48,12 @@ LORA_GROUP_TOKENS = 65536
 
 
 def stack_key(trainer: Member) -> tuple | None:
-    """Members with equal keys step as one stacked group; None = steps alone (full fine-tuning)."""
+    """Members with equal keys step as one stacked group; None = steps alone (full fine-tuning, a trained
+    encoder of its own, or one run across ranks)."""
     cfg = trainer.cfg
     if cfg.query_encoder == "full" or (cfg.query_encoder == "lora" and trainer.query_encoder is not None):
+        return None
+    if getattr(trainer, "ranks", None) is not None:  # one run across ranks: DDP steps it alone
         return None
     shapes = tuple((n, tuple(p.shape)) for n, p in trainer.model.named_parameters())
     per_user = cfg.grad_strategy != "sum"

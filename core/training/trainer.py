@@ -8,6 +8,7 @@ checkpoints are already apart (core.training.evaluation, core.training.checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -28,6 +29,7 @@ from core.models.losses import (
 )
 from core.models.reward_models import distinct_demos, model_from_config
 from core.models.stacked_lora import lora_targets
+from core.training import distributed
 from core.training.checkpoints import CheckpointMixin
 from core.training.config import (
     MANY_USERS,
@@ -94,11 +96,13 @@ class Trainer(EvaluationMixin, CheckpointMixin):
         self.cfg, self.run, self.log = cfg, run, log
         self.show_progress = show_progress
         self.shared = shared or Shared()  # parts other runs of this process may already have built
-        self.device = resolve_device(cfg.device)
+        self.ranks = distributed.current()  # None: one process; else this rank's place (core.training.distributed)
+        self.device = self.ranks.device if self.ranks else resolve_device(cfg.device)
         check_fits_device(cfg, self.device)  # before anything is loaded: a clear error, not the OOM killer
         self.callbacks: dict[str, list[Callable]] = {"on_eval": [], "on_step": []}
         self.progress: Progress | None = None  # the training stage's, made by the loop (core.training.grid)
         self._stop_requested = False
+        self._stop_agreed = False  # with ranks: a stop every rank has seen at the same step
         self._t_start = time.perf_counter()  # this session's start (reset by start())
         # early stopping on the validation loss (None: train every step); stopped_early is set when it fires
         self.stopper = EarlyStopping(cfg.early_stop_patience, cfg.early_stop_min_delta) if cfg.early_stop_patience else None
@@ -149,6 +153,9 @@ class Trainer(EvaluationMixin, CheckpointMixin):
             # 40% of a LoRA step's CPU time on an H200); flash / memory-efficient kernels do not
             torch.backends.cuda.enable_cudnn_sdp(False)
         self.make_optimizer()
+        # with ranks: DDP over the trainable parts (the loop steps this run alone: core.training.stacked.stack_key)
+        self.ddp = distributed.wrap(self.model, self.query_encoder.model if self.query_encoder else None,
+                                    self.ranks) if self.ranks else None
         users = self.data.train.user
         if cfg.sampler == "adaptive":
             unit = cfg.adaptive_unit
@@ -285,10 +292,13 @@ class Trainer(EvaluationMixin, CheckpointMixin):
     def _frozen_rows(self, ids: np.ndarray) -> torch.Tensor:
         return self.embeddings[torch.as_tensor(ids, device=self.device)]
 
-    def forward(self, split, idx: np.ndarray, *, train: bool, latent: tuple | None = None):
+    def forward(self, split, idx: np.ndarray, *, train: bool, latent: tuple | None = None,
+                shard: tuple[int, np.ndarray] | None = None):
         """Per-pair loss (B,), r_chosen - r_rejected (B,), mu (B, L) or None, user (B,).
 
-        ``latent``: the pairs' (mu, logvar), each (B, L), when already computed (evaluation)."""
+        ``latent``: the pairs' (mu, logvar), each (B, L), when already computed (evaluation). ``shard``: (n, rows)
+        when idx is this rank's rows of a global batch of n: z's noise is drawn for all n and these rows kept,
+        so every rank's pairs get the noise they get in one process."""
         s = split.take(idx)
         n = len(idx)
         ids = np.concatenate([s.chosen, s.rejected])  # (2B,) chosen then rejected
@@ -299,7 +309,11 @@ class Trainer(EvaluationMixin, CheckpointMixin):
             margin = r[:n] - r[n:]
             return btl_loss(r[:n], r[n:]), margin, None, user
         mu, logvar = self._posterior(s) if latent is None else latent  # (B, L)
-        z = self.model.latent(mu, logvar, train=train, generator=self.z_gen)
+        eps = None
+        if shard is not None and train and self.model.z_mode != "mean":
+            eps = torch.randn((shard[0], mu.shape[-1]), generator=self.z_gen, device=self.device)[
+                torch.as_tensor(shard[1], device=self.device)]
+        z = self.model.latent(mu, logvar, train=train, generator=self.z_gen, eps=eps)
         zq = self._z_rows(ids)  # (2B, D) or None: the features z acts on
         # in training also the population term (the traditional objective at the users' centre) and the vertex
         # term (each user's own latent scores that user's pairs)
@@ -320,6 +334,8 @@ class Trainer(EvaluationMixin, CheckpointMixin):
 
     # ------------------------------------------------------------------ one optimizer step
     def train_step(self) -> float:
+        if self.ranks is not None:
+            return self.train_step_ranks()
         cfg = self.cfg
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -352,6 +368,35 @@ class Trainer(EvaluationMixin, CheckpointMixin):
         self.end_step(total, pairs)
         return total
 
+    def train_step_ranks(self) -> float:
+        """train_step across ranks: each rank's share of every micro-batch, gradients averaged by DDP. Each rank's
+        loss is its pairs' sum times world / the global batch, so the average is the global mean's gradient."""
+        cfg, ranks = self.cfg, self.ranks
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        micro = [self.batch_indices()] if self.fused else [self.sampler.sample(self.step, cfg.batch_size)
+                                                           for _ in range(cfg.grad_accum)]
+        n_all = sum(len(idx) for idx in micro)
+        mine = torch.zeros(2, device=self.device)  # [this rank's loss sum, its stop request]
+        for k, idx in enumerate(micro):
+            rows = ranks.shard(len(idx))
+            # only the last micro-batch's backward all-reduces: the others accumulate locally
+            with self.ddp.no_sync() if k < len(micro) - 1 else contextlib.nullcontext():
+                loss = self.ddp(lambda idx=idx, rows=rows: self.forward(self.data.train, idx[rows], train=True,
+                                                                        shard=(len(idx), rows))[0])
+                (loss.sum() * ranks.world / n_all).backward()
+            mine[0] += loss.detach().sum()
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        self.optimizer.step()
+        mine[1] = 1.0 if self._stop_requested else 0.0
+        torch.distributed.all_reduce(mine)  # the global loss, and a stop asked of any rank stops all at this step
+        self._stop_agreed = bool(mine[1].item() > 0)
+        ranks.beat(self.step + 1)
+        total = float(mine[0].item()) / n_all
+        self.end_step(total, n_all)
+        return total
+
     def _combine_user_gradients(self, per_user: dict[int, list[torch.Tensor]]) -> None:
         """One gradient per user's mean loss, combined by MGDA or PCGrad (torchjd)."""
         from torchjd.aggregation import MGDA, PCGrad
@@ -375,7 +420,7 @@ class Trainer(EvaluationMixin, CheckpointMixin):
 
     @property
     def stop_requested(self) -> bool:
-        return self._stop_requested
+        return self._stop_agreed if self.ranks is not None else self._stop_requested
 
     def start(self, show_progress: bool | str) -> bool:
         """Begin this session: resume from the run's checkpoint if it has one (returns whether it did), mark
