@@ -151,6 +151,13 @@ def test_a_killed_rank_fails_the_run_naming_it(tmp_path, cache_root, small_corpu
     finally:
         if proc.poll() is None:
             proc.kill()
+        # the killed rank's private folder (a restart of the run would empty it)
+        import hashlib
+        import shutil
+        import tempfile
+
+        tag = hashlib.sha1(str(run.resolve()).encode()).hexdigest()[:12]
+        shutil.rmtree(Path(tempfile.gettempdir()) / f"preflens-rank1-{tag}", ignore_errors=True)
 
 
 def _rank_env(rank: int, port: int, cache_root: str) -> dict:

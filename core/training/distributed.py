@@ -8,15 +8,15 @@ average is the gradient of the global batch's mean loss: the steps are a one-pro
 order. The layout comes from the environment torchrun (or submitit's helper under Slurm, core.jobs.slurm)
 exports: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT. Backend gloo on CPU, NCCL on CUDA.
 
-Rank 0 alone writes the run directory. The others keep their own copy of the run's files in a private
-folder (their evaluations, early stopping's best weights) that is removed at the end; every rank evaluates,
-since every rank needs the early-stopping decision and its restored weights, and the others would only wait
-for rank 0's evaluation otherwise. A rank that finds a peer gone marks the run ``failed``, naming it, so a
-dead rank 0 does not leave the run ``running``. Collectives time out after PREFLENS_DIST_TIMEOUT_S seconds.
+Rank 0 alone evaluates and writes the run directory; it tells the others when early stopping ends the run.
+The others read the run's checkpoint from a private copy (a resume) and write nothing of the run's. A rank that
+finds a peer gone marks the run ``failed``, naming it, so a dead rank 0 does not leave the run ``running``.
+Collectives time out after PREFLENS_DIST_TIMEOUT_S seconds (default 1800).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -32,7 +32,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-TIMEOUT_S = 300.0  # default collective timeout: a peer that stops answering fails the run after this long
+# default collective timeout: a peer that hangs fails the run after this long (a dead one at once: its socket
+# closes). Long, since the others wait in a collective while rank 0 evaluates.
+TIMEOUT_S = 1800.0
 STORE_PREFIX = "preflens/rank/"
 
 
@@ -70,6 +72,24 @@ class Ranks:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
+    def main_says(self, flag: bool) -> bool:
+        """Rank 0's flag, on every rank (early stopping: rank 0 alone evaluates, so it alone knows)."""
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.broadcast(t, 0)
+        return bool(t.item() > 0)
+
+    @contextlib.contextmanager
+    def all_cores(self, wanted: bool):
+        """On a CPU, rank 0 evaluates with the node's every core while the others wait for it (``wanted``: where
+        one process would use them too; a frozen-encoder run keeps its one thread)."""
+        before = torch.get_num_threads()
+        if wanted and self.device.type == "cpu":
+            torch.set_num_threads(_cores())
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
     def beat(self, step: int, state: str = "training") -> None:
         """This rank's last sign of life in the rendezvous store: read by a peer that loses it."""
         if self._store is not None:
@@ -98,6 +118,10 @@ class Ranks:
             if not _alive(int(info["pid"])):
                 gone.append(f"rank {r} (pid {info['pid']}, last seen after step {info.get('step')})")
         return ", ".join(gone)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _alive(pid: int) -> bool:
@@ -171,8 +195,7 @@ def start(cfg, run_dir: str | Path) -> Ranks | None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     else:  # the node's cores shared among its ranks: more threads than cores would make every rank wait
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+        torch.set_num_threads(max(1, _cores() // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
     timeout = float(os.environ.get("PREFLENS_DIST_TIMEOUT_S", TIMEOUT_S))
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout))
     ranks = Ranks(rank, world, local_rank, device, run_dir=Path(run_dir).resolve())
@@ -185,7 +208,9 @@ def start(cfg, run_dir: str | Path) -> Ranks | None:
     everyone: list = [None] * world
     dist.all_gather_object(everyone, mine)
     diff = config_differences(everyone)
-    if diff:
+    if diff:  # every rank saw the same configs, so all stop here: leave the group together, then say why
+        dist.barrier()
+        dist.destroy_process_group()
         raise LaunchError("config: the ranks disagree on " + "; ".join(diff))
     if not ranks.main:
         # one folder per run and rank, emptied at every start: a rank killed before finish() leaves only that

@@ -78,7 +78,7 @@ class Grid:
         first = [t for t in self.trainers if t.step == 0]  # the step-0 evaluations (references included)
         records = list(pool.map(lambda t: t.evaluate(), first)) if pool else [t.evaluate() for t in first]
         for t, record in zip(first, records, strict=True):
-            self.histories[id(t)].append(t.record_eval(record))
+            self._keep(t, t.record_eval(record))
         for g in self.groups:
             if isinstance(g, StackedGroup):
                 g.adam.link()  # a resume loaded each member's optimizer state: back into the stacks
@@ -103,7 +103,7 @@ class Grid:
                         cb(t)
                     t.progress.set(t.step, train_loss=loss)
                     if i in records:
-                        self.histories[id(t)].append(t.record_eval(records[i]))
+                        self._keep(t, t.record_eval(records[i]))
             n_steps += 1
             self._end_round(active, on_member_end, stop_after)
         wall = time.perf_counter() - t_fit
@@ -112,6 +112,11 @@ class Grid:
                      f"{f' on {self.workers} threads' if self.workers > 1 else ''}, {n_steps} rounds in {wall:.1f}s "
                      f"({wall / n_steps:.3f}s a round: every member's step, and its evaluation when due)")
         return [self.histories[id(t)] for t in self.trainers]
+
+    def _keep(self, t, record: dict | None) -> None:
+        """A member's evaluation record for its history (None: a rank other than 0, which does not evaluate)."""
+        if record is not None:
+            self.histories[id(t)].append(record)
 
     @staticmethod
     def _advance(g, members: list[int]) -> tuple[list[float], dict[int, dict]]:
@@ -139,7 +144,7 @@ class Grid:
                 if on_member_end:
                     on_member_end(t, "cancelled")
             elif t.should_stop_early:  # learned: its best evaluation's model becomes the run's
-                self.histories[id(t)].append(t.finish_early())
+                self._keep(t, t.finish_early())
                 active.discard(id(t))
                 if on_member_end:
                     on_member_end(t, "ended")

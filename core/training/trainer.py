@@ -469,13 +469,29 @@ class Trainer(EvaluationMixin, CheckpointMixin):
 
     @property
     def should_stop_early(self) -> bool:
-        return self.stopper is not None and self.stopper.should_stop and self.step < self.cfg.steps
+        mine = self.stopper is not None and self.stopper.should_stop and self.step < self.cfg.steps
+        if self.ranks is None or self.stopper is None:
+            return mine
+        return self.ranks.main_says(mine)  # rank 0 alone evaluates, so its stopper decides for all
 
-    def finish_early(self) -> dict:
+    def evaluate(self, final: bool = False) -> dict | None:
+        """EvaluationMixin.evaluate. Across ranks rank 0 alone evaluates (the others return None): it writes the
+        record, and the others would only repeat it on the cores they share with it."""
+        if self.ranks is None:
+            return super().evaluate(final=final)
+        if not self.ranks.main:
+            return None
+        with self.ranks.all_cores(self.cfg.query_encoder != "frozen"):
+            return super().evaluate(final=final)
+
+    def finish_early(self) -> dict | None:
         """Early stopping fired: put the best evaluation's weights back, evaluate them once more as the run's
         last record (with the people, like any run's last evaluation; the same figures as that evaluation's
         record, which is why it carries that step) and checkpoint them as the run's model."""
         stopper, stopped_at = self.stopper, self.step
+        if self.ranks is not None and not self.ranks.main:  # rank 0 restores, evaluates and saves the best model
+            self.stopped_early = {"at_step": stopped_at, "reason": "rank 0 stopped early"}
+            return None
         self.restore_best()
         self.step = stopper.best_step
         try:
@@ -494,8 +510,11 @@ class Trainer(EvaluationMixin, CheckpointMixin):
 
         return Grid([self], log=self.log).fit(stop_after=stop_after)[0]
 
-    def record_eval(self, record: dict) -> dict:
-        """Keep an evaluation: metrics.jsonl, early stopping's best weights, a checkpoint, the log, callbacks."""
+    def record_eval(self, record: dict | None) -> dict | None:
+        """Keep an evaluation: metrics.jsonl, early stopping's best weights, a checkpoint, the log, callbacks.
+        None (a rank other than 0, which does not evaluate): nothing to keep."""
+        if record is None:
+            return None
         record["wall_s"] = self.wall_s()
         if (self.stopper is not None and record.get("val_loss") is not None and not record.get("kept_best")
                 and self._in_last_phase(record["step"])):

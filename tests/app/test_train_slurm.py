@@ -59,11 +59,42 @@ def test_launch_on_slurm_from_the_train_page(tmp_path, monkeypatch, cache_root, 
     try:
         (run,) = jm.list()
         assert run["launcher"] == "slurm" and run["job_id"]
-        assert run["slurm"] == {"partition": parts[0], "time_min": 7, "cpus": 1, "gpus": 0}
+        assert run["slurm"] == {"partition": parts[0], "time_min": 7, "cpus": 1, "gpus": 0, "nodes": 1,
+                                "tasks_per_node": 1, "gpus_per_task": 0}
         at.run()
         table = next(d.value for d in at.dataframe if "slurm job" in d.value.columns)  # the runs table
         assert list(table["slurm job"]) == [run["job_id"]]
         assert "node" in table.columns
+    finally:
+        for r in jm.list():
+            if r["state"] not in FINAL_STATES:
+                jm.cancel(r["run_id"])
+
+
+def test_runs_on_several_slurm_tasks_launch_one_job_each(tmp_path, monkeypatch, cache_root):
+    """Tasks per node 2: each run is one job of 2 ranks (core.training.distributed), so two methods with the grid
+    box on become two jobs, not one grid job (a grid trains in one process). The jobs are cancelled unrun."""
+    parts = slurm.partitions()
+    if not parts:
+        if os.environ.get("PREFLENS_REQUIRE_SLURM") == "1":
+            pytest.fail("no Slurm answers, and PREFLENS_REQUIRE_SLURM=1 requires it")
+        pytest.skip("no Slurm here: sinfo does not answer (sudo scripts/slurm-local.sh start)")
+    monkeypatch.setenv("PREFLENS_RUNS_DIR", str(tmp_path))
+    monkeypatch.setenv("PREFLENS_CACHE", str(cache_root))
+    st.cache_data.clear()
+    at = _train_page()
+    at.radio(key="launcher").set_value("Slurm").run()
+    at.multiselect(key="methods").set_value(["traditional", "vpl"])
+    at.number_input(key="slurm_tasks").set_value(2).run()
+    assert at.checkbox(key="as_grid").value
+    assert any("launched one job each, not as a grid" in c.value for c in at.caption)
+    at.button(key="launch").click().run()
+    assert not at.exception, at.exception
+    jm = JobManager(tmp_path)
+    try:
+        runs = jm.list()
+        assert sorted(r["kind"] for r in runs) == ["train", "train"], runs
+        assert all(r["slurm"]["tasks_per_node"] == 2 and r["slurm"]["nodes"] == 1 for r in runs)
     finally:
         for r in jm.list():
             if r["state"] not in FINAL_STATES:
