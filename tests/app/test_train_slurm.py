@@ -35,8 +35,9 @@ def test_no_launcher_choice_where_slurm_does_not_answer(tmp_path, monkeypatch):
     st.cache_data.clear()
 
 
-@pytest.mark.slow
-def test_launch_on_slurm_from_the_train_page(tmp_path, monkeypatch, cache_root, small_corpus_embeddings):
+@pytest.fixture
+def slurm_page(tmp_path, monkeypatch, cache_root):
+    """The Train page where Slurm answers, its runs in tmp_path: (AppTest, partitions)."""
     parts = slurm.partitions()
     if not parts:
         if os.environ.get("PREFLENS_REQUIRE_SLURM") == "1":
@@ -45,7 +46,12 @@ def test_launch_on_slurm_from_the_train_page(tmp_path, monkeypatch, cache_root, 
     monkeypatch.setenv("PREFLENS_RUNS_DIR", str(tmp_path))
     monkeypatch.setenv("PREFLENS_CACHE", str(cache_root))
     st.cache_data.clear()
-    at = _train_page()
+    return _train_page(), parts
+
+
+@pytest.mark.slow
+def test_launch_on_slurm_from_the_train_page(tmp_path, slurm_page, small_corpus_embeddings):
+    at, parts = slurm_page
     assert not at.exception, at.exception
     at.radio(key="launcher").set_value("Slurm").run()
     assert at.selectbox(key="slurm_partition").options == parts
@@ -71,18 +77,10 @@ def test_launch_on_slurm_from_the_train_page(tmp_path, monkeypatch, cache_root, 
                 jm.cancel(r["run_id"])
 
 
-def test_runs_on_several_slurm_tasks_launch_one_job_each(tmp_path, monkeypatch, cache_root):
+def test_runs_on_several_slurm_tasks_launch_one_job_each(tmp_path, slurm_page):
     """Tasks per node 2: each run is one job of 2 ranks (core.training.distributed), so two methods with the grid
     box on become two jobs, not one grid job (a grid trains in one process). The jobs are cancelled unrun."""
-    parts = slurm.partitions()
-    if not parts:
-        if os.environ.get("PREFLENS_REQUIRE_SLURM") == "1":
-            pytest.fail("no Slurm answers, and PREFLENS_REQUIRE_SLURM=1 requires it")
-        pytest.skip("no Slurm here: sinfo does not answer (sudo scripts/slurm-local.sh start)")
-    monkeypatch.setenv("PREFLENS_RUNS_DIR", str(tmp_path))
-    monkeypatch.setenv("PREFLENS_CACHE", str(cache_root))
-    st.cache_data.clear()
-    at = _train_page()
+    at, _ = slurm_page
     at.radio(key="launcher").set_value("Slurm").run()
     at.multiselect(key="methods").set_value(["traditional", "vpl"])
     at.number_input(key="slurm_tasks").set_value(2).run()
