@@ -159,13 +159,16 @@ def test_a_killed_rank_fails_the_run_naming_it(tmp_path, cache_root, small_corpu
     finally:
         if proc.poll() is None:
             proc.kill()
-        # the killed rank's private folder (a restart of the run would empty it)
-        import hashlib
-        import shutil
-        import tempfile
+        drop_scratch(run)
 
-        tag = hashlib.sha1(str(run.resolve()).encode()).hexdigest()[:12]
-        shutil.rmtree(Path(tempfile.gettempdir()) / f"preflens-rank1-{tag}", ignore_errors=True)
+
+def drop_scratch(run: Path) -> None:
+    """The private folder a killed rank 1 left behind (a restart of the run would empty it)."""
+    import shutil
+
+    from core.training.distributed import scratch_path
+
+    shutil.rmtree(scratch_path(run, 1), ignore_errors=True)
 
 
 def _rank_env(rank: int, port: int, cache_root: str) -> dict:

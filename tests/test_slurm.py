@@ -204,7 +204,7 @@ def test_one_run_on_two_slurm_tasks_trains_as_ranks_and_a_killed_step_fails_it(t
                                                                               no_submitit_warnings):
     """tasks_per_node=2: srun starts two ranks of one run (core.training.distributed, gloo); the run's curve is the
     one-process run's. Then a second such run, its step killed with SIGKILL: failed, not running forever."""
-    from tests.test_distributed import PERSONAL
+    from tests.test_distributed import PERSONAL, drop_scratch
 
     jm = _manager(tmp_path, partition, tasks_per_node=2)
     rid = jm.submit({**PERSONAL, "steps": 30, "eval_every": 15, "cache_dir": warm_cache})
@@ -222,6 +222,7 @@ def test_one_run_on_two_slurm_tasks_trains_as_ranks_and_a_killed_step_fails_it(t
     wait_for(lambda: jm.status(rid)["state"] in FINAL, 60, "the killed run to end")
     st = jm.status(rid)
     assert st["state"] == "failed", st
+    drop_scratch(tmp_path / "runs" / rid)
 
 
 @pytest.mark.slow

@@ -213,9 +213,7 @@ def start(cfg, run_dir: str | Path) -> Ranks | None:
         dist.destroy_process_group()
         raise LaunchError("config: the ranks disagree on " + "; ".join(diff))
     if not ranks.main:
-        # one folder per run and rank, emptied at every start: a rank killed before finish() leaves only that
-        tag = hashlib.sha1(str(ranks.run_dir).encode()).hexdigest()[:12]
-        ranks.scratch = Path(tempfile.gettempdir()) / f"preflens-rank{rank}-{tag}"
+        ranks.scratch = scratch_path(ranks.run_dir, rank)
         shutil.rmtree(ranks.scratch, ignore_errors=True)
         ranks.scratch.mkdir(parents=True)
         for name in ("config.json", "model.safetensors", "train_state.pt", "best.safetensors", "metrics.jsonl"):
@@ -224,6 +222,13 @@ def start(cfg, run_dir: str | Path) -> Ranks | None:
     dist.barrier()  # rank 0 may go on writing the run directory only once every rank has read it
     _CURRENT = ranks
     return ranks
+
+
+def scratch_path(run_dir: str | Path, rank: int) -> Path:
+    """Rank > 0's private folder for a run: one per run and rank, emptied at every start, so a rank killed
+    before finish() leaves only that one behind."""
+    tag = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"preflens-rank{rank}-{tag}"
 
 
 def finish() -> None:
