@@ -251,13 +251,12 @@ def run_cli(module: str, config_path: str, run_dir: str, cwd: str) -> int:
     as a subprocess, with SIGTERM/SIGINT/SIGUSR2 forwarded to it. A job of several tasks is one run across
     ranks: submitit's helper reads the layout from Slurm and exports it (RANK, WORLD_SIZE, MASTER_ADDR, ...) for
     torch.distributed; rank 0 writes the run's log.txt, the others their task's own output in submitit's folder."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     rank = 0
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         from submitit.helpers import TorchDistributedEnvironment
 
-        layout = TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-        env, rank = {**os.environ, "PYTHONUNBUFFERED": "1"}, layout.rank
+        rank = TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True).rank
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # with the layout just exported, where there is one
     with open(Path(run_dir) / "log.txt", "ab") if rank == 0 else contextlib.nullcontext(None) as log:
         if os.environ.get("SLURM_JOB_ID") and log is not None:
             log.write(f"[slurm job {os.environ['SLURM_JOB_ID']} on {socket.gethostname()}]\n".encode())

@@ -33,7 +33,7 @@ from core.data.candidates import MAX_CANDIDATES
 from core.data.table import PreferenceTable
 from core.serving.run_reward import RewardModelError, RunRewardModel
 from core.serving.student import _embedder, run_questions
-from core.users.people import Person, build_people_set, reading_latents
+from core.users.people import Person, build_people_set, pairs_ordered, reading_latents
 
 NS = (1, 2, 4, 8, 16, 32, 64)
 CHOICES = (1, 2, 4, 8, 16, 32, 64)
@@ -89,14 +89,16 @@ def people_set(table, people, demo_q, score_q, n_demos: int, readings: int, seed
         raise RewardModelError(f"demos: {err}") from None
 
 
-def read_people(rm, people: list[Person], n_demos: int, readings: int, seed: int) -> torch.Tensor:
+def read_people(rm, people: list[Person], n_demos: int, readings: int, seed: int, *, all_pairs: bool = False):
     """Latent means (P * R, L) of each person read ``readings`` times from ``n_demos`` own choices on the
-    run's training questions (person-major)."""
+    run's training questions (person-major). ``all_pairs``: also the PeopleSet scoring every strict pair of
+    the run's test questions, as (mu, pset); the readings do not depend on what is scored."""
     table = rm.table()
     train_q, test_q = run_questions(rm)
-    pset = people_set(table, people, train_q, test_q[:1], n_demos, readings, seed)
+    pset = people_set(table, people, train_q, test_q if all_pairs else test_q[:1], n_demos, readings, seed)
     texts = [table.texts(q, c) for q in range(len(table)) for c in range(table.n_completions)]
-    return reading_latents(rm.model, pset, _embedder(rm, texts, False))[0]
+    mu = reading_latents(rm.model, pset, _embedder(rm, texts, False))[0]
+    return (mu, pset) if all_pairs else mu
 
 
 def check_twin_mix(twin_mix: float, twin) -> float:
@@ -120,23 +122,17 @@ def pairs_accuracy(rm, twin, people: list[Person], *, n_demos: int = 8, readings
     choices as best_of_n reads them, with the same ``twin_mix``; the twin's on the same pairs beside it.
     -> {"personal": (P,), "traditional": (P,) or None, "pairs": (P,)} (NaN: a person with no strict pair)."""
     twin_mix = check_twin_mix(twin_mix, twin)
+    mu, pset = read_people(rm, people, n_demos, readings, seed, all_pairs=True)  # (P * R, L)
     table = rm.table()
-    train_q, test_q = run_questions(rm)
-    pset = people_set(table, people, train_q, test_q, n_demos, readings, seed)
-    texts = [table.texts(q, c) for q in range(len(table)) for c in range(table.n_completions)]
-    mu = reading_latents(rm.model, pset, _embedder(rm, texts, False))[0]  # (P * R, L)
-    scored = [texts[i] for i in pset.text_ids]
+    scored = [table.texts(int(t) // table.n_completions, int(t) % table.n_completions) for t in pset.text_ids]
     q, z_emb = text_features(rm, scored)
     r_me = rm.model.reward_grid(q, mu, z_emb=z_emb).float().cpu().numpy().reshape(len(people), readings, -1)
     r_tr = None if twin is None else twin.model.reward(text_features(twin, scored)[0]).float().cpu().numpy()  # (T,)
     if twin_mix > 0:
         r_me = (1 - twin_mix) * standardized(r_me) + twin_mix * standardized(r_tr)[None, None]
-
-    def acc(r, pr):  # r (R', T), pr (n, 2) -> the mean over readings of the pairs ordered right
-        return float((r[:, pr[:, 0]] > r[:, pr[:, 1]]).mean()) if len(pr) else float("nan")
-
-    return {"personal": np.array([acc(r_me[p], pr) for p, pr in enumerate(pset.pairs)]),
-            "traditional": None if r_tr is None else np.array([acc(r_tr[None], pr) for pr in pset.pairs]),
+    P = len(people)
+    return {"personal": pairs_ordered(r_me, pset.pairs),
+            "traditional": None if r_tr is None else pairs_ordered(np.broadcast_to(r_tr, (P, 1, len(r_tr))), pset.pairs),
             "pairs": np.array([len(pr) for pr in pset.pairs])}
 
 

@@ -23,6 +23,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -36,6 +37,7 @@ from torch import nn
 # closes). Long, since the others wait in a collective while rank 0 evaluates.
 TIMEOUT_S = 1800.0
 STORE_PREFIX = "preflens/rank/"
+BEAT_S = 1.0  # how often a rank writes its sign of life to the store
 
 
 class LaunchError(RuntimeError):
@@ -57,6 +59,7 @@ class Ranks:
     run_dir: Path | None = None
     scratch: Path | None = None  # rank > 0: where this rank's own copy of the run's files lives
     _store: object = field(default=None, repr=False)
+    _last_beat: float = field(default=float("-inf"), repr=False)
 
     @property
     def main(self) -> bool:
@@ -65,12 +68,6 @@ class Ranks:
     def shard(self, n: int) -> np.ndarray:
         """This rank's rows of a global batch of n (every world-th, from its rank)."""
         return np.arange(self.rank, n, self.world)
-
-    def any(self, flag: bool) -> bool:
-        """True on every rank when it is True on any (a stop asked of one rank stops all at the same step)."""
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item() > 0)
 
     def main_says(self, flag: bool) -> bool:
         """Rank 0's flag, on every rank (early stopping: rank 0 alone evaluates, so it alone knows)."""
@@ -91,8 +88,11 @@ class Ranks:
             torch.set_num_threads(before)
 
     def beat(self, step: int, state: str = "training") -> None:
-        """This rank's last sign of life in the rendezvous store: read by a peer that loses it."""
-        if self._store is not None:
+        """This rank's last sign of life in the rendezvous store, read by a peer that loses it; a network round
+        trip, so at most once a second."""
+        now = time.monotonic()
+        if self._store is not None and now - self._last_beat >= BEAT_S:
+            self._last_beat = now
             try:
                 self._store.set(f"{STORE_PREFIX}{self.rank}", json.dumps(
                     {"pid": os.getpid(), "host": socket.gethostname(), "step": step, "state": state}))
@@ -216,7 +216,7 @@ def start(cfg, run_dir: str | Path) -> Ranks | None:
         ranks.scratch = scratch_path(ranks.run_dir, rank)
         shutil.rmtree(ranks.scratch, ignore_errors=True)
         ranks.scratch.mkdir(parents=True)
-        for name in ("config.json", "model.safetensors", "train_state.pt", "best.safetensors", "metrics.jsonl"):
+        for name in ("config.json", "model.safetensors", "train_state.pt", "metrics.jsonl"):
             if (ranks.run_dir / name).exists():  # resume from rank 0's checkpoint, whatever the world it wrote it in
                 shutil.copy2(ranks.run_dir / name, ranks.scratch / name)
     dist.barrier()  # rank 0 may go on writing the run directory only once every rank has read it

@@ -170,8 +170,14 @@ def people_accuracy(model, pset: PeopleSet, embed: Callable[[np.ndarray], torch.
         rewards = model.reward_grid(q, mu, z_emb=qz).float().cpu().numpy().reshape(P, R, T)
     else:
         rewards = np.broadcast_to(model.reward(q).float().cpu().numpy()[None, None], (P, R, T))
-    out = np.full(P, np.nan)
-    for p, pr in enumerate(pset.pairs):
+    return pairs_ordered(rewards, pset.pairs)
+
+
+def pairs_ordered(rewards: np.ndarray, pairs: list[np.ndarray]) -> np.ndarray:
+    """float (P,): the share of each person's pairs (n, 2: rows of the scored texts, chosen first) that their
+    rewards (P, R, T) order right, averaged over the R readings (NaN: no pairs)."""
+    out = np.full(len(pairs), np.nan)
+    for p, pr in enumerate(pairs):
         if len(pr):
             out[p] = float((rewards[p][:, pr[:, 0]] > rewards[p][:, pr[:, 1]]).mean())
     return out
