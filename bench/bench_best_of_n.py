@@ -38,10 +38,12 @@ CHOICES = (1, 2, 4, 8, 16, 32, 64)
 
 def train_cell(users: str, seed: int, steps: int, extra: dict, root: str) -> dict:
     """personal and its traditional twin for one cell (the same pairs and features), timed."""
+    from core.serving.best_of_n import TWIN_KEYS, TWIN_PAIRS
     from core.training.config import PRESETS, build_config
     from core.training.launch import train
 
-    twin_keys = ("contested_only", "agreed_share", "encoder", "max_length", "segment_pool")
+    # the twin reads the same data (a --set signal / rating_noise too), pairs and features: what twin_rank asks
+    twin_keys = (*TWIN_KEYS, *TWIN_PAIRS, "max_length")
     base = {**PRESETS["personal"], **extra}
     shared = {k: base[k] for k in twin_keys if k in base}
     out = {}
