@@ -93,6 +93,14 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, small_
         assert ra["eval_loss"] == pytest.approx(rb["eval_loss"], rel=1e-5)
 
 
+def test_training_gives_the_caller_its_torch_threads_back(tmp_path, small_corpus_embeddings, cache_root):
+    """A frozen-encoder run steps on one thread (small heads); a notebook that trains it keeps its own count."""
+    torch.set_num_threads(2)
+    cfg = build_config({"preset": "traditional", **SMALL, "steps": 2, "eval_every": 2, "cache_dir": cache_root})
+    train(cfg, tmp_path / "r", log=lambda m: None)
+    assert torch.get_num_threads() == 2
+
+
 def test_cache_means_a_second_run_encodes_nothing(tmp_path, small_corpus_embeddings, cache_root):
     cfg = build_config({"preset": "traditional", **SMALL, "steps": 1, "cache_dir": cache_root})
     trainer = Trainer(cfg, RunDir(tmp_path / "r").create(), log=lambda m: None)
