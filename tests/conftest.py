@@ -9,7 +9,21 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
+
+CORES = len(os.sched_getaffinity(0))
+
+
+@pytest.fixture(autouse=True)
+def every_core_for_torch():
+    """Each test starts with torch on every core, as a fresh process would: a frozen-encoder Trainer built
+    directly (train() puts the count back) sets this process's torch to one thread for its small heads, and
+    every later test would run its transformer forwards on one core of an otherwise idle machine."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(CORES)
 
 # runs several modules read, trained once per session (tests/fixtures_runs.py)
 pytest_plugins = ["tests.fixtures_runs"]
@@ -88,10 +102,12 @@ def smollm2():
 def smollm2_judge():
     """SmolLM2 as the local judge (``LocalJudge('default')``, batch 4: what ``make_judge('default')`` builds).
     Its prefix cache only holds key-value states of prompts it has already seen, so answers do not depend on
-    which test ran before; tests that change ``reuse_prefix`` or ``batch_size`` put them back."""
+    which test ran before; tests that change ``reuse_prefix`` or ``batch_size`` put them back. It computes on
+    every core: the suite runs one test at a time, so nothing else holds one (the judge's default of one
+    thread is for a busy machine)."""
     from core.personas.judges import LocalJudge
 
-    return LocalJudge("default", batch_size=4)
+    return LocalJudge("default", batch_size=4, threads=CORES)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ its grade probabilities are a distribution over the grade tokens equal to a plai
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,9 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def gemma():
+    """Gemma 3 on every core: the suite runs one test at a time (the judge's default of one thread is for a
+    busy machine)."""
     from core.personas.judges import make_judge
 
-    return make_judge("bundled-gemma3", batch_size=4)
+    return make_judge("bundled-gemma3", batch_size=4, threads=len(os.sched_getaffinity(0)))
 
 
 def _plain_grade_probs(judge, prefix: str, suffix: str, cue: str) -> np.ndarray:
