@@ -5,7 +5,6 @@ its grade probabilities are a distribution over the grade tokens equal to a plai
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 from core.personas import prompts
 from core.personas.judges import RATINGS
 from core.personas.quality import REVIEWER
+from tests.conftest import CORES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ def gemma():
     busy machine)."""
     from core.personas.judges import make_judge
 
-    return make_judge("bundled-gemma3", batch_size=4, threads=len(os.sched_getaffinity(0)))
+    return make_judge("bundled-gemma3", batch_size=4, threads=CORES)
 
 
 def _plain_grade_probs(judge, prefix: str, suffix: str, cue: str) -> np.ndarray:

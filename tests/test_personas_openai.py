@@ -24,6 +24,7 @@ from core.personas import default_stories, prompts
 from core.personas.judges import RATINGS, rating_plan
 from core.personas.openai_judge import JudgeRequestError, OpenAIJudge
 from core.personas.simulate import pick_questions
+from tests.conftest import CORES
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +60,7 @@ def server_logs(tmp_path_factory):
 def server(server_logs):
     # every core (the server's default is one thread, for a busy machine): here it computes while the client
     # waits, and nothing else runs except in the test that starts two runs at once
-    proc, log, url = _start_server(server_logs / "with-logprobs.log", "--threads", str(len(os.sched_getaffinity(0))))
+    proc, log, url = _start_server(server_logs / "with-logprobs.log", "--threads", str(CORES))
     yield url
     proc.terminate()
     proc.wait(timeout=20)

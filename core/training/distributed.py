@@ -81,7 +81,7 @@ class Ranks:
         one process would use them too; a frozen-encoder run keeps its one thread)."""
         before = torch.get_num_threads()
         if wanted and self.device.type == "cpu":
-            torch.set_num_threads(_cores())
+            torch.set_num_threads(cores())
         try:
             yield
         finally:
@@ -120,7 +120,8 @@ class Ranks:
         return ", ".join(gone)
 
 
-def _cores() -> int:
+def cores() -> int:
+    """The cores this process may run on (its affinity, where the OS tells it)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
@@ -195,7 +196,7 @@ def start(cfg, run_dir: str | Path) -> Ranks | None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     else:  # the node's cores shared among its ranks: more threads than cores would make every rank wait
-        torch.set_num_threads(max(1, _cores() // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+        torch.set_num_threads(max(1, cores() // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
     timeout = float(os.environ.get("PREFLENS_DIST_TIMEOUT_S", TIMEOUT_S))
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout))
     ranks = Ranks(rank, world, local_rank, device, run_dir=Path(run_dir).resolve())

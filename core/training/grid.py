@@ -22,13 +22,13 @@ by ``cancel_requested`` in its status.json (core.jobs.manager writes it), checkp
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from core.training import distributed
 from core.training.member import Member
 from core.training.stacked import StackedGroup, plan_groups
 
@@ -53,7 +53,7 @@ class Grid:
         self.workers = 1  # groups stepped side by side, each in its own thread
         self._threads_before = torch.get_num_threads()  # put back when the loop ends
         if trainers[0].device.type == "cpu" and len(trainers) > 1 and not any(t.cfg.cpu_threads for t in trainers):
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            cores = distributed.cores()
             heads = all(isinstance(g, StackedGroup) and g.encoder is None for g in self.groups)
             if heads and len(self.groups) > 1 and cores > 1:
                 # small heads on cached embeddings: their ops are too small to keep several cores busy

@@ -18,6 +18,8 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from core.common.runs import RunDir
 from core.training import distributed
 from core.training.config import ConfigError, TrainConfig, build_config
@@ -96,19 +98,9 @@ def check_distributable(cfg: TrainConfig) -> None:
 
 
 def _train_grid(cfgs, run_dirs, *, stop_after, log, show_progress, on_step, summary, ranks=None):
-    import torch
-
     # Trainer and Grid set torch's process-wide thread count for their steps; a notebook or a caller that trains
     # several runs in turn gets its own back (a LoRA run after a frozen one would otherwise train on one core)
     threads = torch.get_num_threads()
-    try:
-        return _train_grid_runs(cfgs, run_dirs, stop_after=stop_after, log=log, show_progress=show_progress,
-                                on_step=on_step, summary=summary, ranks=ranks)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train_grid_runs(cfgs, run_dirs, *, stop_after, log, show_progress, on_step, summary, ranks):
     runs = []
     for cfg, d in zip(cfgs, run_dirs, strict=True):
         run = RunDir(d).create()
@@ -183,5 +175,6 @@ def _train_grid_runs(cfgs, run_dirs, *, stop_after, log, show_progress, on_step,
                 t.progress.close()  # a bar left open would garble the terminal
         for sig, handler in prev.items():
             signal.signal(sig, handler)
+        torch.set_num_threads(threads)
 
 
